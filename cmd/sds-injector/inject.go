@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/sds-injector/sds-injector/webhook/inject"
+	"github.com/sds-injector/sds-injector/webhook/kubeinject"
+)
+
+// engineFlags are the configuration knobs shared by every command that runs
+// the engine; set flags override the --config file.
+type engineFlags struct {
+	configFile    string
+	flavor        string
+	istioVersion  string
+	nativeSidecar bool
+	agentImage    string
+	caAddress     string
+	clusterID     string
+	trustDomain   string
+}
+
+func (f *engineFlags) register(cmd *cobra.Command) {
+	fs := cmd.Flags()
+	fs.StringVar(&f.configFile, "config", "", "configuration file (YAML); built-in defaults when omitted")
+	fs.StringVar(&f.flavor, "flavor", "", "agent flavor: istio-proxy, istio-agent-files or sds-agent")
+	fs.StringVar(&f.istioVersion, "istio-version", "", "Istio version, e.g. 1.30.0 (selects the agent contract and image tag)")
+	fs.BoolVar(&f.nativeSidecar, "native-sidecar", false, "place the agent as a native sidecar (initContainers, restartPolicy: Always)")
+	fs.StringVar(&f.agentImage, "agent-image", "", "image of the Istio agent (default <hub>/proxyv2:<istio-version>)")
+	fs.StringVar(&f.caAddress, "ca-address", "", "istiod CA address host:port (CA_ADDR)")
+	fs.StringVar(&f.clusterID, "cluster-id", "", "Istio cluster ID (ISTIO_META_CLUSTER_ID)")
+	fs.StringVar(&f.trustDomain, "trust-domain", "", "mesh trust domain")
+}
+
+func (f *engineFlags) settings(cmd *cobra.Command) (*inject.Settings, error) {
+	cfg := inject.DefaultConfig()
+	if f.configFile != "" {
+		data, err := os.ReadFile(f.configFile)
+		if err != nil {
+			return nil, err
+		}
+		if cfg, err = inject.ParseConfig(data); err != nil {
+			return nil, fmt.Errorf("%s: %w", f.configFile, err)
+		}
+	}
+	fs := cmd.Flags()
+	set := func(name string, dst *string, v string) {
+		if fs.Changed(name) {
+			*dst = v
+		}
+	}
+	if fs.Changed("flavor") {
+		cfg.Flavor = inject.Flavor(f.flavor)
+	}
+	set("istio-version", &cfg.IstioVersion, f.istioVersion)
+	set("agent-image", &cfg.AgentImage, f.agentImage)
+	set("ca-address", &cfg.CAAddress, f.caAddress)
+	set("cluster-id", &cfg.ClusterID, f.clusterID)
+	set("trust-domain", &cfg.TrustDomain, f.trustDomain)
+	if fs.Changed("native-sidecar") {
+		cfg.NativeSidecar = f.nativeSidecar
+	}
+	return cfg.Resolve()
+}
+
+type ioFlags struct {
+	filename string
+	output   string
+}
+
+func (f *ioFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&f.filename, "filename", "f", "", "input manifest (YAML or JSON, multi-document); - reads standard input")
+	cmd.Flags().StringVarP(&f.output, "output", "o", "", "write the result here instead of standard output")
+	_ = cmd.MarkFlagRequired("filename")
+}
+
+// run streams the manifests through fn and reports per-object outcomes on
+// standard error. Skips are informational; engine errors make the command
+// fail after all output is written, so nothing is silently half-processed.
+func (f *ioFlags) run(cmd *cobra.Command, fn kubeinject.Transform, showInjected bool) error {
+	var in io.Reader = cmd.InOrStdin()
+	if f.filename != "-" {
+		file, err := os.Open(f.filename)
+		if err != nil {
+			return err
+		}
+		defer file.Close()
+		in = file
+	}
+	out := cmd.OutOrStdout()
+	var outFile *os.File
+	if f.output != "" {
+		var err error
+		if outFile, err = os.Create(f.output); err != nil {
+			return err
+		}
+		defer outFile.Close()
+		out = outFile
+	}
+	buf := bufio.NewWriter(out)
+	reports, err := kubeinject.Process(in, buf, fn)
+	if err != nil {
+		return fmt.Errorf("%s: %w", displayName(f.filename), err)
+	}
+	if err := buf.Flush(); err != nil {
+		return err
+	}
+	if outFile != nil {
+		if err := outFile.Close(); err != nil {
+			return err
+		}
+	}
+	failures := 0
+	for _, r := range reports {
+		switch {
+		case r.Decision.Outcome == inject.OutcomeError:
+			failures++
+			fmt.Fprintln(cmd.ErrOrStderr(), "error:", r)
+		case r.Decision.Outcome == inject.OutcomeSkipped:
+			fmt.Fprintln(cmd.ErrOrStderr(), "skipped:", r)
+		case showInjected:
+			fmt.Fprintln(cmd.ErrOrStderr(), r)
+		}
+	}
+	if failures > 0 {
+		return &partialError{fmt.Sprintf("%d object(s) could not be processed and were written unchanged", failures)}
+	}
+	return nil
+}
+
+func displayName(f string) string {
+	if f == "-" {
+		return "standard input"
+	}
+	return f
+}
+
+func newInjectCommand() *cobra.Command {
+	var ef engineFlags
+	var io ioFlags
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "inject -f FILE",
+		Short: "Inject the agent into the Pods and pod templates of a manifest (offline)",
+		Long: `Reads Kubernetes manifests and injects the certificate agent into every gateway
+Pod and pod template (Deployment, DaemonSet, StatefulSet, ReplicaSet, Job, CronJob,
+and Lists of them) exactly as the admission webhook would. Other objects pass through
+unchanged. The result is written as YAML; skipped objects are reported on stderr.`,
+		Example: `  sds-injector inject -f gateway-proxy.yaml | kubectl apply -f -
+  kubectl get deploy gateway-proxy -o yaml | sds-injector inject -f - --flavor sds-agent`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := ef.settings(cmd)
+			if err != nil {
+				return err
+			}
+			return io.run(cmd, func(p *corev1.Pod) inject.Result { return inject.Inject(p, s) }, verbose)
+		},
+	}
+	ef.register(cmd)
+	io.register(cmd)
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "also report injected objects on stderr")
+	return cmd
+}
+
+func newUninjectCommand() *cobra.Command {
+	var io ioFlags
+	var verbose bool
+	cmd := &cobra.Command{
+		Use:   "uninject -f FILE",
+		Short: "Remove what inject added, restoring the original Pods and pod templates",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return io.run(cmd, inject.Uninject, verbose)
+		},
+	}
+	io.register(cmd)
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "also report restored objects on stderr")
+	return cmd
+}

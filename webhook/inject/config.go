@@ -1,0 +1,463 @@
+package inject
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"sigs.k8s.io/yaml"
+)
+
+// Flavor selects which certificate agent is injected.
+type Flavor string
+
+const (
+	// FlavorIstioProxy runs stock `pilot-agent proxy router` with its Envoy
+	// enabled: the only configuration in which the stock agent serves SDS on
+	// the workload socket. The agent's own Envoy idles.
+	FlavorIstioProxy Flavor = "istio-proxy"
+	// FlavorIstioAgentFiles runs stock pilot-agent with DISABLE_ENVOY=true;
+	// it writes key.pem, cert-chain.pem and root-cert.pem into a shared
+	// in-memory volume that the gateway reads.
+	FlavorIstioAgentFiles Flavor = "istio-agent-files"
+	// FlavorSDSAgent runs the project's own slim agent, which serves SDS on
+	// the workload socket without an idle Envoy.
+	FlavorSDSAgent Flavor = "sds-agent"
+)
+
+// Flavors lists the supported flavors in documentation order.
+var Flavors = []Flavor{FlavorIstioProxy, FlavorIstioAgentFiles, FlavorSDSAgent}
+
+// Built-in defaults: everything works with no configuration file.
+const (
+	DefaultIstioVersion      = "1.30.0"
+	DefaultHub               = "docker.io/istio"
+	DefaultSDSAgentImage     = "ghcr.io/sds-injector/sds-agent:latest"
+	DefaultCAAddress         = "istiod.istio-system.svc:15012"
+	DefaultClusterID         = "Kubernetes"
+	DefaultTrustDomain       = "cluster.local"
+	DefaultClusterDomain     = "cluster.local"
+	DefaultTokenAudience     = "istio-ca"
+	DefaultRootCertConfigMap = "istio-ca-root-cert"
+	// DefaultTokenExpirationSeconds matches Istio's injection templates.
+	DefaultTokenExpirationSeconds int64 = 43200
+)
+
+// Config is the user-facing configuration, read from YAML by both
+// `sds-injector serve` and `sds-injector inject`. Resolve validates it once
+// and produces the Settings the engine runs on.
+type Config struct {
+	// Flavor is the default agent flavor; pods may override it with the
+	// sds-injector.io/flavor annotation.
+	Flavor Flavor `json:"flavor,omitempty"`
+	// IstioVersion selects the agent contract (see IstioProfile) and, unless
+	// AgentImage is set, the proxyv2 image tag.
+	IstioVersion string `json:"istioVersion,omitempty"`
+	// Hub is the registry path of Istio's images: <hub>/proxyv2:<version>.
+	Hub string `json:"hub,omitempty"`
+	// AgentImage pins the image of the istio-proxy and istio-agent-files
+	// flavors (e.g. a digest-pinned or private-registry image).
+	AgentImage string `json:"agentImage,omitempty"`
+	// SDSAgentImage is the image of the sds-agent flavor.
+	SDSAgentImage   string            `json:"sdsAgentImage,omitempty"`
+	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
+
+	// CAAddress is istiod's certificate service (CA_ADDR).
+	CAAddress string `json:"caAddress,omitempty"`
+	// DiscoveryAddress is istiod's xDS address; defaults to CAAddress.
+	DiscoveryAddress string `json:"discoveryAddress,omitempty"`
+	ClusterID        string `json:"clusterID,omitempty"`
+	TrustDomain      string `json:"trustDomain,omitempty"`
+	// MeshID defaults to the trust domain, as in Istio.
+	MeshID        string `json:"meshID,omitempty"`
+	ClusterDomain string `json:"clusterDomain,omitempty"`
+	// TokenAudience is the audience of the projected token istiod accepts.
+	TokenAudience string `json:"tokenAudience,omitempty"`
+	// RootCertConfigMap is the ConfigMap istiod publishes its root into.
+	RootCertConfigMap string `json:"rootCertConfigMap,omitempty"`
+	// CertsDir is where the istio-agent-files flavor writes the PEM files.
+	CertsDir string `json:"certsDir,omitempty"`
+
+	// NativeSidecar places the agent in initContainers with
+	// restartPolicy: Always (Kubernetes 1.29+).
+	NativeSidecar  bool                        `json:"nativeSidecar,omitempty"`
+	AgentResources corev1.ResourceRequirements `json:"agentResources,omitempty"`
+
+	// ExcludedNamespaces are never injected, whatever the labels say.
+	ExcludedNamespaces []string `json:"excludedNamespaces,omitempty"`
+	// GatewayProfiles are tried, in order, before the built-in ones.
+	GatewayProfiles []GatewayProfile `json:"gatewayProfiles,omitempty"`
+	// DisableBuiltinProfiles leaves only GatewayProfiles (and the generic
+	// sds-injector.io/gateway-container annotation) in effect.
+	DisableBuiltinProfiles bool `json:"disableBuiltinProfiles,omitempty"`
+}
+
+// DefaultConfig returns the built-in defaults.
+func DefaultConfig() Config {
+	return Config{
+		Flavor:            FlavorIstioProxy,
+		IstioVersion:      DefaultIstioVersion,
+		Hub:               DefaultHub,
+		SDSAgentImage:     DefaultSDSAgentImage,
+		ImagePullPolicy:   corev1.PullIfNotPresent,
+		CAAddress:         DefaultCAAddress,
+		ClusterID:         DefaultClusterID,
+		TrustDomain:       DefaultTrustDomain,
+		ClusterDomain:     DefaultClusterDomain,
+		TokenAudience:     DefaultTokenAudience,
+		RootCertConfigMap: DefaultRootCertConfigMap,
+		CertsDir:          DefaultCertsDir,
+		AgentResources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse("50m"),
+				corev1.ResourceMemory: resource.MustParse("64Mi"),
+			},
+			Limits: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse("1"),
+				corev1.ResourceMemory: resource.MustParse("512Mi"),
+			},
+		},
+		ExcludedNamespaces: []string{"kube-system", "kube-public", "kube-node-lease"},
+	}
+}
+
+// ParseConfig reads a YAML or JSON configuration over the built-in defaults.
+// Unknown fields are an error, so a typo never silently falls back to a
+// default. The result still has to pass Resolve.
+func ParseConfig(data []byte) (Config, error) {
+	cfg := DefaultConfig()
+	// Lists replace the defaults rather than merging into them.
+	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return cfg, nil
+}
+
+// Settings is a validated configuration, ready for the engine. It is
+// immutable and safe for concurrent use.
+type Settings struct {
+	flavor            Flavor
+	version           IstioVersion
+	istioImage        string
+	hub               string
+	sdsAgentImage     string
+	pullPolicy        corev1.PullPolicy
+	caAddress         string
+	discoveryAddress  string
+	clusterID         string
+	trustDomain       string
+	meshID            string
+	clusterDomain     string
+	tokenAudience     string
+	rootCertConfigMap string
+	certsDir          string
+	native            bool
+	resources         corev1.ResourceRequirements
+	excluded          sets.Set[string]
+	profiles          []compiledProfile
+	proxyConfigJSON   string
+}
+
+// Flavor is the default flavor.
+func (s *Settings) Flavor() Flavor { return s.flavor }
+
+// IstioVersion is the configured Istio version.
+func (s *Settings) IstioVersion() IstioVersion { return s.version }
+
+// Native reports whether native sidecar placement is the default.
+func (s *Settings) Native() bool { return s.native }
+
+// Resolve validates the configuration and returns the engine's settings.
+// All problems are reported at once, each with the field it concerns.
+func (c Config) Resolve() (*Settings, error) {
+	var errs field.ErrorList
+	root := field.NewPath("")
+	fp := func(name string) *field.Path { return root.Child(name) }
+
+	if !isFlavor(c.Flavor) {
+		errs = append(errs, field.NotSupported(fp("flavor"), c.Flavor, flavorStrings()))
+	}
+	version, err := ParseIstioVersion(c.IstioVersion)
+	if err != nil {
+		errs = append(errs, field.Invalid(fp("istioVersion"), c.IstioVersion, err.Error()))
+	}
+	istioImage := c.AgentImage
+	if istioImage == "" && err == nil {
+		if version.Release == "" {
+			errs = append(errs, field.Invalid(fp("istioVersion"), c.IstioVersion,
+				"names no patch release, so the proxyv2 image tag cannot be derived: use a full version such as 1.30.0 or set agentImage"))
+		} else {
+			istioImage = proxyImage(c.Hub, version.Release)
+		}
+	}
+	if c.AgentImage == "" && c.Hub == "" {
+		errs = append(errs, field.Required(fp("hub"), "needed to derive the proxyv2 image when agentImage is not set"))
+	}
+	errs = append(errs, validateImage(fp("agentImage"), c.AgentImage, true)...)
+	errs = append(errs, validateImage(fp("sdsAgentImage"), c.SDSAgentImage, false)...)
+	switch c.ImagePullPolicy {
+	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		errs = append(errs, field.NotSupported(fp("imagePullPolicy"), c.ImagePullPolicy,
+			[]string{string(corev1.PullAlways), string(corev1.PullIfNotPresent), string(corev1.PullNever)}))
+	}
+	errs = append(errs, validateHostPort(fp("caAddress"), c.CAAddress, true)...)
+	errs = append(errs, validateHostPort(fp("discoveryAddress"), c.DiscoveryAddress, false)...)
+	if strings.TrimSpace(c.ClusterID) == "" {
+		errs = append(errs, field.Required(fp("clusterID"), "istio-agent has required ISTIO_META_CLUSTER_ID since Istio 1.7"))
+	}
+	for _, f := range []struct {
+		name, value string
+	}{{"trustDomain", c.TrustDomain}, {"clusterDomain", c.ClusterDomain}} {
+		if f.value == "" {
+			errs = append(errs, field.Required(fp(f.name), ""))
+		} else if msgs := validation.IsDNS1123Subdomain(f.value); len(msgs) > 0 {
+			errs = append(errs, field.Invalid(fp(f.name), f.value, strings.Join(msgs, "; ")))
+		}
+	}
+	if c.MeshID != "" && strings.ContainsAny(c.MeshID, " \t\n/") {
+		errs = append(errs, field.Invalid(fp("meshID"), c.MeshID, "must not contain whitespace or '/'"))
+	}
+	if strings.TrimSpace(c.TokenAudience) == "" {
+		errs = append(errs, field.Required(fp("tokenAudience"), "istiod only accepts tokens for its audience (istio-ca by default)"))
+	}
+	if msgs := validation.IsDNS1123Subdomain(c.RootCertConfigMap); len(msgs) > 0 {
+		errs = append(errs, field.Invalid(fp("rootCertConfigMap"), c.RootCertConfigMap, strings.Join(msgs, "; ")))
+	}
+	if !path.IsAbs(c.CertsDir) || path.Clean(c.CertsDir) != strings.TrimSuffix(c.CertsDir, "/") || c.CertsDir == "/" {
+		errs = append(errs, field.Invalid(fp("certsDir"), c.CertsDir, "must be a clean absolute directory path other than /"))
+	}
+	errs = append(errs, validateResources(fp("agentResources"), c.AgentResources)...)
+	for i, ns := range c.ExcludedNamespaces {
+		if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
+			errs = append(errs, field.Invalid(fp("excludedNamespaces").Index(i), ns, strings.Join(msgs, "; ")))
+		}
+	}
+
+	var profiles []compiledProfile
+	seen := sets.New[string]()
+	all := c.GatewayProfiles
+	if !c.DisableBuiltinProfiles {
+		all = append(append([]GatewayProfile(nil), c.GatewayProfiles...), BuiltinProfiles()...)
+	}
+	for i, p := range all {
+		pathI := fp("gatewayProfiles").Index(i)
+		if i >= len(c.GatewayProfiles) {
+			pathI = field.NewPath("builtinProfiles").Index(i - len(c.GatewayProfiles))
+		}
+		if seen.Has(p.Name) {
+			// A user profile may shadow a built-in of the same name.
+			if i >= len(c.GatewayProfiles) {
+				continue
+			}
+			errs = append(errs, field.Duplicate(pathI.Child("name"), p.Name))
+			continue
+		}
+		seen.Insert(p.Name)
+		cp, perrs := p.compile(pathI)
+		errs = append(errs, perrs...)
+		if len(perrs) == 0 {
+			profiles = append(profiles, cp)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("invalid configuration: %w", errs.ToAggregate())
+	}
+
+	discovery := c.DiscoveryAddress
+	if discovery == "" {
+		discovery = c.CAAddress
+	}
+	meshID := c.MeshID
+	if meshID == "" {
+		meshID = c.TrustDomain
+	}
+	return &Settings{
+		flavor:            c.Flavor,
+		version:           version,
+		istioImage:        istioImage,
+		hub:               c.Hub,
+		sdsAgentImage:     c.SDSAgentImage,
+		pullPolicy:        c.ImagePullPolicy,
+		caAddress:         c.CAAddress,
+		discoveryAddress:  discovery,
+		clusterID:         c.ClusterID,
+		trustDomain:       c.TrustDomain,
+		meshID:            meshID,
+		clusterDomain:     c.ClusterDomain,
+		tokenAudience:     c.TokenAudience,
+		rootCertConfigMap: c.RootCertConfigMap,
+		certsDir:          strings.TrimSuffix(c.CertsDir, "/"),
+		native:            c.NativeSidecar,
+		resources:         *c.AgentResources.DeepCopy(),
+		excluded:          sets.New(c.ExcludedNamespaces...),
+		profiles:          profiles,
+		proxyConfigJSON:   `{"discoveryAddress":"` + discovery + `"}`,
+	}, nil
+}
+
+// MustResolve is Resolve for configurations known to be valid (tests, the
+// built-in defaults); it panics on error.
+func (c Config) MustResolve() *Settings {
+	s, err := c.Resolve()
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+func proxyImage(hub, release string) string {
+	return strings.TrimSuffix(hub, "/") + "/proxyv2:" + release
+}
+
+func isFlavor(f Flavor) bool {
+	for _, x := range Flavors {
+		if f == x {
+			return true
+		}
+	}
+	return false
+}
+
+func flavorStrings() []string {
+	out := make([]string, len(Flavors))
+	for i, f := range Flavors {
+		out[i] = string(f)
+	}
+	return out
+}
+
+func validateImage(p *field.Path, image string, optional bool) field.ErrorList {
+	if image == "" {
+		if optional {
+			return nil
+		}
+		return field.ErrorList{field.Required(p, "")}
+	}
+	if strings.TrimSpace(image) != image || strings.ContainsAny(image, " \t\n") {
+		return field.ErrorList{field.Invalid(p, image, "must not contain whitespace")}
+	}
+	return nil
+}
+
+func validateHostPort(p *field.Path, addr string, required bool) field.ErrorList {
+	if addr == "" {
+		if required {
+			return field.ErrorList{field.Required(p, "want host:port, e.g. "+DefaultCAAddress)}
+		}
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return field.ErrorList{field.Invalid(p, addr, "want host:port: "+err.Error())}
+	}
+	if host == "" {
+		return field.ErrorList{field.Invalid(p, addr, "host is empty")}
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return field.ErrorList{field.Invalid(p, addr, "port must be a number between 1 and 65535")}
+	}
+	return nil
+}
+
+func validateResources(p *field.Path, r corev1.ResourceRequirements) field.ErrorList {
+	var errs field.ErrorList
+	for _, group := range []struct {
+		name string
+		list corev1.ResourceList
+	}{{"requests", r.Requests}, {"limits", r.Limits}} {
+		for name, q := range group.list {
+			if name != corev1.ResourceCPU && name != corev1.ResourceMemory && name != corev1.ResourceEphemeralStorage {
+				errs = append(errs, field.NotSupported(p.Child(group.name).Key(string(name)), name, []string{"cpu", "memory", "ephemeral-storage"}))
+			}
+			if q.Sign() < 0 {
+				errs = append(errs, field.Invalid(p.Child(group.name).Key(string(name)), q.String(), "must not be negative"))
+			}
+		}
+	}
+	for name, req := range r.Requests {
+		if lim, ok := r.Limits[name]; ok && req.Cmp(lim) > 0 {
+			errs = append(errs, field.Invalid(p.Child("requests").Key(string(name)), req.String(),
+				"must be less than or equal to the limit "+lim.String()))
+		}
+	}
+	return errs
+}
+
+// GatewayProfile recognises one kind of gateway pod and names its Envoy
+// container. Profiles are data: users add their own in the configuration.
+type GatewayProfile struct {
+	Name string `json:"name"`
+	// Selector must match the pod's labels.
+	Selector metav1.LabelSelector `json:"selector"`
+	// Namespaces, when set, restricts the profile to these namespaces (for
+	// gateways whose labels alone are too generic, e.g. app=envoy).
+	Namespaces []string `json:"namespaces,omitempty"`
+	// ContainerFromLabel names a pod label whose value is the Envoy
+	// container's name (Gloo names the container after gateway-proxy-id).
+	ContainerFromLabel string `json:"containerFromLabel,omitempty"`
+	// Containers are candidate container names, tried in order.
+	Containers []string `json:"containers,omitempty"`
+	// Env is added to the gateway container (recorded for uninject).
+	Env []corev1.EnvVar `json:"env,omitempty"`
+}
+
+type compiledProfile struct {
+	GatewayProfile
+	selector   labels.Selector
+	namespaces sets.Set[string]
+}
+
+func (p GatewayProfile) compile(fp *field.Path) (compiledProfile, field.ErrorList) {
+	var errs field.ErrorList
+	if p.Name == "" {
+		errs = append(errs, field.Required(fp.Child("name"), ""))
+	}
+	if len(p.Selector.MatchLabels) == 0 && len(p.Selector.MatchExpressions) == 0 {
+		errs = append(errs, field.Required(fp.Child("selector"), "an empty selector would match every pod"))
+	}
+	sel, err := metav1.LabelSelectorAsSelector(&p.Selector)
+	if err != nil {
+		errs = append(errs, field.Invalid(fp.Child("selector"), p.Selector.String(), err.Error()))
+	}
+	for i, ns := range p.Namespaces {
+		if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
+			errs = append(errs, field.Invalid(fp.Child("namespaces").Index(i), ns, strings.Join(msgs, "; ")))
+		}
+	}
+	if p.ContainerFromLabel == "" && len(p.Containers) == 0 {
+		errs = append(errs, field.Required(fp.Child("containers"), "name the Envoy container or set containerFromLabel"))
+	}
+	if p.ContainerFromLabel != "" {
+		if msgs := validation.IsQualifiedName(p.ContainerFromLabel); len(msgs) > 0 {
+			errs = append(errs, field.Invalid(fp.Child("containerFromLabel"), p.ContainerFromLabel, strings.Join(msgs, "; ")))
+		}
+	}
+	for i, c := range p.Containers {
+		if msgs := validation.IsDNS1123Label(c); len(msgs) > 0 {
+			errs = append(errs, field.Invalid(fp.Child("containers").Index(i), c, strings.Join(msgs, "; ")))
+		}
+	}
+	for i, e := range p.Env {
+		if msgs := validation.IsEnvVarName(e.Name); len(msgs) > 0 {
+			errs = append(errs, field.Invalid(fp.Child("env").Index(i).Child("name"), e.Name, strings.Join(msgs, "; ")))
+		}
+	}
+	if len(errs) > 0 {
+		return compiledProfile{}, errs
+	}
+	return compiledProfile{GatewayProfile: p, selector: sel, namespaces: sets.New(p.Namespaces...)}, nil
+}
+
+// errInvalidOverride marks per-pod annotation errors.
+var errInvalidOverride = errors.New("invalid override")

@@ -1,0 +1,61 @@
+package inject
+
+// Outcome is the kind of decision the engine reached.
+type Outcome string
+
+const (
+	OutcomeInjected Outcome = "injected"
+	OutcomeSkipped  Outcome = "skipped"
+	OutcomeError    Outcome = "error"
+)
+
+// Reason is a machine-readable cause, stable enough for metrics labels and
+// for users' alerts.
+type Reason string
+
+const (
+	ReasonInjected Reason = "injected"
+
+	ReasonAlreadyInjected    Reason = "already-injected"
+	ReasonMirrorPod          Reason = "mirror-pod"
+	ReasonExcludedNamespace  Reason = "excluded-namespace"
+	ReasonOptedOut           Reason = "opted-out"
+	ReasonIstioSidecar       Reason = "istio-sidecar-present"
+	ReasonAgentPresent       Reason = "agent-present"
+	ReasonNotAGateway        Reason = "not-a-gateway"
+	ReasonContainerNotFound  Reason = "gateway-container-not-found"
+	ReasonInvalidOverride    Reason = "invalid-override"
+	ReasonHostNetwork        Reason = "host-network"
+	ReasonConflict           Reason = "conflict"
+	ReasonInvalidInjectValue Reason = "invalid-inject-value"
+	ReasonInvalidStatus      Reason = "invalid-status"
+	ReasonInvalidInput       Reason = "invalid-input"
+	ReasonNotInjected        Reason = "not-injected"
+	ReasonUninjected         Reason = "uninjected"
+)
+
+// Decision explains what the engine did and why.
+type Decision struct {
+	Outcome Outcome `json:"outcome"`
+	Reason  Reason  `json:"reason"`
+	// Message is for humans: what happened and, for problems, what to fix.
+	Message string `json:"message,omitempty"`
+	// Profile is the gateway profile that recognised the pod, if any.
+	Profile string `json:"profile,omitempty"`
+	// Warn is set when the pod is a gateway that asked for (or qualifies
+	// for) injection but could not get it. The webhook turns such skips into
+	// admission warnings so `kubectl apply` shows them.
+	Warn bool `json:"warn,omitempty"`
+}
+
+func skipped(reason Reason, msg string) Decision {
+	return Decision{Outcome: OutcomeSkipped, Reason: reason, Message: msg}
+}
+
+func warned(reason Reason, profile, msg string) Decision {
+	return Decision{Outcome: OutcomeSkipped, Reason: reason, Message: msg, Profile: profile, Warn: true}
+}
+
+func failed(reason Reason, msg string) Decision {
+	return Decision{Outcome: OutcomeError, Reason: reason, Message: msg}
+}

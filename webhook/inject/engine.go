@@ -1,0 +1,409 @@
+package inject
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"gomodules.xyz/jsonpatch/v2"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+)
+
+// Result is the engine's answer for one pod.
+type Result struct {
+	// Pod is the mutated pod when injected, otherwise the input pod itself.
+	Pod      *corev1.Pod
+	Decision Decision
+	// Patch turns the input pod into Pod. It consists of add operations
+	// only, so applying it to the raw object the API server sent keeps
+	// every field this package does not know. Nil unless injected.
+	Patch []jsonpatch.Operation
+}
+
+// Inject decides whether the pod is an edge gateway that should receive the
+// certificate agent and, if so, returns the injected pod and its patch. The
+// input pod is never modified.
+func Inject(pod *corev1.Pod, s *Settings) Result {
+	if pod == nil || s == nil {
+		return Result{Pod: pod, Decision: failed(ReasonInvalidInput, "no pod or no settings given")}
+	}
+	d, p := s.plan(pod)
+	if d.Outcome != OutcomeInjected {
+		return Result{Pod: pod, Decision: d}
+	}
+	return Result{Pod: p.apply(pod), Decision: d, Patch: p.operations(pod)}
+}
+
+// optIn reads the per-pod switch; the label wins over the annotation.
+func optIn(pod *corev1.Pod) (explicit *bool, err error) {
+	value, source := "", ""
+	if v, ok := pod.Annotations[AnnotationInject]; ok {
+		value, source = v, "annotation"
+	}
+	if v, ok := pod.Labels[LabelInject]; ok {
+		value, source = v, "label"
+	}
+	switch value {
+	case "":
+		if source == "" {
+			return nil, nil
+		}
+	case "true":
+		return &[]bool{true}[0], nil
+	case "false":
+		return &[]bool{false}[0], nil
+	}
+	return nil, fmt.Errorf("%s %s=%q is invalid: use \"true\" or \"false\"", source, LabelInject, value)
+}
+
+// agentPresent reports a container that already is an Istio certificate
+// agent (Gloo's own istio integration, a manual istio-proxy, an SDS helper).
+func agentPresent(pod *corev1.Pod) string {
+	check := func(c *corev1.Container) string {
+		switch {
+		case c.Name == "istio-proxy", c.Name == "sds-agent":
+			return c.Name
+		case strings.Contains(c.Image, "/proxyv2:"), strings.Contains(c.Image, "/proxyv2@"),
+			strings.Contains(c.Image, "solo-io/sds:"), strings.Contains(c.Image, "solo-io/sds@"):
+			return c.Name
+		}
+		return ""
+	}
+	for i := range pod.Spec.InitContainers {
+		if n := check(&pod.Spec.InitContainers[i]); n != "" {
+			return n
+		}
+	}
+	for i := range pod.Spec.Containers {
+		if n := check(&pod.Spec.Containers[i]); n != "" {
+			return n
+		}
+	}
+	return ""
+}
+
+// plan runs the selection logic and, when the pod is to be injected,
+// describes every addition.
+func (s *Settings) plan(pod *corev1.Pod) (Decision, *plan) {
+	if v, ok := pod.Annotations[AnnotationStatus]; ok {
+		if _, err := ParseStatus(v); err != nil {
+			return failed(ReasonInvalidStatus, err.Error()+"; remove the annotation and the injected containers, or recreate the pod from its template"), nil
+		}
+		return skipped(ReasonAlreadyInjected, "pod already carries "+AnnotationStatus), nil
+	}
+	if _, ok := pod.Annotations[annotationMirror]; ok {
+		return skipped(ReasonMirrorPod, "static (mirror) pods cannot be mutated"), nil
+	}
+	if s.excluded.Has(pod.Namespace) {
+		return skipped(ReasonExcludedNamespace, "namespace "+pod.Namespace+" is excluded from injection"), nil
+	}
+	explicit, err := optIn(pod)
+	if err != nil {
+		return failed(ReasonInvalidInjectValue, err.Error()), nil
+	}
+	if explicit != nil && !*explicit {
+		return skipped(ReasonOptedOut, LabelInject+" is \"false\""), nil
+	}
+	if _, ok := pod.Annotations[annotationIstioStatus]; ok {
+		return skipped(ReasonIstioSidecar, "pod was injected by Istio ("+annotationIstioStatus+"); its proxy already has a mesh identity"), nil
+	}
+	if name := agentPresent(pod); name != "" {
+		return skipped(ReasonAgentPresent, "pod already runs an Istio certificate agent or SDS helper (container "+name+")"), nil
+	}
+
+	match, ok := s.matchGateway(pod)
+	if !ok {
+		if explicit == nil {
+			return skipped(ReasonNotAGateway, "pod matches no gateway profile"), nil
+		}
+		// An explicit opt-in of a single-container pod means "this is my
+		// Envoy"; with several containers we would have to guess.
+		if len(pod.Spec.Containers) != 1 {
+			return warned(ReasonContainerNotFound, "", fmt.Sprintf(
+				"pod asks for injection but matches no gateway profile and has %d containers: set annotation %s to the Envoy container's name",
+				len(pod.Spec.Containers), AnnotationGatewayContainer)), nil
+		}
+		match = gatewayMatch{profile: ProfileGeneric, container: pod.Spec.Containers[0].Name}
+	}
+	gwIndex := containerIndex(pod.Spec.Containers, match.container)
+	if gwIndex < 0 {
+		msg := fmt.Sprintf("gateway profile %q matched but none of its container names is in the pod", match.profile)
+		if match.container != "" {
+			msg = fmt.Sprintf("gateway container %q is not in the pod", match.container)
+		}
+		return warned(ReasonContainerNotFound, match.profile, msg+": set annotation "+AnnotationGatewayContainer+" to the Envoy container's name"), nil
+	}
+
+	params, err := s.podParams(pod)
+	if err != nil {
+		return warned(ReasonInvalidOverride, match.profile, err.Error()), nil
+	}
+	if pod.Spec.HostNetwork && len(boundPorts(params.flavor)) > 0 {
+		return warned(ReasonHostNetwork, match.profile, fmt.Sprintf(
+			"flavor %s binds TCP ports %v, which would collide on the host network: use flavor %s for hostNetwork gateways",
+			params.flavor, boundPorts(params.flavor), FlavorSDSAgent)), nil
+	}
+	p, err := s.buildPlan(pod, params, match, gwIndex)
+	if err != nil {
+		return warned(ReasonConflict, match.profile, err.Error()), nil
+	}
+	return Decision{
+		Outcome: OutcomeInjected,
+		Reason:  ReasonInjected,
+		Profile: match.profile,
+		Message: fmt.Sprintf("injected %s (%s, Istio %s, %s) for gateway container %q",
+			agentContainerName(params.flavor), params.flavor, params.version, p.status.Placement, match.container),
+	}, p
+}
+
+// plan is the complete, additive description of an injection.
+type plan struct {
+	status        Status
+	annotations   [][2]string // added, in order; the status comes last
+	gatewayIndex  int
+	gatewayMounts []corev1.VolumeMount
+	gatewayEnv    []corev1.EnvVar
+	volumes       []corev1.Volume
+	container     corev1.Container
+	native        bool
+}
+
+func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMatch, gwIndex int) (*plan, error) {
+	gw := &pod.Spec.Containers[gwIndex]
+	agentName := agentContainerName(params.flavor)
+	if containerIndex(pod.Spec.Containers, agentName) >= 0 || containerIndex(pod.Spec.InitContainers, agentName) >= 0 {
+		return nil, fmt.Errorf("the pod already has a container named %q: rename it or opt the pod out", agentName)
+	}
+	for _, port := range boundPorts(params.flavor) {
+		for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+			for i := range cs {
+				for _, cp := range cs[i].Ports {
+					if cp.ContainerPort == port && (cp.Protocol == "" || cp.Protocol == corev1.ProtocolTCP) {
+						return nil, fmt.Errorf("container %q declares port %d, which the %s agent binds: use flavor %s or move the port",
+							cs[i].Name, port, params.flavor, FlavorSDSAgent)
+					}
+				}
+			}
+		}
+	}
+
+	p := &plan{gatewayIndex: gwIndex, native: params.native}
+	wanted := s.volumesFor(params)
+	for _, w := range wanted {
+		if existing := findVolume(pod.Spec.Volumes, w.volume.Name); existing != nil {
+			if !compatibleVolume(existing, &w.volume) {
+				return nil, fmt.Errorf("the pod already has a volume named %q with a different source: rename it or opt the pod out", w.volume.Name)
+			}
+			continue // reuse it
+		}
+		p.volumes = append(p.volumes, w.volume)
+	}
+	for _, w := range wanted {
+		if w.gatewayPath == "" {
+			continue
+		}
+		reused := false
+		for _, m := range gw.VolumeMounts {
+			if m.MountPath != w.gatewayPath {
+				continue
+			}
+			if m.Name == w.volume.Name && findVolume(p.volumes, w.volume.Name) == nil {
+				reused = true
+				continue
+			}
+			return nil, fmt.Errorf("container %q already mounts volume %q at %s, where the agent's %s volume must go",
+				gw.Name, m.Name, m.MountPath, w.volume.Name)
+		}
+		if !reused {
+			p.gatewayMounts = append(p.gatewayMounts, corev1.VolumeMount{Name: w.volume.Name, MountPath: w.gatewayPath, ReadOnly: w.gatewayRO})
+		}
+	}
+	for _, e := range match.env {
+		if i := slices.IndexFunc(gw.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }); i >= 0 {
+			if equality.Semantic.DeepEqual(gw.Env[i], e) {
+				continue
+			}
+			return nil, fmt.Errorf("container %q already sets env %s differently from gateway profile %q", gw.Name, e.Name, match.profile)
+		}
+		p.gatewayEnv = append(p.gatewayEnv, e)
+	}
+
+	p.container = s.agentContainer(params, wanted, workloadName(pod))
+	p.status = Status{
+		Version:          statusVersion,
+		Flavor:           params.flavor,
+		IstioVersion:     params.version.String(),
+		IstioProfile:     params.profile.Name,
+		Image:            params.image,
+		Placement:        PlacementClassic,
+		GatewayProfile:   match.profile,
+		GatewayContainer: gw.Name,
+	}
+	if params.native {
+		p.status.Placement = PlacementNative
+		p.status.InitContainers = []string{p.container.Name}
+	} else {
+		p.status.Containers = []string{p.container.Name}
+		// The agent goes first so that its postStart hook holds the gateway
+		// back; keep `kubectl logs/exec` pointed at the gateway.
+		if _, ok := pod.Annotations[annotationDefaultContainer]; !ok {
+			p.annotations = append(p.annotations, [2]string{annotationDefaultContainer, gw.Name})
+			p.status.Annotations = []string{annotationDefaultContainer}
+		}
+	}
+	for _, v := range p.volumes {
+		p.status.Volumes = append(p.status.Volumes, v.Name)
+	}
+	for _, m := range p.gatewayMounts {
+		p.status.GatewayMounts = append(p.status.GatewayMounts, MountRef{Name: m.Name, MountPath: m.MountPath})
+	}
+	for _, e := range p.gatewayEnv {
+		p.status.GatewayEnv = append(p.status.GatewayEnv, e.Name)
+	}
+	p.annotations = append(p.annotations, [2]string{AnnotationStatus, p.status.encode()})
+	return p, nil
+}
+
+// apply returns a deep copy of pod with the plan's additions.
+func (p *plan) apply(orig *corev1.Pod) *corev1.Pod {
+	pod := orig.DeepCopy()
+	if pod.Annotations == nil {
+		pod.Annotations = make(map[string]string, len(p.annotations))
+	}
+	for _, kv := range p.annotations {
+		pod.Annotations[kv[0]] = kv[1]
+	}
+	gw := &pod.Spec.Containers[p.gatewayIndex]
+	gw.VolumeMounts = append(gw.VolumeMounts, p.gatewayMounts...)
+	gw.Env = append(gw.Env, p.gatewayEnv...)
+	pod.Spec.Volumes = append(pod.Spec.Volumes, p.volumes...)
+	if p.native {
+		pod.Spec.InitContainers = slices.Insert(pod.Spec.InitContainers, 0, *p.container.DeepCopy())
+	} else {
+		pod.Spec.Containers = slices.Insert(pod.Spec.Containers, 0, *p.container.DeepCopy())
+	}
+	return pod
+}
+
+// operations expresses the plan as JSON Patch add operations against orig.
+// Operations that address the gateway container by index come before the
+// agent container is inserted in front of it.
+func (p *plan) operations(orig *corev1.Pod) []jsonpatch.Operation {
+	var ops []jsonpatch.Operation
+	if orig.Annotations == nil {
+		m := make(map[string]string, len(p.annotations))
+		for _, kv := range p.annotations {
+			m[kv[0]] = kv[1]
+		}
+		ops = append(ops, addOp("/metadata/annotations", m))
+	} else {
+		for _, kv := range p.annotations {
+			ops = append(ops, addOp("/metadata/annotations/"+escapePointer(kv[0]), kv[1]))
+		}
+	}
+	gwPath := fmt.Sprintf("/spec/containers/%d", p.gatewayIndex)
+	gw := &orig.Spec.Containers[p.gatewayIndex]
+	ops = appendList(ops, gwPath+"/volumeMounts", len(gw.VolumeMounts) == 0, p.gatewayMounts)
+	ops = appendList(ops, gwPath+"/env", len(gw.Env) == 0, p.gatewayEnv)
+	ops = appendList(ops, "/spec/volumes", len(orig.Spec.Volumes) == 0, p.volumes)
+	if p.native {
+		if len(orig.Spec.InitContainers) == 0 {
+			ops = append(ops, addOp("/spec/initContainers", []corev1.Container{p.container}))
+		} else {
+			ops = append(ops, addOp("/spec/initContainers/0", p.container))
+		}
+	} else {
+		ops = append(ops, addOp("/spec/containers/0", p.container))
+	}
+	return ops
+}
+
+// appendList adds items to the array at path. An absent (or empty) array is
+// created whole: "/-" on a missing array is an error in JSON Patch.
+func appendList[T any](ops []jsonpatch.Operation, path string, absent bool, items []T) []jsonpatch.Operation {
+	if len(items) == 0 {
+		return ops
+	}
+	if absent {
+		return append(ops, addOp(path, items))
+	}
+	for _, it := range items {
+		ops = append(ops, addOp(path+"/-", it))
+	}
+	return ops
+}
+
+func addOp(path string, value any) jsonpatch.Operation {
+	return jsonpatch.Operation{Operation: "add", Path: path, Value: value}
+}
+
+// escapePointer escapes a JSON Pointer reference token (RFC 6901).
+func escapePointer(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1")
+}
+
+func findVolume(vs []corev1.Volume, name string) *corev1.Volume {
+	for i := range vs {
+		if vs[i].Name == name {
+			return &vs[i]
+		}
+	}
+	return nil
+}
+
+// compatibleVolume says whether an existing volume can stand in for the one
+// the agent needs. Defaults the API server fills in (defaultMode, sizeLimit,
+// token expiry) do not matter; the kind of source and what it points at do.
+func compatibleVolume(existing, wanted *corev1.Volume) bool {
+	e, w := existing.VolumeSource, wanted.VolumeSource
+	switch {
+	case w.EmptyDir != nil:
+		return e.EmptyDir != nil && e.EmptyDir.Medium == w.EmptyDir.Medium
+	case w.ConfigMap != nil:
+		return e.ConfigMap != nil && e.ConfigMap.Name == w.ConfigMap.Name && len(e.ConfigMap.Items) == 0
+	case w.Projected != nil:
+		if e.Projected == nil || len(e.Projected.Sources) != 1 || e.Projected.Sources[0].ServiceAccountToken == nil {
+			return false
+		}
+		et, wt := e.Projected.Sources[0].ServiceAccountToken, w.Projected.Sources[0].ServiceAccountToken
+		return et.Audience == wt.Audience && et.Path == wt.Path
+	case w.DownwardAPI != nil:
+		if e.DownwardAPI == nil || len(e.DownwardAPI.Items) != len(w.DownwardAPI.Items) {
+			return false
+		}
+		for i, it := range w.DownwardAPI.Items {
+			got := e.DownwardAPI.Items[i]
+			if got.Path != it.Path || got.FieldRef == nil || got.FieldRef.FieldPath != it.FieldRef.FieldPath {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// workloadName derives the owning workload's name the way Istio reports it
+// in ISTIO_META_WORKLOAD_NAME: a Deployment's pods are named
+// <deployment>-<pod-template-hash>-<suffix>.
+func workloadName(pod *corev1.Pod) string {
+	if v := pod.Labels[labelIstioWorkloadName]; v != "" {
+		return v
+	}
+	name := pod.Name
+	if name == "" {
+		name = pod.GenerateName
+	}
+	if h := pod.Labels[labelPodTemplateHash]; h != "" {
+		if i := strings.LastIndex(name, "-"+h+"-"); i > 0 {
+			return name[:i]
+		}
+		if strings.HasSuffix(name, "-"+h) {
+			return strings.TrimSuffix(name, "-"+h)
+		}
+	}
+	if pod.Name == "" {
+		return strings.TrimSuffix(pod.GenerateName, "-")
+	}
+	return name
+}

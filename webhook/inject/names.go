@@ -1,0 +1,62 @@
+package inject
+
+// Labels and annotations read or written by the engine. They are part of the
+// project's public API: changing one breaks users' manifests.
+const (
+	Prefix = "sds-injector.io/"
+
+	// LabelInject / AnnotationInject opt a pod in ("true") or out ("false").
+	// The label wins when both are set, as with Istio's sidecar.istio.io/inject.
+	LabelInject      = Prefix + "inject"
+	AnnotationInject = Prefix + "inject"
+
+	AnnotationStatus           = Prefix + "status"
+	AnnotationFlavor           = Prefix + "flavor"
+	AnnotationIstioVersion     = Prefix + "istio-version"
+	AnnotationNativeSidecar    = Prefix + "native-sidecar"
+	AnnotationGatewayContainer = Prefix + "gateway-container"
+	AnnotationAgentCPU         = Prefix + "agent-cpu"
+	AnnotationAgentMemory      = Prefix + "agent-memory"
+	AnnotationAgentCPULimit    = Prefix + "agent-cpu-limit"
+	AnnotationAgentMemoryLimit = Prefix + "agent-memory-limit"
+
+	// NamespaceLabel enables injection for every gateway in a namespace.
+	NamespaceLabel = "sds-injection"
+
+	annotationIstioStatus      = "sidecar.istio.io/status"
+	annotationMirror           = "kubernetes.io/config.mirror"
+	annotationDefaultContainer = "kubectl.kubernetes.io/default-container"
+	labelPodTemplateHash       = "pod-template-hash"
+	labelIstioWorkloadName     = "service.istio.io/workload-name"
+)
+
+// Names of the volumes the engine may add. They follow Istio's injection
+// templates so that operators recognise them and Istio tooling keeps working.
+const (
+	VolumeWorkloadSocket   = "workload-socket"
+	VolumeCredentialSocket = "credential-socket"
+	VolumeWorkloadCerts    = "workload-certs"
+	VolumeIstioEnvoy       = "istio-envoy"
+	VolumeIstioData        = "istio-data"
+	VolumeIstioPodinfo     = "istio-podinfo"
+	VolumeIstioToken       = "istio-token"
+	VolumeIstiodCACert     = "istiod-ca-cert"
+	VolumeIstioCerts       = "istio-certs"
+)
+
+// Paths inside the containers, fixed by the istio-agent contract.
+const (
+	pathWorkloadSocketDir = "/var/run/secrets/workload-spiffe-uds"
+	pathCredentialSocket  = "/var/run/secrets/credential-uds"
+	pathWorkloadCerts     = "/var/run/secrets/workload-spiffe-credentials"
+	pathIstioProxy        = "/etc/istio/proxy"
+	pathIstioData         = "/var/lib/istio/data"
+	pathIstioPodinfo      = "/etc/istio/pod"
+	pathTokens            = "/var/run/secrets/tokens"
+	pathIstiodCA          = "/var/run/secrets/istio"
+	tokenFile             = "istio-token"
+
+	// DefaultCertsDir is where the istio-agent-files flavor writes key.pem,
+	// cert-chain.pem and root-cert.pem, in both the agent and the gateway.
+	DefaultCertsDir = "/etc/istio-certs"
+)

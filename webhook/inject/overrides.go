@@ -1,0 +1,95 @@
+package inject
+
+import (
+	"fmt"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// podParams applies the pod's override annotations to the settings. Every
+// override is validated; the first invalid one is reported with what to fix.
+func (s *Settings) podParams(pod *corev1.Pod) (podParams, error) {
+	p := podParams{
+		flavor:    s.flavor,
+		version:   s.version,
+		image:     s.istioImage,
+		native:    s.native,
+		resources: s.resources,
+	}
+	ann := pod.Annotations
+	if v, ok := ann[AnnotationFlavor]; ok {
+		f := Flavor(v)
+		if !isFlavor(f) {
+			return p, fmt.Errorf("annotation %s=%q is invalid: use one of %v", AnnotationFlavor, v, flavorStrings())
+		}
+		p.flavor = f
+	}
+	if v, ok := ann[AnnotationIstioVersion]; ok {
+		ver, err := ParseIstioVersion(v)
+		if err != nil {
+			return p, fmt.Errorf("annotation %s: %w", AnnotationIstioVersion, err)
+		}
+		if ver.Release == "" {
+			return p, fmt.Errorf("annotation %s=%q names no patch release: use a full version such as %s so the agent image tag can be derived",
+				AnnotationIstioVersion, v, DefaultIstioVersion)
+		}
+		if s.hub == "" {
+			return p, fmt.Errorf("annotation %s needs the injector's hub setting to derive the image, and none is configured", AnnotationIstioVersion)
+		}
+		p.version = ver
+		p.image = proxyImage(s.hub, ver.Release)
+	}
+	if v, ok := ann[AnnotationNativeSidecar]; ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil || (v != "true" && v != "false") {
+			return p, fmt.Errorf("annotation %s=%q is invalid: use \"true\" or \"false\"", AnnotationNativeSidecar, v)
+		}
+		p.native = b
+	}
+	if p.flavor == FlavorSDSAgent {
+		p.image = s.sdsAgentImage
+	}
+	p.profile = p.version.Profile()
+
+	quantities := []struct {
+		annotation string
+		limit      bool
+		name       corev1.ResourceName
+	}{
+		{AnnotationAgentCPU, false, corev1.ResourceCPU},
+		{AnnotationAgentMemory, false, corev1.ResourceMemory},
+		{AnnotationAgentCPULimit, true, corev1.ResourceCPU},
+		{AnnotationAgentMemoryLimit, true, corev1.ResourceMemory},
+	}
+	copied := false
+	for _, q := range quantities {
+		v, ok := ann[q.annotation]
+		if !ok {
+			continue
+		}
+		qty, err := resource.ParseQuantity(v)
+		if err != nil || qty.Sign() <= 0 {
+			return p, fmt.Errorf("annotation %s=%q is not a positive quantity (e.g. 100m for CPU, 128Mi for memory)", q.annotation, v)
+		}
+		if !copied {
+			p.resources = *p.resources.DeepCopy()
+			copied = true
+		}
+		list := &p.resources.Requests
+		if q.limit {
+			list = &p.resources.Limits
+		}
+		if *list == nil {
+			*list = corev1.ResourceList{}
+		}
+		(*list)[q.name] = qty
+	}
+	for name, req := range p.resources.Requests {
+		if lim, ok := p.resources.Limits[name]; ok && req.Cmp(lim) > 0 {
+			return p, fmt.Errorf("agent %s request %s exceeds its limit %s: adjust the %s annotations", name, req.String(), lim.String(), Prefix+"agent-*")
+		}
+	}
+	return p, nil
+}
