@@ -1,0 +1,134 @@
+package inject
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	gomodpatch "gomodules.xyz/jsonpatch/v2"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// mustJSON marshals a pod; typed marshalling makes nil and empty lists the
+// same, which is the equality that matters to the API server.
+func mustJSON(t testing.TB, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// applyPatch applies engine operations to raw JSON with the JSON Patch
+// implementation the API server uses.
+func applyPatch(t testing.TB, doc []byte, ops []gomodpatch.Operation) []byte {
+	t.Helper()
+	p, err := jsonpatch.DecodePatch(mustJSON(t, ops))
+	if err != nil {
+		t.Fatalf("patch does not decode: %v", err)
+	}
+	out, err := p.Apply(doc)
+	if err != nil {
+		t.Fatalf("patch does not apply: %v\npatch: %s", err, mustJSON(t, ops))
+	}
+	return out
+}
+
+// normalise decodes JSON into a Pod and re-encodes it.
+func normalise(t testing.TB, doc []byte) []byte {
+	t.Helper()
+	var p corev1.Pod
+	if err := json.Unmarshal(doc, &p); err != nil {
+		t.Fatal(err)
+	}
+	return mustJSON(t, &p)
+}
+
+// checkInvariants asserts the engine's contract for one pod and returns the
+// injection result:
+//   - the input is never modified;
+//   - a pod that is not injected comes back as it was, with no patch;
+//   - the patch applied to the original equals the injected pod;
+//   - inject(inject(p)) == inject(p), with no patch the second time;
+//   - uninject(inject(p)) == p, and uninject's own patch agrees;
+//   - no duplicate container, volume or mount names, and every mount refers
+//     to a volume of the pod (when the input had none of these problems).
+func checkInvariants(t testing.TB, pod *corev1.Pod, s *Settings) Result {
+	t.Helper()
+	before := mustJSON(t, pod)
+	res := Inject(pod, s)
+	if got := mustJSON(t, pod); !bytes.Equal(before, got) {
+		t.Fatalf("Inject modified its input")
+	}
+	if res.Decision.Outcome != OutcomeInjected {
+		if res.Pod != pod || res.Patch != nil {
+			t.Fatalf("%s: pod changed or patch returned although not injected", res.Decision.Reason)
+		}
+		if res.Decision.Reason == "" || res.Decision.Message == "" {
+			t.Fatalf("decision without reason or message: %+v", res.Decision)
+		}
+		return res
+	}
+	injected := mustJSON(t, res.Pod)
+	if patched := normalise(t, applyPatch(t, before, res.Patch)); !bytes.Equal(patched, injected) {
+		t.Fatalf("patch applied to the original differs from the injected pod\npatched:  %s\ninjected: %s", patched, injected)
+	}
+	for _, op := range res.Patch {
+		if op.Operation != "add" {
+			t.Fatalf("injection patch has a %q operation at %s; only add is allowed", op.Operation, op.Path)
+		}
+	}
+	again := Inject(res.Pod, s)
+	if again.Decision.Reason != ReasonAlreadyInjected || again.Patch != nil || !bytes.Equal(mustJSON(t, again.Pod), injected) {
+		t.Fatalf("re-injection changed the pod: %+v", again.Decision)
+	}
+	un := Uninject(res.Pod)
+	if un.Decision.Reason != ReasonUninjected {
+		t.Fatalf("uninject: %+v", un.Decision)
+	}
+	if got := mustJSON(t, un.Pod); !bytes.Equal(got, before) {
+		t.Fatalf("uninject(inject(p)) != p\ngot:  %s\nwant: %s", got, before)
+	}
+	if patched := normalise(t, applyPatch(t, injected, un.Patch)); !bytes.Equal(patched, before) {
+		t.Fatalf("uninject patch does not restore the original\ngot:  %s\nwant: %s", patched, before)
+	}
+	if checkNames(pod) == nil {
+		if err := checkNames(res.Pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return res
+}
+
+func checkNames(pod *corev1.Pod) error {
+	containers := map[string]bool{}
+	volumes := map[string]bool{}
+	for _, v := range pod.Spec.Volumes {
+		if volumes[v.Name] {
+			return fmt.Errorf("duplicate volume %q", v.Name)
+		}
+		volumes[v.Name] = true
+	}
+	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for _, c := range list {
+			if containers[c.Name] {
+				return fmt.Errorf("duplicate container %q", c.Name)
+			}
+			containers[c.Name] = true
+			paths := map[string]bool{}
+			for _, m := range c.VolumeMounts {
+				if paths[m.MountPath] {
+					return fmt.Errorf("container %q mounts %s twice", c.Name, m.MountPath)
+				}
+				paths[m.MountPath] = true
+				if !volumes[m.Name] {
+					return fmt.Errorf("container %q mounts unknown volume %q", c.Name, m.Name)
+				}
+			}
+		}
+	}
+	return nil
+}
