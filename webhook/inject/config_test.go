@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -147,5 +148,28 @@ func TestParseIstioVersion(t *testing.T) {
 				t.Errorf("got profile %s release %q", v.Profile().Name, v.Release)
 			}
 		})
+	}
+}
+
+// The annotated example shipped in deploy/ must stay valid and must match
+// the built-in defaults apart from its example profile.
+func TestShippedExampleConfig(t *testing.T) {
+	data, err := os.ReadFile("../../deploy/config/sds-injector.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cfg.Resolve(); err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.GatewayProfiles) != 1 {
+		t.Fatalf("example profile missing: %+v", cfg.GatewayProfiles)
+	}
+	cfg.GatewayProfiles = nil
+	if got, want := mustJSON(t, cfg), mustJSON(t, DefaultConfig()); string(got) != string(want) {
+		t.Errorf("the example no longer shows the defaults:\nexample:  %s\ndefaults: %s", got, want)
 	}
 }

@@ -213,10 +213,7 @@ func transformAt(js []byte, path []string, fn Transform, name, namespace, owner 
 	for _, p := range path {
 		prefix += "/" + p
 	}
-	ops := make([]map[string]any, 0, len(res.Patch)+1)
-	if m, _ := node.(map[string]any); m["metadata"] == nil {
-		ops = append(ops, map[string]any{"op": "add", "path": prefix + "/metadata", "value": map[string]any{}})
-	}
+	ops := make([]map[string]any, 0, len(res.Patch))
 	for _, op := range res.Patch {
 		o := map[string]any{"op": op.Operation, "path": prefix + op.Path}
 		if op.Operation != "remove" {

@@ -1,0 +1,58 @@
+# sds-injector developer tasks. `make test` is what CI runs (.ci/run).
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+FUZZTIME  ?= 10s
+# New interesting inputs are minimised too; a short budget keeps the run
+# fuzzing rather than shrinking.
+FUZZMINIMIZE ?= 2s
+PKGS      := ./...
+
+.PHONY: all build test unit lint fmt fuzz fuzz-smoke bench golden controlplane clean
+
+all: lint test build
+
+## build: the sds-injector binary in bin/
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/sds-injector ./cmd/sds-injector
+
+## test: lint, every test with the race detector (integration tests build the
+## local control plane binaries on first use), then a short fuzz run
+test: lint unit fuzz-smoke
+
+unit:
+	$(GO) test -race -count=1 -timeout 60m $(PKGS)
+
+## lint: gofmt and go vet must be clean
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+## fuzz-smoke: each fuzz target for FUZZTIME (bounded; part of make test)
+fuzz-smoke:
+	$(GO) test ./webhook/inject -run '^$$' -fuzz '^FuzzInject$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
+	$(GO) test ./webhook/inject -run '^$$' -fuzz '^FuzzUninject$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
+	$(GO) test ./webhook/kubeinject -run '^$$' -fuzz '^FuzzProcess$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
+
+## fuzz: longer fuzzing on demand, e.g. make fuzz FUZZTIME=10m
+fuzz: FUZZTIME = 5m
+fuzz: fuzz-smoke
+
+## bench: engine and patch benchmarks (figures recorded in docs/performance.md)
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./webhook/...
+
+## golden: rewrite golden files after an intended output change
+golden:
+	$(GO) test ./webhook/inject -run TestGolden -update
+
+## controlplane: build (or find cached) kube-apiserver, etcd, kube-controller-manager, kubectl
+controlplane:
+	test/controlplane/build-binaries.sh --with-controller-manager
+
+clean:
+	rm -rf bin/
