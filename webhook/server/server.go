@@ -1,0 +1,144 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/go-logr/logr"
+	"golang.org/x/sync/errgroup"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/sds-injector/sds-injector/webhook/inject"
+)
+
+// InjectPath is where the MutatingWebhookConfigurations send pods.
+const InjectPath = "/inject"
+
+// MaxRequestBytes is the largest AdmissionReview accepted; larger bodies get
+// a 413 error in the review. It is controller-runtime's limit, well above
+// what the API server itself accepts for a pod (3 MiB requests).
+const MaxRequestBytes = 7 * 1024 * 1024
+
+// Options configure Run.
+type Options struct {
+	Settings *inject.Settings
+	OnError  ErrorPolicy
+
+	// Host and Port of the HTTPS webhook listener.
+	Host string
+	Port int
+	// CertDir holds tls.crt and tls.key; they are reloaded when they change.
+	CertDir string
+	// MetricsAddr serves /metrics over HTTP; "0" disables it.
+	MetricsAddr string
+	// HealthAddr serves /healthz and /readyz; "0" disables it.
+	HealthAddr string
+
+	Logger logr.Logger
+}
+
+// Server is a configured, not yet started webhook.
+type Server struct {
+	opts    Options
+	webhook webhook.Server
+	metrics metricsserver.Server
+	health  *http.Server
+	healthL net.Listener
+}
+
+// New validates the options and builds the servers.
+func New(o Options) (*Server, error) {
+	if o.Settings == nil {
+		return nil, errors.New("no injection settings")
+	}
+	if o.OnError == "" {
+		o.OnError = ErrorPolicyDeny
+	}
+	if _, err := ParseErrorPolicy(string(o.OnError)); err != nil {
+		return nil, err
+	}
+	if o.Port < 1 || o.Port > 65535 {
+		return nil, fmt.Errorf("webhook port %d is not between 1 and 65535", o.Port)
+	}
+	m, err := NewMetrics(ctrlmetrics.Registry)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{opts: o}
+	s.webhook = webhook.NewServer(webhook.Options{
+		Host:    o.Host,
+		Port:    o.Port,
+		CertDir: o.CertDir,
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) {
+			c.MinVersion = tls.VersionTLS12
+			// HTTP/2 is off: the API server speaks HTTP/1.1 with keep-alive
+			// to webhooks, and HTTP/2 brought the Rapid Reset CVEs.
+			c.NextProtos = []string{"http/1.1"}
+		}},
+	})
+	s.webhook.Register(InjectPath, &webhook.Admission{Handler: NewHandler(o.Settings, o.OnError, m, o.Logger.WithName("inject"))})
+
+	if o.MetricsAddr != "0" {
+		if s.metrics, err = metricsserver.NewServer(metricsserver.Options{BindAddress: o.MetricsAddr}, nil, nil); err != nil {
+			return nil, err
+		}
+	}
+	if o.HealthAddr != "0" && o.HealthAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/healthz", http.StripPrefix("/healthz", &healthz.Handler{Checks: map[string]healthz.Checker{"ping": healthz.Ping}}))
+		// Ready only once the TLS listener answers, which needs the serving
+		// certificate loaded.
+		mux.Handle("/readyz", http.StripPrefix("/readyz", &healthz.Handler{Checks: map[string]healthz.Checker{"webhook": s.webhook.StartedChecker()}}))
+		s.health = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		if s.healthL, err = net.Listen("tcp", o.HealthAddr); err != nil {
+			return nil, fmt.Errorf("health probe listener: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Webhook exposes the HTTPS server, e.g. for tests that register more paths.
+func (s *Server) Webhook() webhook.Server { return s.webhook }
+
+// HealthAddr is the bound health probe address (useful with port 0).
+func (s *Server) HealthAddr() string {
+	if s.healthL == nil {
+		return ""
+	}
+	return s.healthL.Addr().String()
+}
+
+// Start serves until ctx is cancelled, then shuts everything down.
+func (s *Server) Start(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.webhook.Start(ctx) })
+	if s.metrics != nil {
+		g.Go(func() error { return s.metrics.Start(ctx) })
+	}
+	if s.health != nil {
+		g.Go(func() error {
+			if err := s.health.Serve(s.healthL); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-ctx.Done()
+			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return s.health.Shutdown(shutdownCtx)
+		})
+	}
+	s.opts.Logger.Info("serving", "webhook", fmt.Sprintf("%s:%d%s", s.opts.Host, s.opts.Port, InjectPath),
+		"certDir", s.opts.CertDir, "metrics", s.opts.MetricsAddr, "health", s.HealthAddr(),
+		"flavor", s.opts.Settings.Flavor(), "istioVersion", s.opts.Settings.IstioVersion().String(), "onError", s.opts.OnError)
+	return g.Wait()
+}
