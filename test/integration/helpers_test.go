@@ -1,0 +1,230 @@
+package integration
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/sds-injector/sds-injector/webhook/inject"
+)
+
+const repoRoot = "../.."
+
+func testingShort() bool {
+	flag.Parse()
+	return testing.Short()
+}
+
+func skipIfShort(t *testing.T) {
+	t.Helper()
+	if cp == nil {
+		t.Skip("needs the local control plane (kube-apiserver + etcd built from source); run without -short")
+	}
+}
+
+// Mode names the shipped MutatingWebhookConfiguration files.
+type Mode string
+
+const (
+	ModeNamespace   Mode = "namespace-mode"
+	ModePerGateway  Mode = "per-gateway-mode"
+	ModeClusterWide Mode = "cluster-wide-mode"
+)
+
+// loadShipped reads a webhook configuration from deploy/webhook exactly as
+// users apply it.
+func loadShipped(t *testing.T, mode Mode) *admissionregistrationv1.MutatingWebhookConfiguration {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "webhook", string(mode)+".yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict(data, &mwc); err != nil {
+		t.Fatalf("%s: %v", mode, err)
+	}
+	return &mwc
+}
+
+// installMode applies the shipped configuration for mode, pointing its
+// client config at the in-process webhook (as envtest does for services),
+// and removes it when the test ends. Everything else — selectors,
+// matchConditions, failurePolicy, timeouts, reinvocation — is as shipped.
+func installMode(t *testing.T, mode Mode) *admissionregistrationv1.MutatingWebhookConfiguration {
+	t.Helper()
+	mwc := loadShipped(t, mode)
+	w := cp.WebhookInstallOptions
+	for i := range mwc.Webhooks {
+		cc := &mwc.Webhooks[i].ClientConfig
+		url := "https://" + net.JoinHostPort(w.LocalServingHost, strconv.Itoa(w.LocalServingPort)) + *cc.Service.Path
+		cc.Service = nil
+		cc.URL = &url
+		cc.CABundle = w.LocalServingCAData
+	}
+	ctx := context.Background()
+	if err := cp.Client.Create(ctx, mwc); err != nil {
+		t.Fatalf("installing %s: %v", mode, err)
+	}
+	t.Cleanup(func() {
+		if err := cp.Client.Delete(context.Background(), mwc); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("removing %s: %v", mode, err)
+		}
+		// The apiserver's webhook configuration cache updates asynchronously.
+		time.Sleep(300 * time.Millisecond)
+	})
+	// Let the apiserver pick the configuration up before pods are created.
+	time.Sleep(500 * time.Millisecond)
+	return mwc
+}
+
+var nsCounter int
+
+// namespace creates a fresh namespace with the given labels and the
+// ServiceAccounts the example pods use (envtest runs no ServiceAccount
+// admission plugin, so pods must name an existing account).
+func namespace(t *testing.T, labels map[string]string) string {
+	t.Helper()
+	nsCounter++
+	name := fmt.Sprintf("it-%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), nsCounter)
+	if len(name) > 63 {
+		name = fmt.Sprintf("it-%d-%s", nsCounter, name[len(name)-50:])
+	}
+	name = strings.Trim(strings.ReplaceAll(name, "_", "-"), "-")
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+	if err := cp.Client.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	for _, sa := range []string{"gateway-proxy", "envoy-default-eg-e41e7b31", "default", "gateway"} {
+		if err := cp.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: name}}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), ns) })
+	return name
+}
+
+// examplePod loads a pod from docs/examples into namespace ns with a fresh
+// name, applying optional labels and annotations.
+func examplePod(t *testing.T, file, ns, name string, labels, annotations map[string]string) *corev1.Pod {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot, "docs", "examples", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pod corev1.Pod
+	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
+		t.Fatal(err)
+	}
+	pod.Namespace, pod.Name = ns, name
+	for k, v := range labels {
+		if pod.Labels == nil {
+			pod.Labels = map[string]string{}
+		}
+		pod.Labels[k] = v
+	}
+	for k, v := range annotations {
+		if pod.Annotations == nil {
+			pod.Annotations = map[string]string{}
+		}
+		pod.Annotations[k] = v
+	}
+	return &pod
+}
+
+func glooPod(t *testing.T, ns, name string, labels, annotations map[string]string) *corev1.Pod {
+	return examplePod(t, "gloo-gateway-proxy.yaml", ns, name, labels, annotations)
+}
+
+// create submits the pod and returns what the apiserver stored.
+func create(t *testing.T, pod *corev1.Pod) *corev1.Pod {
+	t.Helper()
+	if err := cp.Client.Create(context.Background(), pod); err != nil {
+		t.Fatalf("creating %s/%s: %v", pod.Namespace, pod.Name, err)
+	}
+	var stored corev1.Pod
+	if err := cp.Client.Get(context.Background(), client.ObjectKeyFromObject(pod), &stored); err != nil {
+		t.Fatal(err)
+	}
+	return &stored
+}
+
+// injectedStatus returns the parsed status annotation, or nil.
+func injectedStatus(t *testing.T, pod *corev1.Pod) *inject.Status {
+	t.Helper()
+	v, ok := pod.Annotations[inject.AnnotationStatus]
+	if !ok {
+		return nil
+	}
+	st, err := inject.ParseStatus(v)
+	if err != nil {
+		t.Fatalf("stored pod has a bad status: %v", err)
+	}
+	return st
+}
+
+func assertInjected(t *testing.T, pod *corev1.Pod) *inject.Status {
+	t.Helper()
+	st := injectedStatus(t, pod)
+	if st == nil {
+		t.Fatalf("pod %s/%s was not injected; containers %v", pod.Namespace, pod.Name, containerNames(pod))
+	}
+	agents := 0
+	for _, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		if c.Name == "istio-proxy" || c.Name == "sds-agent" {
+			agents++
+		}
+	}
+	if agents != 1 {
+		t.Fatalf("pod %s/%s has %d agent containers: %v", pod.Namespace, pod.Name, agents, containerNames(pod))
+	}
+	return st
+}
+
+func assertNotInjected(t *testing.T, pod *corev1.Pod, wantContainers int) {
+	t.Helper()
+	if st := injectedStatus(t, pod); st != nil || len(pod.Spec.Containers) != wantContainers || len(pod.Spec.InitContainers) != 0 {
+		t.Fatalf("pod %s/%s was changed: containers %v, init %d, status %v", pod.Namespace, pod.Name, containerNames(pod), len(pod.Spec.InitContainers), st != nil)
+	}
+}
+
+func containerNames(pod *corev1.Pod) []string {
+	var n []string
+	for _, c := range pod.Spec.InitContainers {
+		n = append(n, "init:"+c.Name)
+	}
+	for _, c := range pod.Spec.Containers {
+		n = append(n, c.Name)
+	}
+	return n
+}
+
+// eventually polls cond every 200ms for up to timeout.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) (bool, error)) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, timeout, true, cond); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func getPod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
+	var p corev1.Pod
+	err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &p)
+	return &p, err
+}

@@ -1,0 +1,122 @@
+// Package integration proves the webhook end to end: a real kube-apiserver
+// and etcd (and kube-controller-manager) run locally, the project's shipped
+// MutatingWebhookConfigurations are installed, and pods are created through
+// the API, so the apiserver's selectors, CEL matchConditions, patch
+// application and pod validation are all part of every test.
+package integration
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/webhook/inject"
+	"github.com/sds-injector/sds-injector/webhook/server"
+)
+
+var cp *controlplane.ControlPlane
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	// The suite needs the local control plane; -short runs skip it with
+	// that reason (see skipIfShort) rather than failing.
+	if testingShort() {
+		return m.Run()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	var err error
+	cp, err = controlplane.Start(ctx, controlplane.Options{
+		WithControllerManager: true,
+		// No configurations are installed at start: each test installs the
+		// shipped file for the mode it exercises (see installMode). envtest
+		// still prepares the local serving certificate and port.
+		WebhookInstallOptions: envtest.WebhookInstallOptions{},
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "starting the local control plane:", err)
+		return 1
+	}
+	defer func() {
+		if err := cp.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping the control plane:", err)
+		}
+	}()
+	return m.Run()
+}
+
+// webhookServer is one running sds-injector webhook in this process,
+// configured exactly as `sds-injector serve` configures it.
+type webhookServer struct {
+	cancel context.CancelFunc
+	done   chan error
+	srv    *server.Server
+}
+
+func startWebhook(t *testing.T, cfg inject.Config, extra map[string]http.Handler) *webhookServer {
+	t.Helper()
+	settings, err := cfg.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := cp.WebhookInstallOptions
+	srv, err := server.New(server.Options{
+		Settings:    settings,
+		OnError:     server.ErrorPolicyDeny,
+		Host:        w.LocalServingHost,
+		Port:        w.LocalServingPort,
+		CertDir:     w.LocalServingCertDir,
+		MetricsAddr: "0",
+		HealthAddr:  "127.0.0.1:0",
+		Logger:      logr.Discard(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, h := range extra {
+		srv.Webhook().Register(path, h)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ws := &webhookServer{cancel: cancel, done: make(chan error, 1), srv: srv}
+	go func() { ws.done <- srv.Start(ctx) }()
+	t.Cleanup(ws.stop)
+	waitReady(t, "http://"+srv.HealthAddr()+"/readyz")
+	return ws
+}
+
+func (w *webhookServer) stop() {
+	if w.cancel == nil {
+		return
+	}
+	w.cancel()
+	<-w.done
+	w.cancel = nil
+}
+
+func waitReady(t *testing.T, url string) {
+	t.Helper()
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{}}}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("webhook not ready at %s after 30s", url)
+}
