@@ -8,7 +8,7 @@ FUZZTIME  ?= 10s
 FUZZMINIMIZE ?= 2s
 PKGS      := ./...
 
-.PHONY: all build test unit lint fmt fuzz fuzz-smoke bench golden controlplane clean
+.PHONY: all build test unit lint fmt fuzz fuzz-smoke bench golden controlplane demo clean
 
 all: lint test build
 
@@ -53,6 +53,10 @@ golden:
 ## controlplane: build (or find cached) kube-apiserver, etcd, kube-controller-manager, kubectl
 controlplane:
 	test/controlplane/build-binaries.sh --with-controller-manager
+
+## demo: local control plane + sds-injector serve + an injected Gloo pod and an untouched app pod
+demo:
+	$(GO) run ./test/demo
 
 clean:
 	rm -rf bin/

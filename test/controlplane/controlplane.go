@@ -35,6 +35,7 @@ import (
 	"syscall"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -42,6 +43,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 )
 
 // Names of the binaries in a binary directory.
@@ -509,4 +511,37 @@ func (cp *ControlPlane) Stop() error {
 		cp.stopErr = errors.Join(errs...)
 	})
 	return cp.stopErr
+}
+
+// InstallMutatingWebhookFile creates the MutatingWebhookConfiguration in
+// file (YAML, as shipped to users) with every webhook's clientConfig pointed
+// at the local serving address (https://LocalServingHost:LocalServingPort
+// plus the service path) and the local serving CA, as envtest does for
+// configurations given at start. Everything else is kept as written.
+func (cp *ControlPlane) InstallMutatingWebhookFile(ctx context.Context, file string) (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict(data, &mwc); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	w := cp.WebhookInstallOptions
+	if w == nil || w.LocalServingPort == 0 {
+		return nil, errors.New("no local serving address: the control plane was started without webhook install options")
+	}
+	for i := range mwc.Webhooks {
+		cc := &mwc.Webhooks[i].ClientConfig
+		path := ""
+		if cc.Service != nil && cc.Service.Path != nil {
+			path = *cc.Service.Path
+		}
+		url := "https://" + net.JoinHostPort(w.LocalServingHost, strconv.Itoa(w.LocalServingPort)) + path
+		cc.Service, cc.URL, cc.CABundle = nil, &url, w.LocalServingCAData
+	}
+	if err := cp.Client.Create(ctx, &mwc); err != nil {
+		return nil, fmt.Errorf("installing %s: %w", file, err)
+	}
+	return &mwc, nil
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -63,23 +61,14 @@ func loadShipped(t *testing.T, mode Mode) *admissionregistrationv1.MutatingWebho
 }
 
 // installMode applies the shipped configuration for mode, pointing its
-// client config at the in-process webhook (as envtest does for services),
-// and removes it when the test ends. Everything else — selectors,
-// matchConditions, failurePolicy, timeouts, reinvocation — is as shipped.
+// client config at the in-process webhook, and removes it when the test
+// ends. Everything else — selectors, matchConditions, failurePolicy,
+// timeouts, reinvocation — is as shipped.
 func installMode(t *testing.T, mode Mode) *admissionregistrationv1.MutatingWebhookConfiguration {
 	t.Helper()
-	mwc := loadShipped(t, mode)
-	w := cp.WebhookInstallOptions
-	for i := range mwc.Webhooks {
-		cc := &mwc.Webhooks[i].ClientConfig
-		url := "https://" + net.JoinHostPort(w.LocalServingHost, strconv.Itoa(w.LocalServingPort)) + *cc.Service.Path
-		cc.Service = nil
-		cc.URL = &url
-		cc.CABundle = w.LocalServingCAData
-	}
-	ctx := context.Background()
-	if err := cp.Client.Create(ctx, mwc); err != nil {
-		t.Fatalf("installing %s: %v", mode, err)
+	mwc, err := cp.InstallMutatingWebhookFile(context.Background(), filepath.Join(repoRoot, "deploy", "webhook", string(mode)+".yaml"))
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if err := cp.Client.Delete(context.Background(), mwc); err != nil && !apierrors.IsNotFound(err) {
