@@ -174,6 +174,9 @@ func (s *Settings) Flavor() Flavor { return s.flavor }
 // IstioVersion is the configured Istio version.
 func (s *Settings) IstioVersion() IstioVersion { return s.version }
 
+// ClusterDomain is the cluster's DNS domain.
+func (s *Settings) ClusterDomain() string { return s.clusterDomain }
+
 // Native reports whether native sidecar placement is the default.
 func (s *Settings) Native() bool { return s.native }
 

@@ -41,6 +41,9 @@ type Options struct {
 	MetricsAddr string
 	// HealthAddr serves /healthz and /readyz; "0" disables it.
 	HealthAddr string
+	// ReadyChecks are added to /readyz (e.g. "the API server trusts our
+	// certificate" in self-managed certificate mode).
+	ReadyChecks map[string]healthz.Checker
 
 	Logger logr.Logger
 }
@@ -96,7 +99,11 @@ func New(o Options) (*Server, error) {
 		mux.Handle("/healthz", http.StripPrefix("/healthz", &healthz.Handler{Checks: map[string]healthz.Checker{"ping": healthz.Ping}}))
 		// Ready only once the TLS listener answers, which needs the serving
 		// certificate loaded.
-		mux.Handle("/readyz", http.StripPrefix("/readyz", &healthz.Handler{Checks: map[string]healthz.Checker{"webhook": s.webhook.StartedChecker()}}))
+		ready := map[string]healthz.Checker{"webhook": s.webhook.StartedChecker()}
+		for name, c := range o.ReadyChecks {
+			ready[name] = c
+		}
+		mux.Handle("/readyz", http.StripPrefix("/readyz", &healthz.Handler{Checks: ready}))
 		s.health = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		if s.healthL, err = net.Listen("tcp", o.HealthAddr); err != nil {
 			return nil, fmt.Errorf("health probe listener: %w", err)
