@@ -37,6 +37,8 @@ fuzz-smoke:
 	$(GO) test ./webhook/inject -run '^$$' -fuzz '^FuzzInject$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./webhook/inject -run '^$$' -fuzz '^FuzzUninject$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./webhook/kubeinject -run '^$$' -fuzz '^FuzzProcess$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
+	$(GO) test ./webhook/server -run '^$$' -fuzz '^FuzzPodDecoding$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
+	$(GO) test ./webhook/server -run '^$$' -fuzz '^FuzzReview$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 
 ## fuzz: longer fuzzing on demand, e.g. make fuzz FUZZTIME=10m
 fuzz: FUZZTIME = 5m
@@ -60,3 +62,14 @@ demo:
 
 clean:
 	rm -rf bin/
+
+.PHONY: helm manifests
+
+## helm: build (or find cached) the helm CLI from the Go module proxy; prints its path
+helm:
+	@test/helm/build-helm.sh
+
+## manifests: render deploy/manifests and deploy/webhook from the Helm chart
+## (the install tests fail when they drift from the chart)
+manifests:
+	test/helm/render-manifests.sh deploy

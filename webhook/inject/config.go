@@ -166,6 +166,7 @@ type Settings struct {
 	excluded          sets.Set[string]
 	profiles          []compiledProfile
 	proxyConfigJSON   string
+	cache             *encodedCache
 }
 
 // Flavor is the default flavor.
@@ -306,6 +307,7 @@ func (c Config) Resolve() (*Settings, error) {
 		excluded:          sets.New(c.ExcludedNamespaces...),
 		profiles:          profiles,
 		proxyConfigJSON:   `{"discoveryAddress":"` + discovery + `"}`,
+		cache:             &encodedCache{},
 	}, nil
 }
 

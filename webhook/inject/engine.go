@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -33,6 +34,19 @@ func Inject(pod *corev1.Pod, s *Settings) Result {
 		return Result{Pod: pod, Decision: d}
 	}
 	return Result{Pod: p.apply(pod), Decision: d, Patch: p.operations(pod)}
+}
+
+// InjectPatch is Inject without building the mutated pod: the decision and
+// the patch, which is all an admission response needs.
+func InjectPatch(pod *corev1.Pod, s *Settings) (Decision, []jsonpatch.Operation) {
+	if pod == nil || s == nil {
+		return failed(ReasonInvalidInput, "no pod or no settings given"), nil
+	}
+	d, p := s.plan(pod)
+	if d.Outcome != OutcomeInjected {
+		return d, nil
+	}
+	return d, p.operations(pod)
 }
 
 // optIn reads the per-pod switch; the label wins over the annotation.
@@ -165,8 +179,17 @@ type plan struct {
 	gatewayMounts []corev1.VolumeMount
 	gatewayEnv    []corev1.EnvVar
 	volumes       []corev1.Volume
-	container     corev1.Container
+	volumesJSON   []json.RawMessage
 	native        bool
+
+	// The agent container is built and encoded once per distinct
+	// parameters (see encodedCache); apply rebuilds the struct.
+	settings      *Settings
+	params        podParams
+	wanted        []wantedVolume
+	workload      string
+	containerName string
+	containerJSON json.RawMessage
 }
 
 func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMatch, gwIndex int) (*plan, error) {
@@ -188,8 +211,10 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 		}
 	}
 
-	p := &plan{gatewayIndex: gwIndex, native: params.native}
+	p := &plan{gatewayIndex: gwIndex, native: params.native, settings: s, params: params}
 	wanted := s.volumesFor(params)
+	p.wanted = wanted
+	pkey := params.cacheKey()
 	for _, w := range wanted {
 		if existing := findVolume(pod.Spec.Volumes, w.volume.Name); existing != nil {
 			if !compatibleVolume(existing, &w.volume) {
@@ -198,6 +223,8 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 			continue // reuse it
 		}
 		p.volumes = append(p.volumes, w.volume)
+		v := w.volume
+		p.volumesJSON = append(p.volumesJSON, s.cache.get(pkey+"|volume|"+v.Name, func() any { return &v }))
 	}
 	for _, w := range wanted {
 		if w.gatewayPath == "" {
@@ -229,7 +256,12 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 		p.gatewayEnv = append(p.gatewayEnv, e)
 	}
 
-	p.container = s.agentContainer(params, wanted, workloadName(pod))
+	p.workload = workloadName(pod)
+	p.containerName = agentContainerName(params.flavor)
+	p.containerJSON = s.cache.get(pkey+"|container|"+p.workload, func() any {
+		c := s.agentContainer(params, wanted, p.workload)
+		return &c
+	})
 	p.status = Status{
 		Version:          statusVersion,
 		Flavor:           params.flavor,
@@ -242,9 +274,9 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 	}
 	if params.native {
 		p.status.Placement = PlacementNative
-		p.status.InitContainers = []string{p.container.Name}
+		p.status.InitContainers = []string{p.containerName}
 	} else {
-		p.status.Containers = []string{p.container.Name}
+		p.status.Containers = []string{p.containerName}
 		// The agent goes first so that its postStart hook holds the gateway
 		// back; keep `kubectl logs/exec` pointed at the gateway.
 		if _, ok := pod.Annotations[annotationDefaultContainer]; !ok {
@@ -278,10 +310,11 @@ func (p *plan) apply(orig *corev1.Pod) *corev1.Pod {
 	gw.VolumeMounts = append(gw.VolumeMounts, p.gatewayMounts...)
 	gw.Env = append(gw.Env, p.gatewayEnv...)
 	pod.Spec.Volumes = append(pod.Spec.Volumes, p.volumes...)
+	agent := p.settings.agentContainer(p.params, p.wanted, p.workload)
 	if p.native {
-		pod.Spec.InitContainers = slices.Insert(pod.Spec.InitContainers, 0, *p.container.DeepCopy())
+		pod.Spec.InitContainers = slices.Insert(pod.Spec.InitContainers, 0, agent)
 	} else {
-		pod.Spec.Containers = slices.Insert(pod.Spec.Containers, 0, *p.container.DeepCopy())
+		pod.Spec.Containers = slices.Insert(pod.Spec.Containers, 0, agent)
 	}
 	return pod
 }
@@ -306,17 +339,34 @@ func (p *plan) operations(orig *corev1.Pod) []jsonpatch.Operation {
 	gw := &orig.Spec.Containers[p.gatewayIndex]
 	ops = appendList(ops, gwPath+"/volumeMounts", len(gw.VolumeMounts) == 0, p.gatewayMounts)
 	ops = appendList(ops, gwPath+"/env", len(gw.Env) == 0, p.gatewayEnv)
-	ops = appendList(ops, "/spec/volumes", len(orig.Spec.Volumes) == 0, p.volumes)
+	ops = appendList(ops, "/spec/volumes", len(orig.Spec.Volumes) == 0, p.volumesJSON)
 	if p.native {
 		if len(orig.Spec.InitContainers) == 0 {
-			ops = append(ops, addOp("/spec/initContainers", []corev1.Container{p.container}))
+			ops = append(ops, addOp("/spec/initContainers", rawArray(p.containerJSON)))
 		} else {
-			ops = append(ops, addOp("/spec/initContainers/0", p.container))
+			ops = append(ops, addOp("/spec/initContainers/0", p.containerJSON))
 		}
 	} else {
-		ops = append(ops, addOp("/spec/containers/0", p.container))
+		ops = append(ops, addOp("/spec/containers/0", p.containerJSON))
 	}
 	return ops
+}
+
+// rawArray wraps encoded values in a JSON array.
+func rawArray(items ...json.RawMessage) json.RawMessage {
+	n := 2
+	for _, it := range items {
+		n += len(it) + 1
+	}
+	b := make([]byte, 0, n)
+	b = append(b, '[')
+	for i, it := range items {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, it...)
+	}
+	return append(b, ']')
 }
 
 // appendList adds items to the array at path. An absent (or empty) array is
@@ -326,6 +376,9 @@ func appendList[T any](ops []jsonpatch.Operation, path string, absent bool, item
 		return ops
 	}
 	if absent {
+		if raws, ok := any(items).([]json.RawMessage); ok {
+			return append(ops, addOp(path, rawArray(raws...)))
+		}
 		return append(ops, addOp(path, items))
 	}
 	for _, it := range items {

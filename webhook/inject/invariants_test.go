@@ -24,9 +24,13 @@ func mustJSON(t testing.TB, v any) []byte {
 
 // applyPatch applies engine operations to raw JSON with the JSON Patch
 // implementation the API server uses.
-func applyPatch(t testing.TB, doc []byte, ops []gomodpatch.Operation) []byte {
+func applyPatch(t testing.TB, doc []byte, ops []gomodpatch.Operation, encoded ...[]byte) []byte {
 	t.Helper()
-	p, err := jsonpatch.DecodePatch(mustJSON(t, ops))
+	raw := mustJSON(t, ops)
+	if len(encoded) > 0 {
+		raw = encoded[0]
+	}
+	p, err := jsonpatch.DecodePatch(raw)
 	if err != nil {
 		t.Fatalf("patch does not decode: %v", err)
 	}
@@ -75,6 +79,16 @@ func checkInvariants(t testing.TB, pod *corev1.Pod, s *Settings) Result {
 	injected := mustJSON(t, res.Pod)
 	if patched := normalise(t, applyPatch(t, before, res.Patch)); !bytes.Equal(patched, injected) {
 		t.Fatalf("patch applied to the original differs from the injected pod\npatched:  %s\ninjected: %s", patched, injected)
+	}
+	fast, err := MarshalPatch(res.Patch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if patched := normalise(t, applyPatch(t, before, nil, fast)); !bytes.Equal(patched, injected) {
+		t.Fatalf("MarshalPatch encodes a different patch")
+	}
+	if d, ops := InjectPatch(pod, s); d != res.Decision || !bytes.Equal(mustJSON(t, ops), mustJSON(t, res.Patch)) {
+		t.Fatalf("InjectPatch disagrees with Inject")
 	}
 	for _, op := range res.Patch {
 		if op.Operation != "add" {

@@ -4,16 +4,9 @@
 package server
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
-	"time"
 
 	"github.com/go-logr/logr"
-	admissionv1 "k8s.io/api/admission/v1"
-	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
@@ -46,7 +39,7 @@ func ParseErrorPolicy(s string) (ErrorPolicy, error) {
 // speaks in `kubectl apply` output.
 const warningPrefix = "sds-injector: "
 
-// Handler answers AdmissionReviews for pod creation.
+// Handler answers AdmissionReviews for pod creation (an http.Handler).
 type Handler struct {
 	settings *inject.Settings
 	onError  ErrorPolicy
@@ -57,65 +50,4 @@ type Handler struct {
 // NewHandler returns the admission handler for the given settings.
 func NewHandler(s *inject.Settings, onError ErrorPolicy, m *Metrics, log logr.Logger) *Handler {
 	return &Handler{settings: s, onError: onError, metrics: m, log: log}
-}
-
-var podResource = struct{ group, version, resource string }{"", "v1", "pods"}
-
-// Handle implements admission.Handler. Dry-run requests need no special
-// care: the handler has no side effects besides its own metrics.
-func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.Response {
-	start := time.Now()
-	resp, result, reason := h.handle(req)
-	h.metrics.observe(result, reason, time.Since(start))
-	if log := h.log.V(1); log.Enabled() {
-		name := req.Name
-		if name == "" {
-			name = "(generated)"
-		}
-		log.Info("admission", "namespace", req.Namespace, "name", name, "uid", req.UID,
-			"dryRun", req.DryRun != nil && *req.DryRun, "result", result, "reason", reason,
-			"allowed", resp.Allowed, "patchOps", len(resp.Patches))
-	}
-	return resp
-}
-
-func (h *Handler) handle(req admission.Request) (admission.Response, inject.Outcome, inject.Reason) {
-	if req.Resource.Group != podResource.group || req.Resource.Resource != podResource.resource || req.SubResource != "" {
-		// Only a misconfigured webhook sends these; admit them untouched.
-		return admission.Allowed("sds-injector only mutates pods"), inject.OutcomeSkipped, "not-a-pod"
-	}
-	if req.Operation != admissionv1.Create {
-		return admission.Allowed("sds-injector only acts on pod creation"), inject.OutcomeSkipped, "not-create"
-	}
-	if len(req.Object.Raw) == 0 {
-		return admission.Errored(http.StatusBadRequest, fmt.Errorf("AdmissionReview request has no object")), inject.OutcomeError, inject.ReasonInvalidInput
-	}
-	var pod corev1.Pod
-	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
-		return admission.Errored(http.StatusBadRequest, fmt.Errorf("request object is not a pod: %w", err)), inject.OutcomeError, inject.ReasonInvalidInput
-	}
-	if pod.Namespace == "" {
-		pod.Namespace = req.Namespace
-	}
-	// Never diffed or patched, and sometimes large: not worth copying.
-	pod.ManagedFields = nil
-
-	res := inject.Inject(&pod, h.settings)
-	d := res.Decision
-	switch d.Outcome {
-	case inject.OutcomeInjected:
-		return admission.Patched(d.Message, res.Patch...), d.Outcome, d.Reason
-	case inject.OutcomeSkipped:
-		resp := admission.Allowed(string(d.Reason))
-		if d.Warn {
-			resp = resp.WithWarnings(fmt.Sprintf("%snot injected (%s): %s", warningPrefix, d.Reason, d.Message))
-		}
-		return resp, d.Outcome, d.Reason
-	default:
-		if h.onError == ErrorPolicyAllow {
-			return admission.Allowed(string(d.Reason)).WithWarnings(fmt.Sprintf("%snot injected (%s): %s", warningPrefix, d.Reason, d.Message)),
-				d.Outcome, d.Reason
-		}
-		return admission.Denied(warningPrefix + d.Message), d.Outcome, d.Reason
-	}
 }

@@ -15,13 +15,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 
 func examplePodJSON(t *testing.T, name string) []byte {
+	t.Helper()
+	return examplePodJSONB(t, name)
+}
+
+func examplePodJSONB(t testing.TB, name string) []byte {
 	t.Helper()
 	data, err := os.ReadFile("../../docs/examples/" + name)
 	if err != nil {
@@ -61,7 +65,7 @@ func withAnnotations(t *testing.T, podJSON []byte, kv map[string]string, labels 
 	return out
 }
 
-func review(t *testing.T, apiVersion string, object []byte, mutate func(*admissionv1.AdmissionRequest)) []byte {
+func review(t testing.TB, apiVersion string, object []byte, mutate func(*admissionv1.AdmissionRequest)) []byte {
 	t.Helper()
 	req := &admissionv1.AdmissionRequest{
 		UID:       "3b3b1f0e-0000-4000-8000-000000000001",
@@ -111,8 +115,7 @@ func newTestHandler(t *testing.T, policy ErrorPolicy) (http.Handler, *Metrics) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := NewHandler(inject.DefaultConfig().MustResolve(), policy, m, logr.Discard())
-	return &admission.Webhook{Handler: h}, m
+	return NewHandler(inject.DefaultConfig().MustResolve(), policy, m, logr.Discard()), m
 }
 
 func TestHandler(t *testing.T) {
@@ -200,15 +203,23 @@ func TestHandler(t *testing.T) {
 		},
 		"bad JSON": {
 			body: []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{`),
-			want: want{allowed: false, code: http.StatusBadRequest, noMetric: true},
+			want: want{allowed: false, code: http.StatusBadRequest, message: "not a valid AdmissionReview", result: inject.OutcomeError, reason: inject.ReasonInvalidInput},
 		},
 		"wrong content type": {
 			body: review(t, "admission.k8s.io/v1", gloo, nil), contentType: "text/plain",
-			want: want{allowed: false, code: http.StatusBadRequest, message: "expected application/json", noMetric: true},
+			want: want{allowed: false, code: http.StatusUnsupportedMediaType, message: "send application/json", result: inject.OutcomeError, reason: inject.ReasonInvalidInput},
+		},
+		"content type with charset": {
+			body: review(t, "admission.k8s.io/v1", gloo, nil), contentType: "application/json; charset=utf-8",
+			want: want{allowed: true, patched: true, result: inject.OutcomeInjected, reason: inject.ReasonInjected},
+		},
+		"unknown review version": {
+			body: bytes.Replace(review(t, "admission.k8s.io/v1", gloo, nil), []byte("admission.k8s.io/v1"), []byte("admission.k8s.io/v2"), 1),
+			want: want{allowed: false, code: http.StatusBadRequest, message: `apiVersion "admission.k8s.io/v2" is not supported`, result: inject.OutcomeError, reason: inject.ReasonInvalidInput},
 		},
 		"body over the size limit": {
 			body: review(t, "admission.k8s.io/v1", withAnnotations(t, gloo, map[string]string{"big": strings.Repeat("x", MaxRequestBytes)}, nil), nil),
-			want: want{allowed: false, code: http.StatusRequestEntityTooLarge, message: "too large", noMetric: true},
+			want: want{allowed: false, code: http.StatusRequestEntityTooLarge, message: "larger than the 7340032-byte limit", result: inject.OutcomeError, reason: inject.ReasonInvalidInput},
 		},
 	}
 	for name, tc := range cases {
@@ -245,7 +256,9 @@ func TestHandler(t *testing.T) {
 			if tc.want.warning == "" && len(r.Warnings) > 0 {
 				t.Errorf("unexpected warnings %q", r.Warnings)
 			}
-			if r.UID != "3b3b1f0e-0000-4000-8000-000000000001" && !tc.want.noMetric {
+			undecodable := tc.want.code == http.StatusUnsupportedMediaType || tc.want.code == http.StatusRequestEntityTooLarge ||
+				(tc.want.code == http.StatusBadRequest && strings.Contains(tc.want.message, "AdmissionReview"))
+			if r.UID != "3b3b1f0e-0000-4000-8000-000000000001" && !undecodable {
 				t.Errorf("response UID %q does not echo the request", r.UID)
 			}
 			series := testutil.CollectAndCount(m.requests)

@@ -23,8 +23,8 @@ import (
 const InjectPath = "/inject"
 
 // MaxRequestBytes is the largest AdmissionReview accepted; larger bodies get
-// a 413 error in the review. It is controller-runtime's limit, well above
-// what the API server itself accepts for a pod (3 MiB requests).
+// a 413 error in the review. It matches controller-runtime's limit, well
+// above what the API server itself accepts for a pod (3 MiB requests).
 const MaxRequestBytes = 7 * 1024 * 1024
 
 // Options configure Run.
@@ -87,7 +87,7 @@ func New(o Options) (*Server, error) {
 			c.NextProtos = []string{"http/1.1"}
 		}},
 	})
-	s.webhook.Register(InjectPath, &webhook.Admission{Handler: NewHandler(o.Settings, o.OnError, m, o.Logger.WithName("inject"))})
+	s.webhook.Register(InjectPath, NewHandler(o.Settings, o.OnError, m, o.Logger.WithName("inject")))
 
 	if o.MetricsAddr != "0" {
 		if s.metrics, err = metricsserver.NewServer(metricsserver.Options{BindAddress: o.MetricsAddr}, nil, nil); err != nil {

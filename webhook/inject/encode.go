@@ -1,0 +1,130 @@
+package inject
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	"gomodules.xyz/jsonpatch/v2"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// encodedCache memoises the JSON of values that depend only on the
+// settings and the per-pod parameters (the agent container, the volumes):
+// encoding a container is most of the cost of a patch, and every pod of a
+// gateway Deployment needs the same bytes. It is internal to Settings and
+// changes no result.
+type encodedCache struct {
+	mu sync.RWMutex
+	m  map[string]json.RawMessage
+}
+
+// maxEncodedCache bounds the cache; it holds one entry per distinct
+// (parameters, workload) pair, so it is only reached by pathological churn,
+// and is then simply emptied.
+const maxEncodedCache = 4096
+
+func (c *encodedCache) get(key string, build func() any) json.RawMessage {
+	c.mu.RLock()
+	v, ok := c.m[key]
+	c.mu.RUnlock()
+	if ok {
+		return v
+	}
+	raw, err := json.Marshal(build())
+	if err != nil {
+		// Only Kubernetes API types and strings are encoded here.
+		panic(fmt.Sprintf("encoding %s: %v", key, err))
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxEncodedCache {
+		c.m = make(map[string]json.RawMessage)
+	}
+	c.m[key] = raw
+	c.mu.Unlock()
+	return raw
+}
+
+// cacheKey identifies the parameters that shape the agent's spec.
+func (p podParams) cacheKey() string {
+	var b strings.Builder
+	b.WriteString(string(p.flavor))
+	b.WriteByte('|')
+	b.WriteString(p.version.raw)
+	b.WriteByte('|')
+	b.WriteString(p.image)
+	if p.native {
+		b.WriteString("|native")
+	}
+	for _, l := range []corev1.ResourceList{p.resources.Requests, p.resources.Limits} {
+		b.WriteByte('|')
+		names := make([]string, 0, len(l))
+		for n := range l {
+			names = append(names, string(n))
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			q := l[corev1.ResourceName(n)]
+			b.WriteString(n + "=" + q.String() + ",")
+		}
+	}
+	return b.String()
+}
+
+// MarshalPatch encodes JSON Patch operations. Values the engine pre-encoded
+// (json.RawMessage) are copied as they are, without the re-validation and
+// compaction encoding/json applies to them.
+func MarshalPatch(ops []jsonpatch.Operation) ([]byte, error) {
+	size := 2
+	for _, op := range ops {
+		if raw, ok := op.Value.(json.RawMessage); ok {
+			size += len(raw)
+		}
+		size += len(op.Path) + 48
+	}
+	b := make([]byte, 0, size)
+	b = append(b, '[')
+	for i, op := range ops {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"op":`...)
+		b = appendJSONString(b, op.Operation)
+		b = append(b, `,"path":`...)
+		b = appendJSONString(b, op.Path)
+		if op.Operation != "remove" {
+			b = append(b, `,"value":`...)
+			switch v := op.Value.(type) {
+			case json.RawMessage:
+				b = append(b, v...)
+			case string:
+				b = appendJSONString(b, v)
+			default:
+				raw, err := json.Marshal(v)
+				if err != nil {
+					return nil, err
+				}
+				b = append(b, raw...)
+			}
+		}
+		b = append(b, '}')
+	}
+	return append(b, ']'), nil
+}
+
+// appendJSONString appends s as a JSON string; plain ASCII, the common
+// case for paths and annotation values, takes the fast path.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == '"' || c == '\\' || c >= 0x7f || c == '<' || c == '>' || c == '&' {
+			raw, _ := json.Marshal(s)
+			return append(b, raw...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
