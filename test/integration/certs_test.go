@@ -82,7 +82,7 @@ func startWebhookOnDir(t *testing.T, dir string) *webhookServer {
 	settings := inject.DefaultConfig().MustResolve()
 	w := cp.WebhookInstallOptions
 	srv, err := server.New(server.Options{Settings: settings, Host: w.LocalServingHost, Port: w.LocalServingPort, CertDir: dir,
-		MetricsAddr: "0", HealthAddr: "127.0.0.1:0", Logger: logr.Discard()})
+		MetricsAddr: "0", HealthAddr: "127.0.0.1:0", DrainDelay: -1, Logger: logr.Discard()})
 	if err != nil {
 		t.Fatal(err)
 	}

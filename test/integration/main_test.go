@@ -79,6 +79,7 @@ func startWebhook(t *testing.T, cfg inject.Config, extra map[string]http.Handler
 		CertDir:     w.LocalServingCertDir,
 		MetricsAddr: "0",
 		HealthAddr:  "127.0.0.1:0",
+		DrainDelay:  -1,
 		Logger:      logr.Discard(),
 	})
 	if err != nil {

@@ -119,8 +119,7 @@ func valueEnv(name, value string) corev1.EnvVar { return corev1.EnvVar{Name: nam
 
 // agentEnv follows the istio-agent contract of Istio's gateway template.
 func (s *Settings) agentEnv(p podParams, workload string) []corev1.EnvVar {
-	env := []corev1.EnvVar{
-		valueEnv("PILOT_CERT_PROVIDER", "istiod"),
+	podEnv := []corev1.EnvVar{
 		valueEnv("CA_ADDR", s.caAddress),
 		fieldEnv("POD_NAME", "metadata.name"),
 		fieldEnv("POD_NAMESPACE", "metadata.namespace"),
@@ -129,9 +128,11 @@ func (s *Settings) agentEnv(p podParams, workload string) []corev1.EnvVar {
 		fieldEnv("HOST_IP", "status.hostIP"),
 	}
 	if p.flavor == FlavorSDSAgent {
-		// The slim agent needs no Envoy or xDS settings, only where to find
-		// its inputs and where to serve.
-		return append(env,
+		// Exactly what cmd/sds-agent reads (docs/sds-agent.md): its inputs,
+		// where to serve, and INSTANCE_IP/HOST_IP, whose equality tells it
+		// the pod is on the host network (it then refuses a TCP listener).
+		// No Envoy or xDS settings, and nothing that opens a TCP port.
+		return append(podEnv,
 			valueEnv("ISTIO_META_CLUSTER_ID", s.clusterID),
 			valueEnv("TRUST_DOMAIN", s.trustDomain),
 			valueEnv("SDS_SOCKET_PATH", p.profile.SocketPath()),
@@ -139,6 +140,7 @@ func (s *Settings) agentEnv(p podParams, workload string) []corev1.EnvVar {
 			valueEnv("ROOT_CERT_PATH", pathIstiodCA+"/root-cert.pem"),
 		)
 	}
+	env := append([]corev1.EnvVar{valueEnv("PILOT_CERT_PROVIDER", "istiod")}, podEnv...)
 	env = append(env,
 		valueEnv("PROXY_CONFIG", s.proxyConfigJSON),
 		valueEnv("ISTIO_META_CLUSTER_ID", s.clusterID),

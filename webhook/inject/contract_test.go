@@ -133,6 +133,9 @@ func checkContract(t *testing.T, pod *corev1.Pod, flavor Flavor, version string,
 			t.Errorf("the SDS socket dir %s (%s emptyDir) must be mounted in agent and gateway: agent %v gateway %v", socketDir, socketVol, am, gm)
 		}
 	}
+	if flavor == FlavorSDSAgent {
+		checkSDSAgentContract(t, agent, env, socketDir, legacy)
+	}
 	if !legacy && flavor != FlavorSDSAgent {
 		if am["/var/run/secrets/credential-uds"] != "credential-socket" || am["/var/run/secrets/workload-spiffe-credentials"] != "workload-certs" {
 			t.Errorf("Istio 1.14+ agents need credential-socket and workload-certs writable: %v", am)
@@ -154,5 +157,59 @@ func checkContract(t *testing.T, pod *corev1.Pod, flavor Flavor, version string,
 	}
 	if len(pod.Spec.InitContainers) > 1 || (!native && len(pod.Spec.InitContainers) != 0) {
 		t.Errorf("no init containers besides a native agent (no iptables): %d", len(pod.Spec.InitContainers))
+	}
+}
+
+// checkSDSAgentContract checks the slim agent's contract as
+// docs/sds-agent.md states it (cmd/sds-agent's own tests check the same
+// injected container against the agent's configuration loader): exactly the
+// variables the agent reads, the image's entrypoint, its probe and wait
+// subcommands, and no TCP port.
+func checkSDSAgentContract(t *testing.T, agent *corev1.Container, env map[string]corev1.EnvVar, socketDir string, legacy bool) {
+	t.Helper()
+	want := []string{"CA_ADDR", "POD_NAME", "POD_NAMESPACE", "INSTANCE_IP", "SERVICE_ACCOUNT", "HOST_IP",
+		"ISTIO_META_CLUSTER_ID", "TRUST_DOMAIN", "SDS_SOCKET_PATH", "TOKEN_PATH", "ROOT_CERT_PATH"}
+	if len(agent.Env) != len(want) {
+		t.Errorf("sds-agent env has %d variables, want exactly %v", len(agent.Env), want)
+	}
+	for _, k := range want {
+		if _, ok := env[k]; !ok {
+			t.Errorf("sds-agent env lacks %s", k)
+		}
+	}
+	socket := socketDir + "/socket"
+	if legacy {
+		socket = socketDir + "/SDS"
+	}
+	paths := map[string]string{"SDS_SOCKET_PATH": socket, "TOKEN_PATH": "/var/run/secrets/tokens/istio-token",
+		"ROOT_CERT_PATH": "/var/run/secrets/istio/root-cert.pem"}
+	for k, v := range paths {
+		if env[k].Value != v {
+			t.Errorf("%s = %q, want %q", k, env[k].Value, v)
+		}
+	}
+	// Opt-in TCP listeners stay off: the flavor is allowed on hostNetwork
+	// pods because it binds no TCP port.
+	for _, k := range []string{"SDS_TCP_ADDR", "METRICS_ADDR"} {
+		if _, ok := env[k]; ok {
+			t.Errorf("%s must not be set by default", k)
+		}
+	}
+	if len(agent.Command) != 0 || len(agent.Args) != 0 || len(agent.Ports) != 0 {
+		t.Errorf("sds-agent runs the image entrypoint with no arguments and declares no ports: %v %v %v", agent.Command, agent.Args, agent.Ports)
+	}
+	probe := []string{"sds-agent", "probe"}
+	for name, p := range map[string]*corev1.Probe{"readiness": agent.ReadinessProbe, "startup": agent.StartupProbe} {
+		if p == nil {
+			continue
+		}
+		if p.Exec == nil || fmt.Sprint(p.Exec.Command) != fmt.Sprint(probe) {
+			t.Errorf("%s probe %+v, want exec %v", name, p.ProbeHandler, probe)
+		}
+	}
+	if agent.Lifecycle != nil {
+		if ps := agent.Lifecycle.PostStart; ps == nil || ps.Exec == nil || fmt.Sprint(ps.Exec.Command) != fmt.Sprint([]string{"sds-agent", "wait"}) {
+			t.Errorf("postStart %+v, want exec [sds-agent wait]", agent.Lifecycle.PostStart)
+		}
 	}
 }

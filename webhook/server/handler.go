@@ -5,6 +5,7 @@ package server
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/go-logr/logr"
 
@@ -45,6 +46,13 @@ type Handler struct {
 	onError  ErrorPolicy
 	metrics  *Metrics
 	log      logr.Logger
+
+	// readTimeout bounds reading a request body (0: no bound).
+	readTimeout time.Duration
+	// draining reports a graceful shutdown in progress: responses then ask
+	// the client to close the connection, so keep-alive connections move to
+	// other replicas instead of failing when this one stops.
+	draining func() bool
 }
 
 // NewHandler returns the admission handler for the given settings.

@@ -53,6 +53,18 @@ type reviewEnvelope struct {
 	Request    *reviewRequest `json:"request"`
 }
 
+// podReview decodes a review whose object is a pod in a single pass, the
+// case for every request the shipped configurations send. Anything else
+// falls back to reviewEnvelope, which keeps the object raw.
+type podReview struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Request    *struct {
+		reviewRequest
+		Object *corev1.Pod `json:"object"`
+	} `json:"request"`
+}
+
 // verdict is what goes into AdmissionReview.response.
 type verdict struct {
 	allowed  bool
@@ -79,6 +91,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", http.MethodPost)
 		http.Error(w, "admission reviews must be POSTed", http.StatusMethodNotAllowed)
 		return
+	}
+	if h.readTimeout > 0 {
+		_ = http.NewResponseController(w).SetReadDeadline(start.Add(h.readTimeout))
+	}
+	if h.draining != nil && h.draining() {
+		w.Header().Set("Connection", "close")
 	}
 	apiVersion := admissionV1
 	uid := ""
@@ -115,6 +133,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			v = reject(http.StatusBadRequest, "empty request body: expected an AdmissionReview")
 			return
 		}
+		var fast podReview
+		if err := jsonv2.Unmarshal(buf.Bytes(), &fast); err == nil && fast.Request != nil && fast.Request.Object != nil &&
+			(fast.APIVersion == admissionV1 || fast.APIVersion == admissionV1beta1) && fast.Kind == "AdmissionReview" {
+			apiVersion, uid = fast.APIVersion, fast.Request.UID
+			v, result, reason = h.decide(&fast.Request.reviewRequest, fast.Request.Object)
+			return
+		}
 		var env reviewEnvelope
 		if err := jsonv2.Unmarshal(buf.Bytes(), &env); err != nil {
 			v = reject(http.StatusBadRequest, "request is not a valid AdmissionReview: %v", err)
@@ -135,7 +160,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		apiVersion = env.APIVersion
-		v, result, reason = h.decide(env.Request)
+		v, result, reason = h.decide(env.Request, nil)
 	}()
 	h.metrics.observe(result, reason, time.Since(start))
 	if log := h.log.V(1); log.Enabled() {
@@ -145,8 +170,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(encodeReview(apiVersion, uid, v))
 }
 
-// decide runs the engine on a decoded request.
-func (h *Handler) decide(req *reviewRequest) (verdict, inject.Outcome, inject.Reason) {
+// decide runs the engine on a decoded request; pod is the already decoded
+// object, or nil to decode it from req.Object.
+func (h *Handler) decide(req *reviewRequest, pod *corev1.Pod) (verdict, inject.Outcome, inject.Reason) {
 	if req.Resource.Group != "" || req.Resource.Resource != "pods" || req.SubResource != "" {
 		// Only a misconfigured webhook sends these; admit them untouched.
 		return allow(), inject.OutcomeSkipped, "not-a-pod"
@@ -154,12 +180,14 @@ func (h *Handler) decide(req *reviewRequest) (verdict, inject.Outcome, inject.Re
 	if req.Operation != "CREATE" {
 		return allow(), inject.OutcomeSkipped, "not-create"
 	}
-	if len(req.Object) == 0 || req.Object.Kind() == 'n' {
-		return reject(http.StatusBadRequest, "AdmissionReview request has no object"), inject.OutcomeError, inject.ReasonInvalidInput
-	}
-	var pod corev1.Pod
-	if err := jsonv2.Unmarshal(req.Object, &pod); err != nil {
-		return reject(http.StatusBadRequest, "request object is not a pod: %v", err), inject.OutcomeError, inject.ReasonInvalidInput
+	if pod == nil {
+		if len(req.Object) == 0 || req.Object.Kind() == 'n' {
+			return reject(http.StatusBadRequest, "AdmissionReview request has no object"), inject.OutcomeError, inject.ReasonInvalidInput
+		}
+		pod = new(corev1.Pod)
+		if err := jsonv2.Unmarshal(req.Object, pod); err != nil {
+			return reject(http.StatusBadRequest, "request object is not a pod: %v", err), inject.OutcomeError, inject.ReasonInvalidInput
+		}
 	}
 	if pod.Namespace == "" {
 		pod.Namespace = req.Namespace
@@ -167,7 +195,7 @@ func (h *Handler) decide(req *reviewRequest) (verdict, inject.Outcome, inject.Re
 	// Never read, and sometimes large: not worth keeping.
 	pod.ManagedFields = nil
 
-	d, ops := inject.InjectPatch(&pod, h.settings)
+	d, ops := inject.InjectPatch(pod, h.settings)
 	switch d.Outcome {
 	case inject.OutcomeInjected:
 		patch, err := inject.MarshalPatch(ops)

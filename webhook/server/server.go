@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -41,6 +42,13 @@ type Options struct {
 	MetricsAddr string
 	// HealthAddr serves /healthz and /readyz; "0" disables it.
 	HealthAddr string
+	// DrainDelay is how long the webhook keeps serving after shutdown begins
+	// while /readyz already fails, so that the Service stops routing new
+	// requests here before the listener closes (default 5s; negative: none).
+	DrainDelay time.Duration
+	// RequestReadTimeout bounds how long reading one request body may take
+	// (slow clients cannot hold a handler forever; default 10s).
+	RequestReadTimeout time.Duration
 	// ReadyChecks are added to /readyz (e.g. "the API server trusts our
 	// certificate" in self-managed certificate mode).
 	ReadyChecks map[string]healthz.Checker
@@ -50,11 +58,12 @@ type Options struct {
 
 // Server is a configured, not yet started webhook.
 type Server struct {
-	opts    Options
-	webhook webhook.Server
-	metrics metricsserver.Server
-	health  *http.Server
-	healthL net.Listener
+	opts     Options
+	draining atomic.Bool
+	webhook  webhook.Server
+	metrics  metricsserver.Server
+	health   *http.Server
+	healthL  net.Listener
 }
 
 // New validates the options and builds the servers.
@@ -64,6 +73,12 @@ func New(o Options) (*Server, error) {
 	}
 	if o.OnError == "" {
 		o.OnError = ErrorPolicyDeny
+	}
+	if o.DrainDelay == 0 {
+		o.DrainDelay = 5 * time.Second
+	}
+	if o.RequestReadTimeout == 0 {
+		o.RequestReadTimeout = 10 * time.Second
 	}
 	if _, err := ParseErrorPolicy(string(o.OnError)); err != nil {
 		return nil, err
@@ -87,7 +102,10 @@ func New(o Options) (*Server, error) {
 			c.NextProtos = []string{"http/1.1"}
 		}},
 	})
-	s.webhook.Register(InjectPath, NewHandler(o.Settings, o.OnError, m, o.Logger.WithName("inject")))
+	h := NewHandler(o.Settings, o.OnError, m, o.Logger.WithName("inject"))
+	h.readTimeout = o.RequestReadTimeout
+	h.draining = s.draining.Load
+	s.webhook.Register(InjectPath, h)
 
 	if o.MetricsAddr != "0" {
 		if s.metrics, err = metricsserver.NewServer(metricsserver.Options{BindAddress: o.MetricsAddr}, nil, nil); err != nil {
@@ -99,7 +117,15 @@ func New(o Options) (*Server, error) {
 		mux.Handle("/healthz", http.StripPrefix("/healthz", &healthz.Handler{Checks: map[string]healthz.Checker{"ping": healthz.Ping}}))
 		// Ready only once the TLS listener answers, which needs the serving
 		// certificate loaded.
-		ready := map[string]healthz.Checker{"webhook": s.webhook.StartedChecker()}
+		ready := map[string]healthz.Checker{
+			"webhook": s.webhook.StartedChecker(),
+			"not-draining": func(*http.Request) error {
+				if s.draining.Load() {
+					return errors.New("shutting down")
+				}
+				return nil
+			},
+		}
 		for name, c := range o.ReadyChecks {
 			ready[name] = c
 		}
@@ -123,10 +149,30 @@ func (s *Server) HealthAddr() string {
 	return s.healthL.Addr().String()
 }
 
-// Start serves until ctx is cancelled, then shuts everything down.
+// Start serves until ctx is cancelled, then shuts down gracefully: /readyz
+// fails at once, the webhook keeps answering for DrainDelay, then stops
+// accepting connections and lets in-flight reviews finish.
 func (s *Server) Start(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.webhook.Start(ctx) })
+	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServing()
+	g.Go(func() error {
+		<-ctx.Done()
+		s.draining.Store(true)
+		if s.opts.DrainDelay > 0 {
+			s.opts.Logger.Info("shutting down: not ready, still serving", "for", s.opts.DrainDelay)
+			time.Sleep(s.opts.DrainDelay)
+		}
+		stopServing()
+		return nil
+	})
+	g.Go(func() error {
+		err := s.webhook.Start(serveCtx)
+		if ctx.Err() == nil && err == nil {
+			err = errors.New("webhook server stopped unexpectedly")
+		}
+		return err
+	})
 	if s.metrics != nil {
 		g.Go(func() error { return s.metrics.Start(ctx) })
 	}
@@ -138,7 +184,7 @@ func (s *Server) Start(ctx context.Context) error {
 			return nil
 		})
 		g.Go(func() error {
-			<-ctx.Done()
+			<-serveCtx.Done()
 			shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			return s.health.Shutdown(shutdownCtx)
