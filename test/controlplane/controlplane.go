@@ -519,6 +519,17 @@ func (cp *ControlPlane) Stop() error {
 // plus the service path) and the local serving CA, as envtest does for
 // configurations given at start. Everything else is kept as written.
 func (cp *ControlPlane) InstallMutatingWebhookFile(ctx context.Context, file string) (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
+	w := cp.WebhookInstallOptions
+	if w == nil || w.LocalServingPort == 0 {
+		return nil, errors.New("no local serving address: the control plane was started without webhook install options")
+	}
+	return cp.InstallMutatingWebhookFileAt(ctx, file, net.JoinHostPort(w.LocalServingHost, strconv.Itoa(w.LocalServingPort)))
+}
+
+// InstallMutatingWebhookFileAt is InstallMutatingWebhookFile with the
+// webhooks pointed at hostPort (e.g. a test load balancer in front of
+// several replicas), still trusting the local serving CA.
+func (cp *ControlPlane) InstallMutatingWebhookFileAt(ctx context.Context, file, hostPort string) (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return nil, err
@@ -528,8 +539,8 @@ func (cp *ControlPlane) InstallMutatingWebhookFile(ctx context.Context, file str
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	w := cp.WebhookInstallOptions
-	if w == nil || w.LocalServingPort == 0 {
-		return nil, errors.New("no local serving address: the control plane was started without webhook install options")
+	if w == nil || w.LocalServingCAData == nil {
+		return nil, errors.New("no local serving CA: the control plane was started without webhook install options")
 	}
 	for i := range mwc.Webhooks {
 		cc := &mwc.Webhooks[i].ClientConfig
@@ -537,7 +548,7 @@ func (cp *ControlPlane) InstallMutatingWebhookFile(ctx context.Context, file str
 		if cc.Service != nil && cc.Service.Path != nil {
 			path = *cc.Service.Path
 		}
-		url := "https://" + net.JoinHostPort(w.LocalServingHost, strconv.Itoa(w.LocalServingPort)) + path
+		url := "https://" + hostPort + path
 		cc.Service, cc.URL, cc.CABundle = nil, &url, w.LocalServingCAData
 	}
 	if err := cp.Client.Create(ctx, &mwc); err != nil {

@@ -16,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -216,4 +218,12 @@ func getPod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
 	var p corev1.Pod
 	err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &p)
 	return &p, err
+}
+
+func restClient() (rest.Interface, error) {
+	cs, err := kubernetes.NewForConfig(cp.Config)
+	if err != nil {
+		return nil, err
+	}
+	return cs.CoreV1().RESTClient(), nil
 }

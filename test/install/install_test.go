@@ -1,0 +1,403 @@
+package install
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sds-injector/sds-injector/webhook/inject"
+)
+
+// create stores a pod through the API server (and so the webhooks) and
+// returns what was stored.
+func create(t *testing.T, pod *corev1.Pod) *corev1.Pod {
+	t.Helper()
+	if err := cp.Client.Create(context.Background(), pod); err != nil {
+		t.Fatalf("creating %s/%s: %v", pod.Namespace, pod.Name, err)
+	}
+	return pod
+}
+
+// TestInstallCertManager installs deploy/manifests/namespace-per-gateway-cert-manager.yaml
+// exactly as shipped, plays cert-manager and cainjector on the installed
+// objects, runs the real `sds-injector serve` with the rendered Deployment's
+// arguments behind the rendered Service, and proves that the API server
+// injects through it; then `sds-injector check` passes, and each fault it
+// claims to detect is induced and reported.
+func TestInstallCertManager(t *testing.T) {
+	skipIfNoControlPlane(t)
+	ip := hostIP(t)
+	c := kc(t)
+	ctx := context.Background()
+	r := applyManifest(t, "namespace-per-gateway-cert-manager.yaml")
+	cm := playCertManager(t, c)
+
+	// The pod would mount the serving Certificate's Secret at --cert-dir.
+	var secret corev1.Secret
+	if err := c.Get(ctx, types.NamespacedName{Namespace: injectorNS, Name: cm.servingCert.Spec.SecretName}, &secret); err != nil {
+		t.Fatal(err)
+	}
+	certDir := t.TempDir()
+	for _, k := range []string{"tls.crt", "tls.key"} {
+		if err := os.WriteFile(filepath.Join(certDir, k), secret.Data[k], 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	port := freePort(t, ip)
+	args := serveArgs(t, one[*appsv1.Deployment](t, r, "sds-injector"), map[string]string{
+		"--config": writeConfig(t, r), "--cert-dir": certDir, "--host": ip, "--port": strconv.Itoa(port),
+		"--health-probe-bind-address": "127.0.0.1:" + strconv.Itoa(freePort(t, "127.0.0.1")), "--metrics-bind-address": "0",
+	})
+	srv := launchServe(t, args)
+	t.Cleanup(func() { srv.stop() }) // srv is replaced when a subtest restarts it
+	endpoints := pointService(t, injectorNS, "sds-injector", "https-webhook", ip, port)
+	istiod(t, ip)
+	makeNamespace(t, "cm-gw", map[string]string{inject.NamespaceLabel: "enabled"}, true)
+	makeNamespace(t, "cm-apps", nil, true)
+	waitInjecting(t, "cm-gw", nil)
+
+	t.Run("the installed webhooks inject", func(t *testing.T) {
+		if !isInjected(create(t, examplePod(t, "gloo-gateway-proxy.yaml", "cm-gw", "gw", nil, nil))) {
+			t.Error("namespace mode: gateway not injected")
+		}
+		if isInjected(create(t, examplePod(t, "plain-app.yaml", "cm-gw", "app", nil, nil))) {
+			t.Error("namespace mode: an ordinary pod was injected")
+		}
+		if !isInjected(create(t, examplePod(t, "gloo-gateway-proxy.yaml", "cm-apps", "opted-in", map[string]string{inject.LabelInject: "true"}, nil))) {
+			t.Error("per-gateway mode: opted-in gateway not injected")
+		}
+		if !isInjected(create(t, examplePod(t, "gloo-gateway-proxy.yaml", "cm-apps", "opted-in-ann", nil, map[string]string{inject.AnnotationInject: "true"}))) {
+			t.Error("per-gateway mode: gateway opted in by annotation not injected")
+		}
+		if isInjected(create(t, examplePod(t, "gloo-gateway-proxy.yaml", "cm-apps", "not-opted-in", nil, nil))) {
+			t.Error("per-gateway mode: a gateway that did not opt in was injected")
+		}
+		dep := gatewayDeployment(t, "cm-gw")
+		if err := cp.Client.Create(ctx, dep); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 60*time.Second, "the Deployment's pod to be created injected", func(ctx context.Context) (bool, error) {
+			pods, err := podsOf(ctx, "cm-gw", map[string]string{"gloo": "gateway-proxy"})
+			for _, p := range pods {
+				if len(p.OwnerReferences) > 0 && isInjected(&p) {
+					return true, nil
+				}
+			}
+			return false, err
+		})
+	})
+
+	t.Run("check passes on the healthy installation", func(t *testing.T) {
+		res := expectCheck(t, allPass())
+		if !strings.Contains(strings.Join(res.Checks[2].Details, "\n"), "Secret sds-injector/sds-injector-tls") {
+			t.Errorf("the serving certificate should be read from the Certificate's Secret:\n%s", res)
+		}
+		// --dial verifies what the running server presents.
+		res = expectCheck(t, allPass(), "--dial", ip+":"+strconv.Itoa(port))
+		if !strings.Contains(strings.Join(res.Checks[2].Details, "\n"), "the server at "+ip) {
+			t.Errorf("--dial should verify the served certificate:\n%s", res)
+		}
+		out, err := exec.Command(injectorBin, "check", "--kubeconfig", cp.KubeconfigPath).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "PASS  serving-certificate") || !strings.Contains(string(out), "7 passed, 0 warning(s), 0 failed") {
+			t.Errorf("text output (%v):\n%s", err, out)
+		}
+	})
+
+	mwcKey := types.NamespacedName{Name: "sds-injector-namespace"}
+	t.Run("fault: caBundle missing", func(t *testing.T) {
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metavOf(mwcKey)}
+		mustUpdate(t, mwc, func() { mwc.Webhooks[0].ClientConfig.CABundle = nil })
+		res := expectCheck(t, without(allPass(), "webhook-configurations", "fail"))
+		assertMentions(t, res, "webhook-configurations", "no caBundle", "cainjector")
+		cm.injectCA(t, c)
+	})
+	t.Run("fault: caBundle does not verify the served certificate", func(t *testing.T) {
+		other := newCA(t, "someone-else")
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metavOf(mwcKey)}
+		mustUpdate(t, mwc, func() { mwc.Webhooks[0].ClientConfig.CABundle = other.certPEM })
+		res := expectCheck(t, without(allPass(), "serving-certificate", "fail"))
+		assertMentions(t, res, "serving-certificate", "does not verify")
+		expectCheck(t, without(allPass(), "serving-certificate", "fail"), "--dial", ip+":"+strconv.Itoa(port))
+		cm.injectCA(t, c)
+	})
+	t.Run("fault: serving certificate about to expire", func(t *testing.T) {
+		short := servingCert(t, cm.servingCert.Spec.DNSNames, 3*24*time.Hour, cm.ca)
+		cm.writeSecret(t, c, cm.servingCert.Spec.SecretName, short, cm.ca)
+		res := expectCheck(t, without(allPass(), "serving-certificate", "fail"))
+		assertMentions(t, res, "serving-certificate", "expires", "less than --min-validity")
+		expectCheck(t, allPass(), "--min-validity", "24h")
+		cm.writeSecret(t, c, cm.servingCert.Spec.SecretName, cm.serving, cm.ca)
+	})
+	t.Run("fault: serving certificate for the wrong name", func(t *testing.T) {
+		wrong := servingCert(t, []string{"sds-injector.other.svc"}, 90*24*time.Hour, cm.ca)
+		cm.writeSecret(t, c, cm.servingCert.Spec.SecretName, wrong, cm.ca)
+		res := expectCheck(t, without(allPass(), "serving-certificate", "fail"))
+		assertMentions(t, res, "serving-certificate", "sds-injector.sds-injector.svc")
+		cm.writeSecret(t, c, cm.servingCert.Spec.SecretName, cm.serving, cm.ca)
+	})
+	t.Run("fault: cert-manager Certificate not Ready", func(t *testing.T) {
+		crt := &cmapi.Certificate{}
+		crt.Namespace, crt.Name = injectorNS, cm.servingCert.Name
+		setReady := func(status cmmeta.ConditionStatus) {
+			if err := c.Get(ctx, client.ObjectKeyFromObject(crt), crt); err != nil {
+				t.Fatal(err)
+			}
+			crt.Status.Conditions = []cmapi.CertificateCondition{{Type: cmapi.CertificateConditionReady, Status: status, Reason: "Test", Message: "issuer not ready"}}
+			if err := c.Status().Update(ctx, crt); err != nil {
+				t.Fatal(err)
+			}
+		}
+		setReady(cmmeta.ConditionFalse)
+		res := expectCheck(t, without(allPass(), "serving-certificate", "warn"))
+		assertMentions(t, res, "serving-certificate", "not Ready", "issuer not ready")
+		setReady(cmmeta.ConditionTrue)
+	})
+	t.Run("fault: no ready webhook endpoints", func(t *testing.T) {
+		mustUpdate(t, endpoints, func() { endpoints.Endpoints[0].Conditions.Ready = ptr.To(false) })
+		res := expectCheck(t, without(allPass(), "webhook-endpoints", "fail"))
+		assertMentions(t, res, "webhook-endpoints", "no ready endpoints")
+		mustUpdate(t, endpoints, func() { endpoints.Endpoints[0].Conditions.Ready = ptr.To(true) })
+	})
+	t.Run("fault: opted-in namespace without istio-ca-root-cert", func(t *testing.T) {
+		cmap := &corev1.ConfigMap{}
+		cmap.Namespace, cmap.Name = "cm-gw", "istio-ca-root-cert"
+		if err := cp.Client.Delete(ctx, cmap); err != nil {
+			t.Fatal(err)
+		}
+		res := expectCheck(t, without(allPass(), "istio-root-cert", "fail"))
+		assertMentions(t, res, "istio-root-cert", "cm-gw: ConfigMap istio-ca-root-cert missing")
+		createRootCert(t, "cm-gw")
+	})
+	t.Run("fault: istiod's CA address does not resolve", func(t *testing.T) {
+		res := expectCheck(t, without(allPass(), "istiod-address", "fail"), "--ca-address", "istiod-1-99.istio-system.svc:15012")
+		assertMentions(t, res, "istiod-address", "does not exist")
+		expectCheck(t, without(allPass(), "istiod-address", "fail"), "--ca-address", "istiod.istio-system.svc:15010")
+		expectCheck(t, without(allPass(), "istiod-address", "fail"), "--ca-address", "no-such-istiod.invalid:15012")
+		expectCheck(t, allPass(), "--ca-address", "localhost:15012")
+		slice := &discoveryv1.EndpointSlice{}
+		slice.Namespace, slice.Name = "istio-system", "istiod-test"
+		if err := cp.Client.Delete(ctx, slice); err != nil {
+			t.Fatal(err)
+		}
+		res = expectCheck(t, without(allPass(), "istiod-address", "fail"))
+		assertMentions(t, res, "istiod-address", "no ready endpoints")
+		istiod(t, ip)
+	})
+	t.Run("fault: invalid or missing configuration", func(t *testing.T) {
+		bad := filepath.Join(t.TempDir(), "bad.yaml")
+		if err := os.WriteFile(bad, []byte("flavor: envoy\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		res := runCheck(t, "--config", bad)
+		if res.status("configuration") != "fail" || res.exit != 2 || res.status("gateway-pods") != "skip" {
+			t.Errorf("invalid configuration:\n%s", res)
+		}
+		expectCheck(t, without(allPass(), "configuration", "warn"), "--config-map", "no-such-config")
+	})
+	t.Run("fault: gateway created while the webhook was down", func(t *testing.T) {
+		makeNamespace(t, "cm-late", map[string]string{inject.NamespaceLabel: "enabled"}, true)
+		srv.stop()
+		if err := cp.Client.Create(ctx, gatewayDeployment(t, "cm-late")); err != nil {
+			t.Fatal(err)
+		}
+		// namespace mode fails open: the pod is admitted without the agent.
+		eventually(t, 60*time.Second, "the gateway pod to be admitted", func(ctx context.Context) (bool, error) {
+			pods, err := podsOf(ctx, "cm-late", map[string]string{"gloo": "gateway-proxy"})
+			return err == nil && len(pods) == 1 && !isInjected(&pods[0]), err
+		})
+		srv = launchServe(t, args)
+		res := expectCheck(t, without(allPass(), "gateway-pods", "fail"))
+		var cmd string
+		for _, ch := range res.Checks {
+			if ch.Name == "gateway-pods" {
+				if len(ch.Pods) != 1 || ch.Pods[0].Namespace != "cm-late" || ch.Pods[0].Owner != "deployment/gateway-proxy" || ch.Pods[0].Problem != "not-injected" {
+					t.Fatalf("pods %+v", ch.Pods)
+				}
+				cmd = ch.Pods[0].Command
+			}
+		}
+		if cmd != "kubectl -n cm-late rollout restart deployment/gateway-proxy" {
+			t.Fatalf("restart command %q", cmd)
+		}
+		out, _ := exec.Command(injectorBin, "check", "--kubeconfig", cp.KubeconfigPath).CombinedOutput()
+		t.Logf("sds-injector check:\n%s", out)
+		if !strings.Contains(string(out), "FAIL  gateway-pods") || !strings.Contains(string(out), "fix: "+cmd) {
+			t.Errorf("text output:\n%s", out)
+		}
+		// Running the printed command fixes it.
+		if out, err := kubectl(ctx, strings.Fields(strings.TrimPrefix(cmd, "kubectl "))...); err != nil {
+			t.Fatalf("%s: %v\n%s", cmd, err, out)
+		}
+		eventually(t, 60*time.Second, "the restarted gateway to be injected", func(ctx context.Context) (bool, error) {
+			pods, err := podsOf(ctx, "cm-late", map[string]string{"gloo": "gateway-proxy"})
+			return err == nil && len(pods) == 1 && isInjected(&pods[0]), err
+		})
+		expectCheck(t, allPass())
+	})
+	t.Run("fault: gateway running before its namespace opted in", func(t *testing.T) {
+		makeNamespace(t, "cm-before", nil, true)
+		create(t, examplePod(t, "gloo-gateway-proxy.yaml", "cm-before", "early", nil, nil))
+		expectCheck(t, allPass())
+		ns := &corev1.Namespace{}
+		ns.Name = "cm-before"
+		mustUpdate(t, ns, func() { ns.Labels[inject.NamespaceLabel] = "enabled" })
+		res := expectCheck(t, without(allPass(), "gateway-pods", "fail"))
+		assertMentions(t, res, "gateway-pods", "cm-before/early", "kubectl -n cm-before delete pod early")
+		pod := &corev1.Pod{}
+		pod.Namespace, pod.Name = "cm-before", "early"
+		if err := cp.Client.Delete(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+		expectCheck(t, allPass())
+	})
+	t.Run("fault: opted-in gateway that cannot be injected", func(t *testing.T) {
+		pod := examplePod(t, "gloo-gateway-proxy.yaml", "cm-apps", "host-network", map[string]string{inject.LabelInject: "true"}, nil)
+		pod.Spec.HostNetwork = true
+		if isInjected(create(t, pod)) {
+			t.Fatal("a hostNetwork gateway with the istio-proxy flavor must not be injected")
+		}
+		res := expectCheck(t, without(allPass(), "gateway-pods", "warn"))
+		assertMentions(t, res, "gateway-pods", "cm-apps/host-network", "host-network")
+		if err := cp.Client.Delete(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("fault: webhook configurations not installed", func(t *testing.T) {
+		for _, name := range []string{"sds-injector-namespace", "sds-injector-per-gateway"} {
+			mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+			mwc.Name = name
+			if err := cp.Client.Delete(ctx, mwc); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res := runCheck(t)
+		if res.status("webhook-configurations") != "fail" || res.status("serving-certificate") != "skip" || res.exit != 2 {
+			t.Errorf("no webhook configurations:\n%s", res)
+		}
+		assertMentions(t, res, "webhook-configurations", "no sds-injector webhook configuration is installed")
+	})
+}
+
+// TestInstallSelfManaged renders the chart as `helm install` would, with
+// cluster-wide mode only and an extra gateway profile, applies it, runs the
+// real `sds-injector serve` authenticated as the chart's ServiceAccount (so
+// the chart's RBAC must be enough), and proves that the API server injects
+// built-in and custom gateways, trusting the injector's own certificates;
+// `check` passes on it.
+func TestInstallSelfManaged(t *testing.T) {
+	skipIfNoControlPlane(t)
+	ip := hostIP(t)
+	values := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(values, []byte(`createNamespace: true
+modes:
+  namespace: {enabled: false}
+  perGateway: {enabled: false}
+  clusterWide: {enabled: true}
+config:
+  gatewayProfiles:
+  - name: team-edge
+    selector: {matchLabels: {app.kubernetes.io/name: team-edge-envoy}}
+    containers: [envoy]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := helmTemplate(t, "-f", values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "install.yaml")
+	if err := os.WriteFile(file, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := applyFile(t, file)
+
+	port := freePort(t, ip)
+	args := serveArgs(t, one[*appsv1.Deployment](t, r, "sds-injector"), map[string]string{
+		"--config": writeConfig(t, r), "--cert-dir": t.TempDir(), "--host": ip, "--port": strconv.Itoa(port),
+		"--health-probe-bind-address": "127.0.0.1:" + strconv.Itoa(freePort(t, "127.0.0.1")), "--metrics-bind-address": "0",
+		"--kubeconfig":           saKubeconfig(t, injectorNS, "sds-injector"),
+		"--ca-propagation-delay": "2s", // test speed; the chart's default is 30s
+	})
+	pointService(t, injectorNS, "sds-injector", "https-webhook", ip, port)
+	srv := startServe(t, args) // ready = certificate issued and trusted by the webhook configuration
+	istiod(t, ip)
+	makeNamespace(t, "sm-edge", nil, true)
+	makeNamespace(t, "sm-off", map[string]string{inject.NamespaceLabel: "disabled"}, true)
+	waitInjecting(t, "sm-edge", nil)
+
+	t.Run("the installed webhook injects", func(t *testing.T) {
+		if !isInjected(create(t, examplePod(t, "gloo-gateway-proxy.yaml", "sm-edge", "gloo", nil, nil))) {
+			t.Error("built-in profile not injected")
+		}
+		if !isInjected(create(t, examplePod(t, "envoy-gateway-proxy.yaml", "sm-edge", "eg", nil, nil))) {
+			t.Error("Envoy Gateway not injected")
+		}
+		team := examplePod(t, "plain-app.yaml", "sm-edge", "team-edge", map[string]string{"app.kubernetes.io/name": "team-edge-envoy"}, nil)
+		team.Spec.Containers[0].Name = "envoy"
+		if stored := create(t, team); !isInjected(stored) || !strings.Contains(stored.Annotations[inject.AnnotationStatus], "team-edge") {
+			t.Errorf("the extra gateway profile did not reach the CEL condition and the engine: %v", stored.Annotations)
+		}
+		if isInjected(create(t, examplePod(t, "plain-app.yaml", "sm-edge", "app", nil, nil))) {
+			t.Error("an ordinary pod was injected")
+		}
+		if isInjected(create(t, examplePod(t, "gloo-gateway-proxy.yaml", "sm-off", "gloo", nil, nil))) {
+			t.Error("a namespace labelled sds-injection=disabled was injected")
+		}
+	})
+
+	t.Run("check passes", func(t *testing.T) {
+		res := expectCheck(t, allPass())
+		assertMentions(t, res, "serving-certificate", "Secret sds-injector/sds-injector-tls")
+		expectCheck(t, allPass(), "--dial", ip+":"+strconv.Itoa(port))
+	})
+
+	t.Run("an overwritten caBundle is repaired and check passes again", func(t *testing.T) {
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		mwc.Name = "sds-injector-cluster-wide"
+		mustUpdate(t, mwc, func() { mwc.Webhooks[0].ClientConfig.CABundle = newCA(t, "tamper").certPEM })
+		eventually(t, 60*time.Second, "check to pass after the injector repairs the caBundle", func(context.Context) (bool, error) {
+			res := runCheck(t)
+			return res.OK && res.status("serving-certificate") == "pass", nil
+		})
+	})
+	if t.Failed() {
+		t.Logf("sds-injector serve output:\n%s", srv.log.String())
+	}
+}
+
+func metavOf(k types.NamespacedName) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: k.Name, Namespace: k.Namespace}
+}
+
+func assertMentions(t *testing.T, res *checkOutput, check string, want ...string) {
+	t.Helper()
+	for _, c := range res.Checks {
+		if c.Name != check {
+			continue
+		}
+		text := c.Message + "\n" + strings.Join(c.Details, "\n") + "\n" + strings.Join(c.Fix, "\n")
+		for _, w := range want {
+			if !strings.Contains(text, w) {
+				t.Errorf("check %s does not mention %q:\n%s", check, w, text)
+			}
+		}
+		return
+	}
+	t.Errorf("no check %s", check)
+}

@@ -1,0 +1,518 @@
+// Package istiod runs a real istiod (Istio's pilot-discovery) against the
+// local control plane of package controlplane, for tests that need
+// certificates issued by Istio's own CA.
+//
+// The binaries are built from the istio.io/istio Go module by build-istio.sh
+// (next to this file) and cached outside the repository, like the control
+// plane binaries: the first run on a machine takes about 10 minutes on two
+// cores, later runs start istiod in a few seconds.
+//
+// Every listener istiod opens is on loopback, on a free port. Certificates
+// are requested at CAAddr, which is "localhost:<port>": istiod runs with
+// ISTIOD_CUSTOM_HOST=localhost so its serving certificate carries the DNS
+// SAN "localhost" (it has no IP SANs, so "127.0.0.1:<port>" would fail
+// verification).
+//
+// Run at most one istiod per control plane: two would share (and fight over)
+// the istio-ca-secret and the leader-election locks.
+package istiod
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/sds-injector/sds-injector/test/controlplane"
+)
+
+// DefaultModuleVersion is the istio.io/istio module version built and run by
+// default. It is a master snapshot of the 1.31 development line (its
+// VERSION file says 1.31): the Go module proxy serves no tagged release of
+// istio.io/istio to this project (1.30.0 resolves to a pseudo-version whose
+// zip the proxy refuses with "403 This module version is not available").
+const DefaultModuleVersion = "v0.0.0-20260827124520-eed52ebb66ad"
+
+// Binary names in the directory build-istio.sh returns.
+const (
+	DiscoveryBinary = "pilot-discovery"
+	AgentBinary     = "pilot-agent"
+)
+
+// Names of objects istiod creates that tests commonly read.
+const (
+	// RootCertConfigMap is the ConfigMap istiod publishes its root
+	// certificate into, in every namespace, under the key RootCertKey.
+	RootCertConfigMap = "istio-ca-root-cert"
+	RootCertKey       = "root-cert.pem"
+)
+
+const buildScript = "build-istio.sh"
+
+// Options configure Start. The zero value runs DefaultModuleVersion in
+// istio-system with Istio's defaults.
+type Options struct {
+	// ModuleVersion is the istio.io/istio module version to build and run
+	// (default DefaultModuleVersion).
+	ModuleVersion string
+	// Namespace is istiod's namespace (default istio-system).
+	Namespace string
+	// TrustDomain is the mesh trust domain (default cluster.local).
+	TrustDomain string
+	// ClusterID is istiod's cluster ID (default Kubernetes).
+	ClusterID string
+	// TokenAudiences are the audiences istiod accepts on workload tokens
+	// (default istio-ca).
+	TokenAudiences []string
+	// ExtraEnv is added to istiod's environment (NAME=value).
+	ExtraEnv []string
+	// StartTimeout bounds the wait for istiod's readiness and its root
+	// certificate (default 3 minutes: istiod competes for CPU with
+	// everything else on small CI machines).
+	StartTimeout time.Duration
+}
+
+// Istiod is a running istiod. Use Start to get one and Stop to end it.
+type Istiod struct {
+	// CAAddr is the secure gRPC address for CSRs and xDS, "localhost:<port>"
+	// (CA_ADDR and the discovery address of agents).
+	CAAddr string
+	// HTTPAddr serves /ready and the debug endpoints (plain HTTP).
+	HTTPAddr string
+	// MonitoringAddr serves /metrics.
+	MonitoringAddr string
+	// RootCertPEM is the CA root istiod published in RootCertConfigMap.
+	RootCertPEM []byte
+	// Namespace, TrustDomain and ClusterID are istiod's settings.
+	Namespace, TrustDomain, ClusterID string
+	// ModuleVersion is the istio.io/istio version running; Release is its
+	// VERSION file (e.g. "1.31"), so "1.31-dev" for a master snapshot.
+	ModuleVersion, Release string
+	// BinaryDir holds pilot-discovery and pilot-agent of ModuleVersion.
+	BinaryDir string
+	// ModuleDir is the module's source in the module cache (CRDs, the Envoy
+	// bootstrap template and other files the proxyv2 image ships).
+	ModuleDir string
+	// LogPath is istiod's combined output (removed by Stop).
+	LogPath string
+	// StartDuration is the time from exec to /ready.
+	StartDuration time.Duration
+
+	cp       *controlplane.ControlPlane
+	dir      string
+	cmd      *exec.Cmd
+	done     chan struct{}
+	waitErr  error
+	logFile  *os.File
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// BinaryDir returns a directory holding pilot-discovery and pilot-agent of
+// moduleVersion (default DefaultModuleVersion), building them with
+// build-istio.sh if they are not cached yet. ISTIO_BIN, if set to a
+// directory holding both, is used instead. Concurrent callers, in this or
+// other processes, wait for a single build.
+func BinaryDir(ctx context.Context, moduleVersion string) (string, error) {
+	if moduleVersion == "" {
+		moduleVersion = DefaultModuleVersion
+	}
+	if dir := os.Getenv("ISTIO_BIN"); dir != "" {
+		if isExecutable(filepath.Join(dir, DiscoveryBinary)) && isExecutable(filepath.Join(dir, AgentBinary)) {
+			return dir, nil
+		}
+		fmt.Fprintf(os.Stderr, "istiod: ISTIO_BIN=%s lacks %s or %s; using %s instead\n", dir, DiscoveryBinary, AgentBinary, buildScript)
+	}
+	script, err := findScript()
+	if err != nil {
+		return "", err
+	}
+	var stdout bytes.Buffer
+	cmd := exec.CommandContext(ctx, "bash", script)
+	cmd.Env = append(os.Environ(), "ISTIO_MODULE_VERSION="+moduleVersion)
+	cmd.Stdout = &stdout
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("%s: %w", script, err)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	dir := strings.TrimSpace(lines[len(lines)-1])
+	if !isExecutable(filepath.Join(dir, DiscoveryBinary)) || !isExecutable(filepath.Join(dir, AgentBinary)) {
+		return "", fmt.Errorf("%s returned %q, which lacks %s or %s", script, dir, DiscoveryBinary, AgentBinary)
+	}
+	return dir, nil
+}
+
+// ModuleDir returns the source directory of istio.io/istio@moduleVersion in
+// the module cache, downloading it through the Go module proxy if needed.
+func ModuleDir(ctx context.Context, moduleVersion string) (string, error) {
+	if moduleVersion == "" {
+		moduleVersion = DefaultModuleVersion
+	}
+	cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", "istio.io/istio@"+moduleVersion)
+	// Outside any module, so the project's go.mod is neither read nor changed.
+	cmd.Dir = os.TempDir()
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GO111MODULE=on")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("go mod download istio.io/istio@%s: %w\n%s", moduleVersion, err, stderr.String())
+	}
+	var info struct{ Dir, Error string }
+	if err := json.Unmarshal(out, &info); err != nil {
+		return "", fmt.Errorf("go mod download istio.io/istio@%s: %w", moduleVersion, err)
+	}
+	if info.Error != "" || info.Dir == "" {
+		return "", fmt.Errorf("go mod download istio.io/istio@%s: %s", moduleVersion, info.Error)
+	}
+	return info.Dir, nil
+}
+
+// Start installs Istio's CRDs into cp, creates the namespace and starts
+// istiod. It returns once istiod is ready and has published its root
+// certificate. Stop ends it.
+func Start(ctx context.Context, cp *controlplane.ControlPlane, opts Options) (_ *Istiod, retErr error) {
+	if cp == nil || cp.Config == nil {
+		return nil, errors.New("istiod: no control plane")
+	}
+	if opts.ModuleVersion == "" {
+		opts.ModuleVersion = DefaultModuleVersion
+	}
+	if opts.Namespace == "" {
+		opts.Namespace = "istio-system"
+	}
+	if opts.TrustDomain == "" {
+		opts.TrustDomain = "cluster.local"
+	}
+	if opts.ClusterID == "" {
+		opts.ClusterID = "Kubernetes"
+	}
+	if len(opts.TokenAudiences) == 0 {
+		opts.TokenAudiences = []string{"istio-ca"}
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 3 * time.Minute
+	}
+
+	binDir, err := BinaryDir(ctx, opts.ModuleVersion)
+	if err != nil {
+		return nil, err
+	}
+	modDir, err := ModuleDir(ctx, opts.ModuleVersion)
+	if err != nil {
+		return nil, err
+	}
+	release := "unknown"
+	if b, err := os.ReadFile(filepath.Join(modDir, "VERSION")); err == nil {
+		release = strings.TrimSpace(string(b))
+	}
+
+	// Istio's CRDs: istiod watches them; without them it logs errors and
+	// some informers never sync.
+	crds := filepath.Join(modDir, "manifests", "charts", "base", "files", "crd-all.gen.yaml")
+	if _, err := envtest.InstallCRDs(cp.Config, envtest.CRDInstallOptions{Paths: []string{crds}, ErrorIfPathMissing: true}); err != nil {
+		return nil, fmt.Errorf("installing Istio CRDs from %s: %w", crds, err)
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: opts.Namespace}}
+	if err := cp.Client.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("creating namespace %s: %w", opts.Namespace, err)
+	}
+
+	dir, err := os.MkdirTemp("", "sds-injector-istiod-")
+	if err != nil {
+		return nil, err
+	}
+	i := &Istiod{
+		Namespace: opts.Namespace, TrustDomain: opts.TrustDomain, ClusterID: opts.ClusterID,
+		ModuleVersion: opts.ModuleVersion, Release: release, BinaryDir: binDir, ModuleDir: modDir,
+		cp: cp, dir: dir, LogPath: filepath.Join(dir, "istiod.log"),
+	}
+	defer func() {
+		if retErr != nil {
+			if tail := i.LogTail(60); tail != "" {
+				retErr = fmt.Errorf("%w\nistiod log (tail):\n%s", retErr, tail)
+			}
+			_ = i.Stop()
+		}
+	}()
+	mesh := fmt.Sprintf("trustDomain: %s\nrootNamespace: %s\n", opts.TrustDomain, opts.Namespace)
+	if err := os.MkdirAll(filepath.Join(dir, "etc", "istio", "config"), 0o755); err != nil {
+		return nil, err
+	}
+	meshFile := filepath.Join(dir, "etc", "istio", "config", "mesh")
+	if err := os.WriteFile(meshFile, []byte(mesh), 0o644); err != nil {
+		return nil, err
+	}
+
+	// Free ports can be taken by someone else between probing and istiod's
+	// bind; retry with new ones when that happens.
+	var startErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		startErr = i.start(ctx, opts, meshFile)
+		if startErr == nil || !errors.Is(startErr, errAddrInUse) {
+			break
+		}
+	}
+	if startErr != nil {
+		return nil, startErr
+	}
+
+	waitCtx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
+	defer cancel()
+	root, err := i.RootCert(waitCtx, opts.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	i.RootCertPEM = root
+	return i, nil
+}
+
+var errAddrInUse = errors.New("address already in use")
+
+// start execs pilot-discovery on fresh free ports and waits for /ready.
+func (i *Istiod) start(ctx context.Context, opts Options, meshFile string) error {
+	ports, err := FreePorts(6)
+	if err != nil {
+		return err
+	}
+	httpPort, grpcPort, secureGRPCPort, httpsPort, monitoringPort, ctrlzPort := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
+	i.CAAddr = net.JoinHostPort("localhost", strconv.Itoa(secureGRPCPort))
+	i.HTTPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort))
+	i.MonitoringAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(monitoringPort))
+
+	logFile, err := os.OpenFile(i.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	loopback := func(p int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)) }
+	cmd := exec.Command(filepath.Join(i.BinaryDir, DiscoveryBinary), "discovery",
+		"--kubeconfig="+i.cp.KubeconfigPath,
+		"--meshConfig="+meshFile,
+		"--domain=cluster.local",
+		"--clusterID="+opts.ClusterID,
+		"--httpAddr="+loopback(httpPort),
+		"--grpcAddr="+loopback(grpcPort),
+		"--secureGRPCAddr="+loopback(secureGRPCPort),
+		"--httpsAddr="+loopback(httpsPort),
+		"--monitoringAddr="+loopback(monitoringPort),
+		"--ctrlz_address=127.0.0.1",
+		"--ctrlz_port="+strconv.Itoa(ctrlzPort),
+		"--log_output_level=default:info",
+	)
+	cmd.Dir = i.dir
+	// A clean environment: nothing of the test process (KUBERNETES_*,
+	// proxies, a developer's ISTIO_* settings) leaks into istiod.
+	cmd.Env = append([]string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=" + i.dir,
+		"KUBECONFIG=" + i.cp.KubeconfigPath,
+		"POD_NAMESPACE=" + opts.Namespace,
+		"POD_NAME=istiod-local",
+		"REVISION=default",
+		"CLUSTER_ID=" + opts.ClusterID,
+		"JWT_POLICY=third-party-jwt",
+		"TOKEN_AUDIENCES=" + strings.Join(opts.TokenAudiences, ","),
+		"ISTIOD_CUSTOM_HOST=localhost",
+		"PILOT_CERT_PROVIDER=istiod",
+	}, opts.ExtraEnv...)
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	started := time.Now()
+	if err := cmd.Start(); err != nil {
+		_ = logFile.Close()
+		return fmt.Errorf("starting %s: %w", DiscoveryBinary, err)
+	}
+	i.cmd, i.logFile, i.done = cmd, logFile, make(chan struct{})
+	go func() {
+		i.waitErr = cmd.Wait()
+		close(i.done)
+	}()
+
+	client := &http.Client{Timeout: 2 * time.Second}
+	waitCtx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
+	defer cancel()
+	err = wait.PollUntilContextCancel(waitCtx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		select {
+		case <-i.done:
+			if strings.Contains(i.LogTail(200), "address already in use") {
+				return false, errAddrInUse
+			}
+			return false, fmt.Errorf("%s exited before it was ready: %v", DiscoveryBinary, i.waitErr)
+		default:
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+i.HTTPAddr+"/ready", nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		i.kill()
+		if errors.Is(err, errAddrInUse) {
+			return err
+		}
+		return fmt.Errorf("waiting for istiod /ready at %s: %w", i.HTTPAddr, err)
+	}
+	i.StartDuration = time.Since(started)
+	return nil
+}
+
+// RootCert waits until istiod has published RootCertConfigMap in namespace
+// and returns its root certificate (PEM). istiod publishes into every
+// namespace, shortly after the namespace is created.
+func (i *Istiod) RootCert(ctx context.Context, namespace string) ([]byte, error) {
+	var root []byte
+	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		select {
+		case <-i.done:
+			return false, fmt.Errorf("istiod exited: %v", i.waitErr)
+		default:
+		}
+		var cm corev1.ConfigMap
+		if err := i.cp.Client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: RootCertConfigMap}, &cm); err != nil {
+			return false, nil
+		}
+		root = []byte(cm.Data[RootCertKey])
+		return len(root) > 0, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("waiting for ConfigMap %s/%s: %w", namespace, RootCertConfigMap, err)
+	}
+	return root, nil
+}
+
+// LogTail returns the last n lines of istiod's output.
+func (i *Istiod) LogTail(n int) string {
+	data, err := os.ReadFile(i.LogPath)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Log returns istiod's whole output so far.
+func (i *Istiod) Log() string {
+	data, _ := os.ReadFile(i.LogPath)
+	return string(data)
+}
+
+func (i *Istiod) kill() {
+	if i.cmd == nil {
+		return
+	}
+	_ = i.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-i.done:
+	case <-time.After(15 * time.Second):
+		_ = syscall.Kill(-i.cmd.Process.Pid, syscall.SIGKILL)
+		<-i.done
+	}
+	if i.logFile != nil {
+		_ = i.logFile.Close()
+	}
+	i.cmd, i.logFile = nil, nil
+}
+
+// Stop ends istiod and removes its working directory (with the log). It is
+// safe to call more than once. Objects istiod created in the control plane
+// stay.
+func (i *Istiod) Stop() error {
+	if i == nil {
+		return nil
+	}
+	i.stopOnce.Do(func() {
+		i.kill()
+		if i.dir != "" {
+			i.stopErr = os.RemoveAll(i.dir)
+		}
+	})
+	return i.stopErr
+}
+
+// FreePorts returns n distinct TCP ports that were free on 127.0.0.1 a
+// moment ago.
+func FreePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			_ = l.Close()
+		}
+	}()
+	out := make([]int, 0, n)
+	for len(out) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().(*net.TCPAddr).Port)
+	}
+	return out, nil
+}
+
+// findScript locates build-istio.sh next to this source file or, for
+// -trimpath builds, under test/istiod of an enclosing directory of the
+// working directory.
+func findScript() (string, error) {
+	var tried []string
+	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
+		p := filepath.Join(filepath.Dir(file), buildScript)
+		if isFile(p) {
+			return p, nil
+		}
+		tried = append(tried, p)
+	}
+	if wd, err := os.Getwd(); err == nil {
+		for dir := wd; ; dir = filepath.Dir(dir) {
+			p := filepath.Join(dir, "test", "istiod", buildScript)
+			if isFile(p) {
+				return p, nil
+			}
+			tried = append(tried, p)
+			if filepath.Dir(dir) == dir {
+				break
+			}
+		}
+	}
+	return "", fmt.Errorf("cannot find %s (tried %s); set ISTIO_BIN instead", buildScript, strings.Join(tried, ", "))
+}
+
+func isExecutable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
+}
+
+func isFile(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular()
+}
