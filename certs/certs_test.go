@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -182,5 +184,27 @@ func TestConfigValidation(t *testing.T) {
 	}
 	if _, err := New(nil, Config{Namespace: "ns", SecretName: "s", CertDir: "/tmp", DNSNames: []string{"a"}, RenewFraction: 2}, logr.Discard(), nil); err == nil {
 		t.Error("renew fraction 2 must be refused")
+	}
+}
+
+func TestLogsCarryNoKeys(t *testing.T) {
+	var logs strings.Builder
+	log := funcr.New(func(prefix, args string) { logs.WriteString(prefix + args + "\n") }, funcr.Options{Verbosity: 10})
+	c := fake.NewClientBuilder().Build()
+	clk := &clock{t: time.Now()}
+	m := newTestManager(t, c, clk)
+	m.log = log
+	settle(t, m)
+	m.force[KindCA] = true
+	settle(t, m)
+	if logs.Len() == 0 {
+		t.Fatal("nothing was logged; the test would prove nothing")
+	}
+	st := loadState(t, c)
+	for _, secret := range [][]byte{st.ca.keyPEM, st.serving.keyPEM} {
+		body := strings.Split(string(secret), "\n")[1]
+		if strings.Contains(logs.String(), body) || strings.Contains(logs.String(), "PRIVATE KEY") {
+			t.Fatalf("logs contain key material:\n%s", logs.String())
+		}
 	}
 }

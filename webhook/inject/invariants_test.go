@@ -9,6 +9,7 @@ import (
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	gomodpatch "gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 )
 
 // mustJSON marshals a pod; typed marshalling makes nil and empty lists the
@@ -109,6 +110,9 @@ func checkInvariants(t testing.TB, pod *corev1.Pod, s *Settings) Result {
 	if patched := normalise(t, applyPatch(t, injected, un.Patch)); !bytes.Equal(patched, before) {
 		t.Fatalf("uninject patch does not restore the original\ngot:  %s\nwant: %s", patched, before)
 	}
+	if err := checkNothingAltered(pod, res.Pod); err != nil {
+		t.Fatal(err)
+	}
 	if checkNames(pod) == nil {
 		if err := checkNames(res.Pod); err != nil {
 			t.Fatal(err)
@@ -143,6 +147,64 @@ func checkNames(pod *corev1.Pod) error {
 				}
 			}
 		}
+	}
+	return nil
+}
+
+// checkNothingAltered: what the user wrote is kept; the only change to an
+// existing container is mounts and env appended to the gateway container,
+// and the only changes to metadata are added annotations.
+func checkNothingAltered(before, after *corev1.Pod) error {
+	st, err := ParseStatus(after.Annotations[AnnotationStatus])
+	if err != nil {
+		return err
+	}
+	for k, v := range before.Annotations {
+		if after.Annotations[k] != v {
+			return fmt.Errorf("annotation %s changed", k)
+		}
+	}
+	if !equality.Semantic.DeepEqual(before.Labels, after.Labels) {
+		return fmt.Errorf("labels changed")
+	}
+	kept := func(list []corev1.Container, name string) *corev1.Container {
+		for i := range list {
+			if list[i].Name == name {
+				return &list[i]
+			}
+		}
+		return nil
+	}
+	for _, orig := range append(append([]corev1.Container{}, before.Spec.InitContainers...), before.Spec.Containers...) {
+		now := kept(after.Spec.InitContainers, orig.Name)
+		if now == nil {
+			now = kept(after.Spec.Containers, orig.Name)
+		}
+		if now == nil {
+			return fmt.Errorf("container %s disappeared", orig.Name)
+		}
+		want := orig.DeepCopy()
+		if orig.Name == st.GatewayContainer {
+			if len(now.VolumeMounts) < len(orig.VolumeMounts) || len(now.Env) < len(orig.Env) {
+				return fmt.Errorf("gateway container lost mounts or env")
+			}
+			want.VolumeMounts = append(want.VolumeMounts, now.VolumeMounts[len(orig.VolumeMounts):]...)
+			want.Env = append(want.Env, now.Env[len(orig.Env):]...)
+		}
+		if !equality.Semantic.DeepEqual(want, now) {
+			return fmt.Errorf("container %s was altered beyond the documented gateway mounts and env", orig.Name)
+		}
+	}
+	for i, v := range before.Spec.Volumes {
+		if i >= len(after.Spec.Volumes) || !equality.Semantic.DeepEqual(v, after.Spec.Volumes[i]) {
+			return fmt.Errorf("volume %s was altered or moved", v.Name)
+		}
+	}
+	b, a := before.Spec.DeepCopy(), after.Spec.DeepCopy()
+	b.Containers, b.InitContainers, b.Volumes = nil, nil, nil
+	a.Containers, a.InitContainers, a.Volumes = nil, nil, nil
+	if !equality.Semantic.DeepEqual(b, a) {
+		return fmt.Errorf("pod spec fields other than containers and volumes changed")
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -324,5 +325,28 @@ func TestParseErrorPolicy(t *testing.T) {
 	}
 	if _, err := ParseErrorPolicy("ignore"); err == nil || !strings.Contains(err.Error(), `"deny"`) {
 		t.Errorf("want an error naming the choices, got %v", err)
+	}
+}
+
+// TestLogsCarryNoSecrets: per-request debug logs never include pod content
+// (a token or key in an annotation or env must not reach the logs).
+func TestLogsCarryNoSecrets(t *testing.T) {
+	var logs strings.Builder
+	log := funcr.New(func(prefix, args string) { logs.WriteString(prefix + args + "\n") }, funcr.Options{Verbosity: 10})
+	m, _ := NewMetrics(prometheus.NewRegistry())
+	h := NewHandler(inject.DefaultConfig().MustResolve(), ErrorPolicyDeny, m, log)
+	const secret = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2Vu.c2lnbmF0dXJl"
+	pod := withAnnotations(t, examplePodJSON(t, "gloo-gateway-proxy.yaml"), map[string]string{"token": secret}, nil)
+	for _, body := range [][]byte{
+		review(t, "admission.k8s.io/v1", pod, nil),
+		review(t, "admission.k8s.io/v1", withAnnotations(t, pod, nil, map[string]string{inject.LabelInject: secret[:20]}), nil),
+	} {
+		post(t, h, "application/json", body)
+	}
+	if logs.Len() == 0 {
+		t.Fatal("no debug logs were written; the test would prove nothing")
+	}
+	if strings.Contains(logs.String(), secret[:20]) {
+		t.Errorf("logs contain pod content:\n%s", logs.String())
 	}
 }

@@ -432,3 +432,40 @@ func TestGracefulShutdown(t *testing.T) {
 	<-ts.done
 	ts.cancel = nil
 }
+
+// TestTLSPolicy: TLS 1.2 minimum, forward-secret AEAD suites only, no
+// HTTP/2, and no plaintext admission endpoint.
+func TestTLSPolicy(t *testing.T) {
+	ts := startTestServer(t, nil)
+	addr := strings.TrimSuffix(strings.TrimPrefix(ts.url, "https://"), InjectPath)
+	pool := ts.client.Transport.(*http.Transport).TLSClientConfig.RootCAs
+	dial := func(cfg *tls.Config) (*tls.Conn, error) {
+		cfg.RootCAs = pool
+		return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+	}
+	if c, err := dial(&tls.Config{MaxVersion: tls.VersionTLS11, MinVersion: tls.VersionTLS10}); err == nil { //nolint:gosec // must be refused
+		c.Close()
+		t.Error("a TLS 1.1 handshake succeeded")
+	}
+	if c, err := dial(&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA}}); err == nil {
+		c.Close()
+		t.Error("a CBC cipher suite was accepted")
+	}
+	c, err := dial(&tls.Config{MaxVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}})
+	if err != nil {
+		t.Fatalf("a modern TLS 1.2 client was refused: %v", err)
+	}
+	if p := c.ConnectionState().NegotiatedProtocol; p == "h2" {
+		t.Error("HTTP/2 was negotiated")
+	}
+	c.Close()
+	// The admission port speaks TLS only.
+	resp, err := http.Post("http://"+addr+InjectPath, "application/json", bytes.NewReader([]byte("{}")))
+	if err == nil {
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if bytes.Contains(raw, []byte("AdmissionReview")) {
+			t.Error("a plaintext request was served an admission review")
+		}
+	}
+}
