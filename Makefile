@@ -44,9 +44,10 @@ fuzz-smoke:
 fuzz: FUZZTIME = 5m
 fuzz: fuzz-smoke
 
-## bench: engine and patch benchmarks (figures recorded in docs/performance.md)
+## bench: Go benchmarks and load runs (HTTPS and through kube-apiserver);
+## writes docs/performance-latest.md (recorded figures: docs/performance.md)
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./webhook/...
+	test/load/bench.sh
 
 ## golden: rewrite golden files after an intended output change
 golden:

@@ -1,0 +1,479 @@
+// Command load measures sds-injector under load, two ways:
+//
+//	go run ./test/load https     # the real `sds-injector serve` over HTTPS with keep-alive (vegeta)
+//	go run ./test/load apiserver # pods created through a local kube-apiserver + etcd
+//
+// It prints throughput, latency percentiles, errors and the server's
+// resident memory, and with -markdown a table for docs/performance.md.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"math"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/webhook/inject"
+)
+
+var (
+	rate     = flag.Int("rate", 5000, "https: requests per second (0 = as fast as possible)")
+	duration = flag.Duration("duration", 10*time.Second, "length of each run")
+	podRate  = flag.Int("pod-rate", 50, "apiserver: pod creations per second")
+	markdown = flag.Bool("markdown", false, "print results as a Markdown table row")
+	workers  = flag.Uint64("workers", 64, "https: vegeta workers (connections)")
+)
+
+func main() {
+	flag.Parse()
+	mode := flag.Arg(0)
+	var err error
+	switch mode {
+	case "https":
+		err = runHTTPS()
+	case "apiserver":
+		err = runAPIServer()
+	default:
+		err = fmt.Errorf("usage: load [flags] https|apiserver")
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "load:", err)
+		os.Exit(1)
+	}
+}
+
+func repoRoot() string {
+	dir, _ := os.Getwd()
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			return dir
+		}
+	}
+}
+
+func buildBinary(work string) (string, error) {
+	bin := filepath.Join(work, "sds-injector")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/sds-injector")
+	cmd.Dir = repoRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// server is a running `sds-injector serve` process.
+type server struct {
+	cmd        *exec.Cmd
+	readyAfter time.Duration
+}
+
+func startServer(bin, host string, port int, certDir string) (*server, error) {
+	health := freePort()
+	cmd := exec.Command(bin, "serve", "--host", host, "--port", strconv.Itoa(port), "--cert-dir", certDir,
+		"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health), "--zap-log-level", "error")
+	cmd.Stderr = os.Stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	for time.Since(start) < 30*time.Second {
+		if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", health)); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return &server{cmd: cmd, readyAfter: time.Since(start)}, nil
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_ = cmd.Process.Kill()
+	return nil, fmt.Errorf("server not ready after 30s")
+}
+
+func (s *server) stop() {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	_ = s.cmd.Wait()
+}
+
+// rss reads the process's current and peak resident set size in MiB.
+func (s *server) rss() (cur, peak float64) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 {
+			kb, _ := strconv.ParseFloat(fields[1], 64)
+			switch fields[0] {
+			case "VmRSS:":
+				cur = kb / 1024
+			case "VmHWM:":
+				peak = kb / 1024
+			}
+		}
+	}
+	return cur, peak
+}
+
+func selfSigned(dir string) (*x509.CertPool, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "load"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	if err := os.WriteFile(filepath.Join(dir, "tls.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tls.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		return nil, err
+	}
+	c, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(c)
+	return pool, nil
+}
+
+func examplePod(name string) (*corev1.Pod, error) {
+	data, err := os.ReadFile(filepath.Join(repoRoot(), "docs", "examples", name))
+	if err != nil {
+		return nil, err
+	}
+	var pod corev1.Pod
+	return &pod, yaml.UnmarshalStrict(data, &pod)
+}
+
+func reviewBody(pod *corev1.Pod, uid string) ([]byte, error) {
+	raw, err := json.Marshal(pod)
+	if err != nil {
+		return nil, err
+	}
+	ar := admissionv1.AdmissionReview{TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{UID: types.UID("00000000-0000-4000-8000-" + uid), Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+			Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"}, Namespace: pod.Namespace, Operation: admissionv1.Create}}
+	ar.Request.Object.Raw = raw
+	return json.Marshal(&ar)
+}
+
+func runHTTPS() error {
+	work, err := os.MkdirTemp("", "sds-injector-load-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	bin, err := buildBinary(work)
+	if err != nil {
+		return err
+	}
+	pool, err := selfSigned(work)
+	if err != nil {
+		return err
+	}
+	port := freePort()
+	srv, err := startServer(bin, "127.0.0.1", port, work)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	_, idlePeak := srv.rss()
+
+	pod, err := examplePod("gloo-gateway-proxy.yaml")
+	if err != nil {
+		return err
+	}
+	body, err := reviewBody(pod, "000000000001")
+	if err != nil {
+		return err
+	}
+	target := vegeta.Target{Method: http.MethodPost, URL: fmt.Sprintf("https://127.0.0.1:%d/inject", port), Body: body,
+		Header: http.Header{"Content-Type": []string{"application/json"}}}
+	// One client for the warm-up and the measured run, so the measured run
+	// uses warm keep-alive connections, as the API server does.
+	httpClient := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: int(*workers), MaxConnsPerHost: int(*workers),
+		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}, // HTTP/1.1 like the API server
+	}}
+	newAttacker := func() *vegeta.Attacker {
+		return vegeta.NewAttacker(vegeta.Client(httpClient), vegeta.Workers(*workers), vegeta.MaxWorkers(*workers))
+	}
+	pacer := vegeta.Pacer(vegeta.ConstantPacer{Freq: *rate, Per: time.Second})
+	if *rate == 0 {
+		pacer = vegeta.ConstantPacer{}
+	}
+	// Warm up connections and caches, then measure.
+	for range newAttacker().Attack(vegeta.NewStaticTargeter(target), vegeta.ConstantPacer{Freq: 500, Per: time.Second}, time.Second, "warmup") {
+	}
+	var m vegeta.Metrics
+	bad := 0
+	var peak float64
+	var mu sync.Mutex
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(200 * time.Millisecond):
+				_, p := srv.rss()
+				mu.Lock()
+				peak = math.Max(peak, p)
+				mu.Unlock()
+			}
+		}
+	}()
+	for res := range newAttacker().Attack(vegeta.NewStaticTargeter(target), pacer, *duration, "load") {
+		m.Add(res)
+		if res.Code == http.StatusOK && !strings.Contains(string(res.Body), `"patchType":"JSONPatch"`) {
+			bad++
+		}
+	}
+	close(done)
+	m.Close()
+	_, finalPeak := srv.rss()
+	peak = math.Max(peak, finalPeak)
+	errs := len(m.Errors) + bad
+	if *markdown {
+		fmt.Printf("| HTTPS | %d/s | %.0f/s | %s | %s | %s | %d | %.1f MiB (idle %.1f) | %s |\n",
+			*rate, m.Throughput, m.Latencies.P50.Round(time.Microsecond), m.Latencies.P99.Round(time.Microsecond), m.Latencies.Max.Round(time.Microsecond),
+			errs, peak, idlePeak, srv.readyAfter.Round(time.Millisecond))
+		return nil
+	}
+	fmt.Printf("sds-injector serve over HTTPS (keep-alive, HTTP/1.1, %d connections), Gloo gateway review, %s at %d/s\n", *workers, *duration, *rate)
+	fmt.Printf("  requests %d, throughput %.0f/s, success %.4f, wrong answers %d\n", m.Requests, m.Throughput, m.Success, bad)
+	fmt.Printf("  latency p50 %s p90 %s p99 %s max %s\n", m.Latencies.P50, m.Latencies.P90, m.Latencies.P99, m.Latencies.Max)
+	fmt.Printf("  server RSS peak %.1f MiB (idle %.1f MiB); ready %s after start\n", peak, idlePeak, srv.readyAfter)
+	if errs > 0 {
+		return fmt.Errorf("%d errors: %v", errs, m.Errors)
+	}
+	return nil
+}
+
+func runAPIServer() error {
+	ctx := context.Background()
+	work, err := os.MkdirTemp("", "sds-injector-load-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	bin, err := buildBinary(work)
+	if err != nil {
+		return err
+	}
+	cp, err := controlplane.Start(ctx, controlplane.Options{WebhookInstallOptions: envtest.WebhookInstallOptions{}})
+	if err != nil {
+		return err
+	}
+	defer cp.Stop()
+	w := cp.WebhookInstallOptions
+	srv, err := startServer(bin, w.LocalServingHost, w.LocalServingPort, w.LocalServingCertDir)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	cfg := *cp.Config
+	cfg.QPS, cfg.Burst = 1000, 1000
+	c, err := client.New(&cfg, client.Options{})
+	if err != nil {
+		return err
+	}
+	ns := "load"
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{inject.NamespaceLabel: "enabled"}}}); err != nil {
+		return err
+	}
+	if err := c.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "gateway-proxy", Namespace: ns}}); err != nil {
+		return err
+	}
+	pod, err := examplePod("gloo-gateway-proxy.yaml")
+	if err != nil {
+		return err
+	}
+	create := func(prefix string) ([]time.Duration, int, error) {
+		var lat []time.Duration
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		errs := 0
+		n := int(duration.Seconds() * float64(*podRate))
+		tick := time.NewTicker(time.Second / time.Duration(*podRate))
+		defer tick.Stop()
+		for i := 0; i < n; i++ {
+			<-tick.C
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				p := pod.DeepCopy()
+				p.Namespace, p.Name = ns, fmt.Sprintf("%s-%d", prefix, i)
+				start := time.Now()
+				err := c.Create(ctx, p)
+				d := time.Since(start)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					errs++
+					return
+				}
+				lat = append(lat, d)
+			}(i)
+		}
+		wg.Wait()
+		return lat, errs, nil
+	}
+	// Without the webhook first, then with it, at the same rate.
+	base, baseErrs, _ := create("plain")
+	mwc, err := cp.InstallMutatingWebhookFile(ctx, filepath.Join(repoRoot(), "deploy", "webhook", "namespace-mode.yaml"))
+	if err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	before, err := scrapeHistogram(cp, mwc.Webhooks[0].Name)
+	if err != nil {
+		return err
+	}
+	with, withErrs, _ := create("injected")
+	after, err := scrapeHistogram(cp, mwc.Webhooks[0].Name)
+	if err != nil {
+		return err
+	}
+	_, peak := srv.rss()
+	h := after.minus(before)
+	if *markdown {
+		fmt.Printf("| apiserver | %d pods/s | webhook p99 %s (%.1f%% ≤ 5 ms, %d calls) | create p50 %s → %s | create p99 %s → %s (×%.2f) | %d | %.1f MiB |\n",
+			*podRate, h.quantileUpper(0.99), 100*h.fractionBelow(0.005), int(h.count), pct(base, 0.5), pct(with, 0.5), pct(base, 0.99), pct(with, 0.99),
+			float64(pct(with, 0.99))/float64(pct(base, 0.99)), baseErrs+withErrs, peak)
+		return nil
+	}
+	fmt.Printf("pods created through kube-apiserver at %d/s for %s each (namespace-mode webhook, real sds-injector binary)\n", *podRate, *duration)
+	fmt.Printf("  apiserver_admission_webhook_admission_duration_seconds{name=%q}: %d calls, %.1f%% in the ≤5 ms bucket, p99 ≤ %s\n",
+		mwc.Webhooks[0].Name, int(h.count), 100*h.fractionBelow(0.005), h.quantileUpper(0.99))
+	fmt.Printf("  pod creation latency without webhook: p50 %s p99 %s (%d ok, %d errors)\n", pct(base, 0.5), pct(base, 0.99), len(base), baseErrs)
+	fmt.Printf("  pod creation latency with webhook:    p50 %s p99 %s (%d ok, %d errors); p99 ratio %.2f\n",
+		pct(with, 0.5), pct(with, 0.99), len(with), withErrs, float64(pct(with, 0.99))/float64(pct(base, 0.99)))
+	fmt.Printf("  server RSS peak %.1f MiB\n", peak)
+	return nil
+}
+
+func pct(d []time.Duration, q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[int(math.Min(float64(len(s)-1), q*float64(len(s))))].Round(10 * time.Microsecond)
+}
+
+// histogram is a cumulative Prometheus histogram for one webhook.
+type histogram struct {
+	buckets map[float64]float64
+	count   float64
+}
+
+func (h histogram) minus(o histogram) histogram {
+	out := histogram{buckets: map[float64]float64{}, count: h.count - o.count}
+	for le, v := range h.buckets {
+		out.buckets[le] = v - o.buckets[le]
+	}
+	return out
+}
+
+func (h histogram) fractionBelow(le float64) float64 {
+	if h.count == 0 {
+		return 0
+	}
+	return h.buckets[le] / h.count
+}
+
+// quantileUpper is the upper bound of the bucket holding quantile q.
+func (h histogram) quantileUpper(q float64) string {
+	les := make([]float64, 0, len(h.buckets))
+	for le := range h.buckets {
+		les = append(les, le)
+	}
+	sort.Float64s(les)
+	for _, le := range les {
+		if h.count > 0 && h.buckets[le]/h.count >= q {
+			return (time.Duration(le * float64(time.Second))).String()
+		}
+	}
+	return "+Inf"
+}
+
+func scrapeHistogram(cp *controlplane.ControlPlane, webhook string) (histogram, error) {
+	cs, err := kubernetes.NewForConfig(cp.Config)
+	if err != nil {
+		return histogram{}, err
+	}
+	raw, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	if err != nil {
+		return histogram{}, err
+	}
+	h := histogram{buckets: map[float64]float64{}}
+	name := `name="` + webhook + `"`
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.Contains(line, name) || !strings.Contains(line, `type="admit"`) {
+			continue
+		}
+		v, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+		switch {
+		case strings.HasPrefix(line, "apiserver_admission_webhook_admission_duration_seconds_bucket"):
+			i := strings.Index(line, `le="`)
+			le, err := strconv.ParseFloat(line[i+4:i+4+strings.Index(line[i+4:], `"`)], 64)
+			if err == nil {
+				h.buckets[le] += v
+			}
+		case strings.HasPrefix(line, "apiserver_admission_webhook_admission_duration_seconds_count"):
+			h.count += v
+		}
+	}
+	return h, nil
+}
