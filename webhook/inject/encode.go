@@ -17,8 +17,9 @@ import (
 // gateway Deployment needs the same bytes. It is internal to Settings and
 // changes no result.
 type encodedCache struct {
-	mu sync.RWMutex
-	m  map[string]json.RawMessage
+	mu      sync.RWMutex
+	m       map[string]json.RawMessage
+	volumes map[string][]wantedVolume
 }
 
 // maxEncodedCache bounds the cache; it holds one entry per distinct
@@ -45,6 +46,25 @@ func (c *encodedCache) get(key string, build func() any) json.RawMessage {
 	c.m[key] = raw
 	c.mu.Unlock()
 	return raw
+}
+
+// wantedVolumes memoises volumesFor per parameters; callers must not modify
+// the returned slice.
+func (c *encodedCache) wantedVolumes(key string, build func() []wantedVolume) []wantedVolume {
+	c.mu.RLock()
+	v, ok := c.volumes[key]
+	c.mu.RUnlock()
+	if ok {
+		return v
+	}
+	v = build()
+	c.mu.Lock()
+	if c.volumes == nil || len(c.volumes) >= maxEncodedCache {
+		c.volumes = make(map[string][]wantedVolume)
+	}
+	c.volumes[key] = v
+	c.mu.Unlock()
+	return v
 }
 
 // cacheKey identifies the parameters that shape the agent's spec.

@@ -97,56 +97,81 @@ func agentPresent(pod *corev1.Pod) string {
 	return ""
 }
 
-// plan runs the selection logic and, when the pod is to be injected,
-// describes every addition.
-func (s *Settings) plan(pod *corev1.Pod) (Decision, *plan) {
+// screen runs the selection that needs only the pod's metadata and its
+// containers' names and images (see Screen). final reports a decision that
+// the rest of the pod cannot change.
+func (s *Settings) screen(pod *corev1.Pod) (d Decision, match gatewayMatch, gwIndex int, final bool) {
 	if v, ok := pod.Annotations[AnnotationStatus]; ok {
 		if _, err := ParseStatus(v); err != nil {
-			return failed(ReasonInvalidStatus, err.Error()+"; remove the annotation and the injected containers, or recreate the pod from its template"), nil
+			return failed(ReasonInvalidStatus, err.Error()+"; remove the annotation and the injected containers, or recreate the pod from its template"), gatewayMatch{}, 0, true
 		}
-		return skipped(ReasonAlreadyInjected, "pod already carries "+AnnotationStatus), nil
+		return skipped(ReasonAlreadyInjected, "pod already carries "+AnnotationStatus), gatewayMatch{}, 0, true
 	}
 	if _, ok := pod.Annotations[annotationMirror]; ok {
-		return skipped(ReasonMirrorPod, "static (mirror) pods cannot be mutated"), nil
+		return skipped(ReasonMirrorPod, "static (mirror) pods cannot be mutated"), gatewayMatch{}, 0, true
 	}
 	if s.excluded.Has(pod.Namespace) {
-		return skipped(ReasonExcludedNamespace, "namespace "+pod.Namespace+" is excluded from injection"), nil
+		return skipped(ReasonExcludedNamespace, "namespace "+pod.Namespace+" is excluded from injection"), gatewayMatch{}, 0, true
 	}
 	explicit, err := optIn(pod)
 	if err != nil {
-		return failed(ReasonInvalidInjectValue, err.Error()), nil
+		return failed(ReasonInvalidInjectValue, err.Error()), gatewayMatch{}, 0, true
 	}
 	if explicit != nil && !*explicit {
-		return skipped(ReasonOptedOut, LabelInject+" is \"false\""), nil
+		return skipped(ReasonOptedOut, LabelInject+" is \"false\""), gatewayMatch{}, 0, true
 	}
 	if _, ok := pod.Annotations[annotationIstioStatus]; ok {
-		return skipped(ReasonIstioSidecar, "pod was injected by Istio ("+annotationIstioStatus+"); its proxy already has a mesh identity"), nil
+		return skipped(ReasonIstioSidecar, "pod was injected by Istio ("+annotationIstioStatus+"); its proxy already has a mesh identity"), gatewayMatch{}, 0, true
 	}
 	if name := agentPresent(pod); name != "" {
-		return skipped(ReasonAgentPresent, "pod already runs an Istio certificate agent or SDS helper (container "+name+")"), nil
+		return skipped(ReasonAgentPresent, "pod already runs an Istio certificate agent or SDS helper (container "+name+")"), gatewayMatch{}, 0, true
 	}
 
 	match, ok := s.matchGateway(pod)
 	if !ok {
 		if explicit == nil {
-			return skipped(ReasonNotAGateway, "pod matches no gateway profile"), nil
+			return skipped(ReasonNotAGateway, "pod matches no gateway profile"), gatewayMatch{}, 0, true
 		}
 		// An explicit opt-in of a single-container pod means "this is my
 		// Envoy"; with several containers we would have to guess.
 		if len(pod.Spec.Containers) != 1 {
 			return warned(ReasonContainerNotFound, "", fmt.Sprintf(
 				"pod asks for injection but matches no gateway profile and has %d containers: set annotation %s to the Envoy container's name",
-				len(pod.Spec.Containers), AnnotationGatewayContainer)), nil
+				len(pod.Spec.Containers), AnnotationGatewayContainer)), gatewayMatch{}, 0, true
 		}
 		match = gatewayMatch{profile: ProfileGeneric, container: pod.Spec.Containers[0].Name}
 	}
-	gwIndex := containerIndex(pod.Spec.Containers, match.container)
+	gwIndex = containerIndex(pod.Spec.Containers, match.container)
 	if gwIndex < 0 {
 		msg := fmt.Sprintf("gateway profile %q matched but none of its container names is in the pod", match.profile)
 		if match.container != "" {
 			msg = fmt.Sprintf("gateway container %q is not in the pod", match.container)
 		}
-		return warned(ReasonContainerNotFound, match.profile, msg+": set annotation "+AnnotationGatewayContainer+" to the Envoy container's name"), nil
+		return warned(ReasonContainerNotFound, match.profile, msg+": set annotation "+AnnotationGatewayContainer+" to the Envoy container's name"), gatewayMatch{}, 0, true
+	}
+	return Decision{}, match, gwIndex, false
+}
+
+// Screen decides from the fields a cheap partial decode provides: metadata
+// (namespace, labels, annotations) and each container's and init
+// container's name and image. When final is true the decision is the one
+// Inject would reach for the full pod, and the rest of the pod need not be
+// decoded; otherwise only Inject can decide. The webhook screens every
+// request so that non-gateway pods never pay for a full decode.
+func Screen(pod *corev1.Pod, s *Settings) (d Decision, final bool) {
+	if pod == nil || s == nil {
+		return failed(ReasonInvalidInput, "no pod or no settings given"), true
+	}
+	d, _, _, final = s.screen(pod)
+	return d, final
+}
+
+// plan runs the selection logic and, when the pod is to be injected,
+// describes every addition.
+func (s *Settings) plan(pod *corev1.Pod) (Decision, *plan) {
+	d, match, gwIndex, final := s.screen(pod)
+	if final {
+		return d, nil
 	}
 
 	params, err := s.podParams(pod)
@@ -212,9 +237,9 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 	}
 
 	p := &plan{gatewayIndex: gwIndex, native: params.native, settings: s, params: params}
-	wanted := s.volumesFor(params)
-	p.wanted = wanted
 	pkey := params.cacheKey()
+	wanted := s.cache.wantedVolumes(pkey, func() []wantedVolume { return s.volumesFor(params) })
+	p.wanted = wanted
 	for _, w := range wanted {
 		if existing := findVolume(pod.Spec.Volumes, w.volume.Name); existing != nil {
 			if !compatibleVolume(existing, &w.volume) {
@@ -309,7 +334,10 @@ func (p *plan) apply(orig *corev1.Pod) *corev1.Pod {
 	gw := &pod.Spec.Containers[p.gatewayIndex]
 	gw.VolumeMounts = append(gw.VolumeMounts, p.gatewayMounts...)
 	gw.Env = append(gw.Env, p.gatewayEnv...)
-	pod.Spec.Volumes = append(pod.Spec.Volumes, p.volumes...)
+	for i := range p.volumes {
+		// The plan's volumes come from a cache shared by every pod.
+		pod.Spec.Volumes = append(pod.Spec.Volumes, *p.volumes[i].DeepCopy())
+	}
 	agent := p.settings.agentContainer(p.params, p.wanted, p.workload)
 	if p.native {
 		pod.Spec.InitContainers = slices.Insert(pod.Spec.InitContainers, 0, agent)

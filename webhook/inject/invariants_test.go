@@ -68,6 +68,11 @@ func checkInvariants(t testing.TB, pod *corev1.Pod, s *Settings) Result {
 	if got := mustJSON(t, pod); !bytes.Equal(before, got) {
 		t.Fatalf("Inject modified its input")
 	}
+	// Screening a pod reduced to what a partial decode provides must agree
+	// with the full decision whenever it claims to be final.
+	if d, final := Screen(screenable(pod), s); final && d != res.Decision {
+		t.Fatalf("Screen decided %+v on the partial pod, Inject %+v", d, res.Decision)
+	}
 	if res.Decision.Outcome != OutcomeInjected {
 		if res.Pod != pod || res.Patch != nil {
 			t.Fatalf("%s: pod changed or patch returned although not injected", res.Decision.Reason)
@@ -207,4 +212,17 @@ func checkNothingAltered(before, after *corev1.Pod) error {
 		return fmt.Errorf("pod spec fields other than containers and volumes changed")
 	}
 	return nil
+}
+
+// screenable keeps only the fields Screen documents it reads.
+func screenable(p *corev1.Pod) *corev1.Pod {
+	out := &corev1.Pod{}
+	out.Namespace, out.Labels, out.Annotations = p.Namespace, p.Labels, p.Annotations
+	for _, c := range p.Spec.Containers {
+		out.Spec.Containers = append(out.Spec.Containers, corev1.Container{Name: c.Name, Image: c.Image})
+	}
+	for _, c := range p.Spec.InitContainers {
+		out.Spec.InitContainers = append(out.Spec.InitContainers, corev1.Container{Name: c.Name, Image: c.Image})
+	}
+	return out
 }

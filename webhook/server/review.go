@@ -53,6 +53,64 @@ type reviewEnvelope struct {
 	Request    *reviewRequest `json:"request"`
 }
 
+// screenReview is the partial decode every request gets first: enough of
+// the pod for inject.Screen (metadata and container names and images), so
+// that pods which are not gateways are answered without a full decode.
+type screenReview struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Request    *struct {
+		UID         string                      `json:"uid"`
+		Resource    metav1.GroupVersionResource `json:"resource"`
+		SubResource string                      `json:"subResource"`
+		Namespace   string                      `json:"namespace"`
+		Operation   string                      `json:"operation"`
+		Object      *struct {
+			Metadata struct {
+				Namespace   string            `json:"namespace"`
+				Labels      map[string]string `json:"labels"`
+				Annotations map[string]string `json:"annotations"`
+			} `json:"metadata"`
+			Spec struct {
+				Containers     []screenContainer `json:"containers"`
+				InitContainers []screenContainer `json:"initContainers"`
+			} `json:"spec"`
+		} `json:"object"`
+	} `json:"request"`
+}
+
+type screenContainer struct {
+	Name  string `json:"name"`
+	Image string `json:"image"`
+}
+
+// screen answers from the partial decode when it can.
+func (h *Handler) screen(body []byte) (v verdict, apiVersion, uid string, result inject.Outcome, reason inject.Reason, done bool) {
+	var sr screenReview
+	if err := jsonv2.Unmarshal(body, &sr); err != nil || sr.Request == nil || sr.Request.Object == nil ||
+		(sr.APIVersion != admissionV1 && sr.APIVersion != admissionV1beta1) || sr.Kind != "AdmissionReview" ||
+		sr.Request.Resource.Group != "" || sr.Request.Resource.Resource != "pods" || sr.Request.SubResource != "" || sr.Request.Operation != "CREATE" {
+		return v, "", "", "", "", false // the full path answers these, with precise errors
+	}
+	o := sr.Request.Object
+	pod := &corev1.Pod{}
+	pod.Namespace, pod.Labels, pod.Annotations = o.Metadata.Namespace, o.Metadata.Labels, o.Metadata.Annotations
+	if pod.Namespace == "" {
+		pod.Namespace = sr.Request.Namespace
+	}
+	for _, c := range o.Spec.Containers {
+		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: c.Name, Image: c.Image})
+	}
+	for _, c := range o.Spec.InitContainers {
+		pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: c.Name, Image: c.Image})
+	}
+	d, final := inject.Screen(pod, h.settings)
+	if !final {
+		return v, "", "", "", "", false
+	}
+	return h.fromDecision(d, nil), sr.APIVersion, sr.Request.UID, d.Outcome, d.Reason, true
+}
+
 // podReview decodes a review whose object is a pod in a single pass, the
 // case for every request the shipped configurations send. Anything else
 // falls back to reviewEnvelope, which keeps the object raw.
@@ -116,6 +174,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		buf := bodyPool.Get().(*bytes.Buffer)
 		buf.Reset()
+		if n := r.ContentLength; n > 0 && n <= MaxRequestBytes {
+			buf.Grow(int(n) + bytes.MinRead)
+		}
 		defer func() {
 			if buf.Cap() <= 1<<20 {
 				bodyPool.Put(buf)
@@ -131,6 +192,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if buf.Len() == 0 {
 			v = reject(http.StatusBadRequest, "empty request body: expected an AdmissionReview")
+			return
+		}
+		if sv, sav, suid, sres, sreason, done := h.screen(buf.Bytes()); done {
+			v, apiVersion, uid, result, reason = sv, sav, suid, sres, sreason
 			return
 		}
 		var fast podReview
@@ -196,21 +261,27 @@ func (h *Handler) decide(req *reviewRequest, pod *corev1.Pod) (verdict, inject.O
 	pod.ManagedFields = nil
 
 	d, ops := inject.InjectPatch(pod, h.settings)
-	switch d.Outcome {
-	case inject.OutcomeInjected:
+	if d.Outcome == inject.OutcomeInjected {
 		patch, err := inject.MarshalPatch(ops)
 		if err != nil {
 			return h.onEngineError("encoding the patch: " + err.Error()), inject.OutcomeError, "encoding"
 		}
 		return verdict{allowed: true, patch: patch}, d.Outcome, d.Reason
+	}
+	return h.fromDecision(d, nil), d.Outcome, d.Reason
+}
+
+// fromDecision turns a decision without a patch into a verdict.
+func (h *Handler) fromDecision(d inject.Decision, _ []byte) verdict {
+	switch d.Outcome {
 	case inject.OutcomeSkipped:
 		v := allow()
 		if d.Warn {
 			v.warnings = []string{fmt.Sprintf("%snot injected (%s): %s", warningPrefix, d.Reason, d.Message)}
 		}
-		return v, d.Outcome, d.Reason
+		return v
 	default:
-		return h.onEngineError(d.Message), d.Outcome, d.Reason
+		return h.onEngineError(d.Message)
 	}
 }
 
