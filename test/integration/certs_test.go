@@ -6,13 +6,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -215,34 +212,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	time.Sleep(time.Second)
 	ns := namespace(t, nil)
 
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 2; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				pod := glooPod(t, ns, fmt.Sprintf("load-%d", i), map[string]string{labelInject: "true"}, nil)
-				err := cp.Client.Create(context.Background(), pod, client.DryRunAll)
-				if err == nil && pod.Annotations[inject.AnnotationStatus] == "" {
-					err = fmt.Errorf("pod admitted without injection")
-				}
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-					continue
-				}
-				ok.Add(1)
-			}
-		}()
-	}
+	load := startAdmissionLoad(t, ns, 2)
 	before := servedCert(t)
 	h.mgr.Rotate(certs.KindServing)
 	eventually(t, 60*time.Second, "the new serving certificate to be served", func(context.Context) (bool, error) {
@@ -262,15 +232,7 @@ func TestRotationUnderLoad(t *testing.T) {
 		t.Errorf("after a CA roll the bundle should trust old and new CA, has %d", n)
 	}
 	time.Sleep(2 * time.Second)
-	close(stop)
-	wg.Wait()
-	t.Logf("admissions during rotation: %d ok, %d failed", ok.Load(), failed.Load())
-	if failed.Load() != 0 {
-		t.Fatalf("%d admissions failed during rotation; first: %v", failed.Load(), firstErr.Load())
-	}
-	if ok.Load() < 20 {
-		t.Fatalf("only %d admissions ran: the load loop did not exercise the rotation", ok.Load())
-	}
+	load.stop(t, "during rotation", 20)
 }
 
 func mustCA(t *testing.T, ns string) *x509.Certificate {

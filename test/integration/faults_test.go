@@ -318,34 +318,7 @@ func TestReplicaRestartUnderLoad(t *testing.T) {
 	time.Sleep(time.Second)
 	ns := namespace(t, nil)
 
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for g := 0; g < 3; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				pod := glooPod(t, ns, fmt.Sprintf("p-%d", i), map[string]string{labelInject: "true"}, nil)
-				err := cp.Client.Create(context.Background(), pod, client.DryRunAll)
-				if err == nil && pod.Annotations[inject.AnnotationStatus] == "" {
-					err = fmt.Errorf("admitted without injection")
-				}
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-				} else {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
+	load := startAdmissionLoad(t, ns, 3)
 	time.Sleep(time.Second)
 	r := replicas[0]
 	r.cancel()
@@ -353,13 +326,5 @@ func TestReplicaRestartUnderLoad(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // the replica is gone for a while
 	start(r)
 	time.Sleep(time.Second)
-	close(stop)
-	wg.Wait()
-	t.Logf("admissions while a replica restarted: %d ok, %d failed", ok.Load(), failed.Load())
-	if failed.Load() != 0 {
-		t.Fatalf("%d admissions failed; first: %v", failed.Load(), firstErr.Load())
-	}
-	if ok.Load() < 50 {
-		t.Fatalf("only %d admissions ran", ok.Load())
-	}
+	load.stop(t, "while a replica restarted", 50)
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -226,4 +228,59 @@ func restClient() (rest.Interface, error) {
 		return nil, err
 	}
 	return cs.CoreV1().RESTClient(), nil
+}
+
+// admissionLoad keeps creating opted-in gateway pods (dry-run, so nothing
+// accumulates) through the API server until stopped, counting admissions
+// that failed or came back uninjected.
+type admissionLoad struct {
+	ok, failed atomic.Int64
+	firstErr   atomic.Value
+	stopCh     chan struct{}
+	wg         sync.WaitGroup
+}
+
+func startAdmissionLoad(t *testing.T, ns string, workers int) *admissionLoad {
+	t.Helper()
+	l := &admissionLoad{stopCh: make(chan struct{})}
+	for w := 0; w < workers; w++ {
+		l.wg.Add(1)
+		go func(w int) {
+			defer l.wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-l.stopCh:
+					return
+				default:
+				}
+				pod := glooPod(t, ns, fmt.Sprintf("load-%d-%d", w, i), map[string]string{labelInject: "true"}, nil)
+				err := cp.Client.Create(context.Background(), pod, client.DryRunAll)
+				if err == nil && pod.Annotations[inject.AnnotationStatus] == "" {
+					err = fmt.Errorf("pod admitted without injection")
+				}
+				if err != nil {
+					l.failed.Add(1)
+					l.firstErr.CompareAndSwap(nil, err)
+					continue
+				}
+				l.ok.Add(1)
+			}
+		}(w)
+	}
+	return l
+}
+
+// stop ends the load and fails the test on any failed admission or when
+// too few admissions ran to have exercised anything.
+func (l *admissionLoad) stop(t *testing.T, what string, atLeast int64) {
+	t.Helper()
+	close(l.stopCh)
+	l.wg.Wait()
+	t.Logf("admissions %s: %d ok, %d failed", what, l.ok.Load(), l.failed.Load())
+	if l.failed.Load() != 0 {
+		t.Fatalf("%d admissions failed %s; first: %v", l.failed.Load(), what, l.firstErr.Load())
+	}
+	if l.ok.Load() < atLeast {
+		t.Fatalf("only %d admissions ran %s", l.ok.Load(), what)
+	}
 }
