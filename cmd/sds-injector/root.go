@@ -22,7 +22,7 @@ func newRootCommand(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newInjectCommand(), newUninjectCommand(), newServeCommand(), newVersionCommand())
+	root.AddCommand(newInjectCommand(), newUninjectCommand(), newServeCommand(), newVersionCommand(), newCheckCommand())
 	return root
 }
 
