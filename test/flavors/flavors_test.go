@@ -7,6 +7,7 @@ import (
 	"path"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,6 +36,16 @@ func TestFlavors(t *testing.T) {
 			}
 		}
 	}
+	// The 1.14-1.21 profile's layout (it adds JWT_POLICY=third-party-jwt),
+	// run with the same current agent: this proves the layout and env work
+	// with the agent built here, not that a 1.14-1.21 agent works (none can
+	// be built here; see docs/flavor-proof.md).
+	for _, flavor := range inject.Flavors {
+		c := caseSpec{flavor: flavor, gateway: gateways[0], istioVersion: "1.21.6"}
+		t.Run(fmt.Sprintf("profile-1.14-1.21-layout/%s/%s/%s", flavor, c.gateway.name, c.placement()), func(t *testing.T) {
+			s.provePositive(t, c)
+		})
+	}
 }
 
 func (s *suite) provePositive(t *testing.T, c caseSpec) {
@@ -45,6 +56,9 @@ func (s *suite) provePositive(t *testing.T, c caseSpec) {
 	checkToken(t, r)
 	s.start(t, r)
 	row := timing{Case: fmt.Sprintf("%s / %s / %s", c.flavor, c.gateway.name, c.placement())}
+	if c.istioVersion != "" {
+		row.Case += fmt.Sprintf(" (Istio %s layout, profile %s)", c.istioVersion, r.profile.Name)
+	}
 
 	switch c.flavor {
 	case inject.FlavorIstioProxy, inject.FlavorSDSAgent:
@@ -61,7 +75,8 @@ func (s *suite) provePositive(t *testing.T, c caseSpec) {
 		if gwPath != r.profile.SocketPath() {
 			t.Errorf("the gateway sees the socket at %s, want %s (the documented path for profile %s)", gwPath, r.profile.SocketPath(), r.profile.Name)
 		}
-		v := s.gatewayView(t, r, "sds", gwPath)
+		t.Logf("SDS socket as created by the agent: %s", fileOwner(r.kp.HostPath(r.agent, r.agentSocketPath(t))))
+		v := s.viewFromGateway(t, r, "sds", gwPath)
 		row.GatewayView = time.Duration(v.Took)
 		t.Logf("gateway %s (uid %d, gid %d, groups %v) fetched SDS on %s in %s", r.gw, v.UID, v.GID, v.Groups, gwPath, time.Duration(v.Took))
 		if v.Error != "" {
@@ -83,12 +98,13 @@ func (s *suite) provePositive(t *testing.T, c caseSpec) {
 		}
 		row.FirstSecret = secretAt
 		gwDir := r.gatewayPathOf(t, outDir)
-		v := s.gatewayView(t, r, "files", gwDir)
+		v := s.viewFromGateway(t, r, "files", gwDir)
 		row.GatewayView = time.Duration(v.Took)
 		t.Logf("gateway %s (uid %d, gid %d, groups %v) read %s", r.gw, v.UID, v.GID, v.Groups, gwDir)
 		if len(v.FileErrors) > 0 || v.Error != "" {
 			t.Fatalf("from the gateway container: %v %s", v.FileErrors, v.Error)
 		}
+		t.Logf("key.pem as written by the agent: %s", fileOwner(r.kp.HostPath(r.agent, path.Join(outDir, "key.pem"))))
 		leaf := checkWorkloadCert(t, v.Files["cert-chain.pem"], v.Files["key.pem"], r.rootPEM, r.spiffeID)
 		checkRoot(t, v.Files["root-cert.pem"], r.rootPEM)
 		t.Logf("cert-chain.pem: %s issued by %s, valid until %s", leaf.URIs[0], leaf.Issuer, leaf.NotAfter.Format(time.RFC3339))
@@ -117,8 +133,12 @@ func (s *suite) checkProbes(t *testing.T, r *running) {
 		if res.Success {
 			t.Errorf("readinessProbe passed without an Envoy: %s", res.Detail)
 		}
-		t.Logf("NOT CHECKED: the injected readinessProbe%s and postStart `pilot-agent wait` poll Envoy's health listener (:15021/healthz/ready), which only a real Envoy serves; "+
-			"there is none here (probe result: %s)", map[bool]string{true: ", startupProbe", false: ""}[r.spec.native], res.Detail)
+		hooks := "postStart `pilot-agent wait`"
+		if r.spec.native {
+			hooks = "startupProbe"
+		}
+		t.Logf("NOT CHECKED: the injected readinessProbe and %s poll Envoy's health listener (:15021/healthz/ready), which only a real Envoy serves; "+
+			"there is none here (probe result: %s)", hooks, res.Detail)
 		return
 	}
 	poll := func(what string, h corev1.ProbeHandler, timeout time.Duration) {
@@ -328,7 +348,7 @@ func TestNegativeControls(t *testing.T) {
 				gwPath, mode = r.gatewayPathOf(t, r.agentSocketPath(t)), "sds"
 			}
 			// ... but the gateway cannot see its output.
-			v := s.gatewayView(t, r, mode, gwPath)
+			v := s.viewFromGateway(t, r, mode, gwPath)
 			var errs []string
 			if v.Error != "" {
 				errs = append(errs, v.Error)
@@ -376,4 +396,16 @@ func (s *suite) assertNoSecret(t *testing.T, r *running) {
 		}
 		t.Logf("SDS request for default unanswered: %v", err)
 	}
+}
+
+// fileOwner describes a file's mode and owner.
+func fileOwner(p string) string {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return err.Error()
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return fmt.Sprintf("mode %v, uid %d, gid %d", fi.Mode(), st.Uid, st.Gid)
+	}
+	return fmt.Sprintf("mode %v", fi.Mode())
 }

@@ -73,11 +73,13 @@ const (
 	// The proxyv2 image's bootstrap template; pilot-agent reads it through
 	// the relative path ./var/lib/istio/envoy/envoy_bootstrap_tmpl.json.
 	proxyv2BootstrapTemplate = "/var/lib/istio/envoy/envoy_bootstrap_tmpl.json"
-	// sds-agent's image layout is an assumption until its Dockerfile lands:
-	// the binary on PATH (the injected probe runs "sds-agent probe") and
-	// as the entrypoint.
-	sdsAgentPath = "/usr/local/bin/sds-agent"
-	imagePATH    = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	// sds-agent's image (Dockerfile, target sds-agent): the binary in
+	// /usr/local/bin (on PATH: the injected probe runs "sds-agent probe")
+	// as ENTRYPOINT, on gcr.io/distroless/static-debian12:nonroot, whose
+	// WORKDIR is /home/nonroot (the Dockerfile sets none).
+	sdsAgentPath    = "/usr/local/bin/sds-agent"
+	sdsAgentWorkDir = "/home/nonroot"
+	imagePATH       = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
 
 // images resolves the agents' images to local binaries: docker.io/istio/
@@ -108,7 +110,7 @@ func (s *suite) images(sdsAgentBin string) func(string) (*kubelet.Image, error) 
 			}
 			return &kubelet.Image{
 				Entrypoint: []string{sdsAgentPath},
-				WorkingDir: "/",
+				WorkingDir: sdsAgentWorkDir,
 				Env:        []string{imagePATH},
 				Files:      []kubelet.File{{Path: sdsAgentPath, Source: sdsAgentBin, Executable: true}},
 			}, nil
@@ -129,12 +131,15 @@ var (
 func needSDSAgent(t *testing.T, s *suite) string {
 	t.Helper()
 	sdsAgentOnce.Do(func() {
+		if _, err := os.Stat(filepath.Join(repoRoot, "cmd", "sds-agent")); os.IsNotExist(err) {
+			sdsAgentMissing = true
+			return
+		}
 		list := exec.Command("go", "list", "-f", "{{.Name}}", "./cmd/sds-agent")
 		list.Dir = repoRoot
 		out, err := list.CombinedOutput()
 		if err != nil {
-			if bytes.Contains(out, []byte("no Go files")) || bytes.Contains(out, []byte("cannot find")) ||
-				bytes.Contains(out, []byte("does not contain")) || bytes.Contains(out, []byte("no such file")) {
+			if bytes.Contains(out, []byte("no Go files")) || bytes.Contains(out, []byte("directory not found")) {
 				sdsAgentMissing = true
 				return
 			}
@@ -146,12 +151,21 @@ func needSDSAgent(t *testing.T, s *suite) string {
 			return
 		}
 		bin := filepath.Join(s.binDir, "sds-agent")
-		build := exec.Command("go", "build", "-o", bin, "./cmd/sds-agent")
-		build.Dir = repoRoot
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			sdsAgentErr = fmt.Errorf("go build ./cmd/sds-agent: %v\n%s", err, out)
-			return
+		// One retry: a build cache shared with concurrent builds has been
+		// seen to fail transiently ("could not import net (open : no such
+		// file or directory)"); a real compile error fails twice.
+		for attempt := 1; ; attempt++ {
+			build := exec.Command("go", "build", "-o", bin, "./cmd/sds-agent")
+			build.Dir = repoRoot
+			build.Env = append(os.Environ(), "CGO_ENABLED=0")
+			out, err := build.CombinedOutput()
+			if err == nil {
+				break
+			}
+			if attempt == 2 {
+				sdsAgentErr = fmt.Errorf("go build ./cmd/sds-agent: %v\n%s", err, out)
+				return
+			}
 		}
 		sdsAgentBin = bin
 	})
@@ -171,6 +185,8 @@ type caseSpec struct {
 	flavor  inject.Flavor
 	gateway gateway
 	native  bool
+	// istioVersion, if set, is the engine's IstioVersion (profile).
+	istioVersion string
 	// configure changes the engine configuration (negative controls).
 	configure func(*inject.Config)
 	// mutate changes the injected pod before it is created (negative
@@ -188,18 +204,17 @@ func (c caseSpec) placement() string {
 
 // running is a case whose agent has been started.
 type running struct {
-	spec      caseSpec
-	pod       *corev1.Pod // as stored by the apiserver
-	kp        *kubelet.Pod
-	st        *inject.Status
-	profile   inject.IstioProfile
-	agent     string
-	gw        string
-	proc      *kubelet.Process
-	rootPEM   []byte
-	statusPrt int
-	spiffeID  string
-	node      string
+	spec     caseSpec
+	pod      *corev1.Pod // as stored by the apiserver
+	kp       *kubelet.Pod
+	st       *inject.Status
+	profile  inject.IstioProfile
+	agent    string
+	gw       string
+	proc     *kubelet.Process
+	rootPEM  []byte
+	spiffeID string
+	node     string
 	// istiodLogFrom is the length of istiod's log when the agent started:
 	// evidence in istiod's log must come after it.
 	istiodLogFrom int
@@ -224,6 +239,9 @@ func (s *suite) prepare(t *testing.T, c caseSpec) (*running, error) {
 	cfg := inject.DefaultConfig()
 	cfg.Flavor = c.flavor
 	cfg.NativeSidecar = c.native
+	if c.istioVersion != "" {
+		cfg.IstioVersion = c.istioVersion
+	}
 	if c.configure != nil {
 		c.configure(&cfg)
 	}
@@ -320,7 +338,6 @@ func (s *suite) start(t *testing.T, r *running) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.statusPrt = ports[0]
 	portMap := map[int32]int{15020: ports[0], 15021: ports[1], 15090: ports[2]}
 	rewrite := func(name, value string) (string, string) {
 		switch name {
@@ -370,7 +387,7 @@ func (s *suite) start(t *testing.T, r *running) {
 // appeared and when the first secret arrived, both after the agent start.
 func (r *running) waitSocketSecret(t *testing.T, timeout time.Duration) (socketAt, secretAt time.Duration, secrets map[string]*sdsclient.Secret, err error) {
 	t.Helper()
-	sock := r.kp.HostPath(r.agent, r.profile.SocketPath())
+	sock := r.kp.HostPath(r.agent, r.agentSocketPath(t))
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	err = wait.PollUntilContextCancel(ctx, 5*time.Millisecond, true, func(context.Context) (bool, error) {
@@ -381,7 +398,7 @@ func (r *running) waitSocketSecret(t *testing.T, timeout time.Duration) (socketA
 		return serr == nil, nil
 	})
 	if err != nil {
-		return 0, 0, nil, fmt.Errorf("waiting for the SDS socket %s: %w", r.profile.SocketPath(), err)
+		return 0, 0, nil, fmt.Errorf("waiting for the SDS socket %s: %w", r.agentSocketPath(t), err)
 	}
 	socketAt = time.Since(r.proc.Started)
 	secrets, err = sdsclient.Fetch(ctx, sock, r.node, sdsclient.WorkloadCert, sdsclient.RootCA)
@@ -421,7 +438,7 @@ func (r *running) waitFiles(t *testing.T, dir string, timeout time.Duration) (ti
 // gatewayView runs the helper as the gateway container (its root as
 // working directory, its user and groups, its environment) and returns
 // what it saw at containerPath.
-func (s *suite) gatewayView(t *testing.T, r *running, mode, containerPath string) *gatewayView {
+func (s *suite) viewFromGateway(t *testing.T, r *running, mode, containerPath string) *gatewayView {
 	t.Helper()
 	cmd, _, err := r.kp.Command(context.Background(), r.gw, s.helper, nil, nil)
 	if err != nil {
@@ -581,6 +598,11 @@ func checkToken(t *testing.T, r *running) {
 	if tok == nil {
 		t.Fatal("no token was requested for the istio-token volume")
 	}
+	for _, m := range mustContainer(t, r, r.agent).VolumeMounts {
+		if m.Name == inject.VolumeIstioToken {
+			t.Logf("istio-token as the kubelet wrote it: %s", fileOwner(r.kp.HostPath(r.agent, path.Join(m.MountPath, src.Path))))
+		}
+	}
 	if !slices.Equal(tok.Audiences, []string{src.Audience}) || src.ExpirationSeconds == nil || tok.ExpirationSeconds != *src.ExpirationSeconds {
 		t.Errorf("token requested with audiences %v, expiration %ds; the volume asks for %q, %v", tok.Audiences, tok.ExpirationSeconds, src.Audience, src.ExpirationSeconds)
 	}
@@ -731,10 +753,19 @@ func timingTable() string {
 		if d == 0 {
 			return "—"
 		}
-		return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond))
+		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
 	}
 	for _, r := range timings.rows {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.Case, ms(r.SocketAt), ms(r.FirstSecret), ms(r.GatewayView))
 	}
 	return b.String()
+}
+
+func mustContainer(t *testing.T, r *running, name string) *corev1.Container {
+	t.Helper()
+	c, err := r.kp.Container(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -27,13 +27,13 @@ import (
 
 const secretType = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
-// buildAgent compiles cmd/sds-agent into dir (the Go build cache makes
-// repeated runs cheap).
+// buildAgent compiles cmd/sds-agent into dir as the Dockerfile does (static,
+// stripped); the Go build cache makes repeated runs cheap.
 func buildAgent(t testing.TB, dir string) string {
 	t.Helper()
 	out := filepath.Join(dir, "sds-agent")
 	start := time.Now()
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "github.com/sds-injector/sds-injector/cmd/sds-agent")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "github.com/sds-injector/sds-injector/cmd/sds-agent")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building sds-agent: %v\n%s", err, b)

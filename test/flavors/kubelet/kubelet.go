@@ -36,8 +36,10 @@
 //     directory (Istio's agent does: ./var/run/secrets/...) resolve exactly
 //     as in the container. An env value that is an absolute path inside one
 //     of the container's volume mounts is rewritten to the same path
-//     relative to the working directory ("./" + path, identical under
-//     WORKDIR /), and every such rewrite is recorded in Process.Rewrites.
+//     relative to the container's working directory ("./var/..." under
+//     WORKDIR /, "../../var/..." under /home/nonroot), which names the same
+//     file in the container; every such rewrite is recorded in
+//     Process.Rewrites.
 //   - Ports. Containers of a pod share the host's network here. Callers map
 //     container ports to free host ports (StartOptions.PortMap); probes and
 //     handlers follow the map, and exec handlers' "localhost:<port>"
@@ -654,6 +656,12 @@ func (p *Pod) setUpRoot(c *corev1.Container) error {
 				return fmt.Errorf("image %s: %s: %w", c.Image, f.Path, err)
 			}
 		}
+	} else {
+		img = &Image{}
+	}
+	// The runtime creates the working directory if the image lacks it.
+	if err := os.MkdirAll(p.HostPath(c.Name, workingDir(c, img)), 0o755); err != nil {
+		return err
 	}
 	// Mounts, shortest path first so that nested mounts land inside the
 	// outer volume, as the kubelet creates their mount points there.
@@ -1121,9 +1129,10 @@ func (p *Pod) context(ctx context.Context, name string, rewrite func(name, value
 		return nil, err
 	}
 	cc := &containerContext{c: c, img: img, vals: map[string]string{}, specVals: map[string]string{}}
+	wd := workingDir(c, img)
 	for i := range resolved {
 		e := &resolved[i]
-		if to, why := p.relativePath(c, e.Value); why != "" {
+		if to, why := p.relativePath(c, wd, e.Value); why != "" {
 			cc.rewrites = append(cc.rewrites, Rewrite{Container: c.Name, What: "env " + e.Name, From: e.Value, To: to, Why: why})
 			e.Value = to
 		}
@@ -1151,13 +1160,6 @@ func (p *Pod) context(ctx context.Context, name string, rewrite func(name, value
 		cc.vals[e.Name] = e.Value
 		cc.specVals[e.Name] = e.Value
 	}
-	wd := img.WorkingDir
-	if c.WorkingDir != "" {
-		wd = c.WorkingDir
-	}
-	if wd == "" {
-		wd = "/"
-	}
 	cc.dir = p.HostPath(name, wd)
 	if p.UIDEmulated {
 		uid, gid := int64(0), int64(0)
@@ -1181,11 +1183,25 @@ func (p *Pod) context(ctx context.Context, name string, rewrite func(name, value
 	return cc, nil
 }
 
+// workingDir is the container's working directory: its workingDir, else
+// the image's WORKDIR, else "/".
+func workingDir(c *corev1.Container, img *Image) string {
+	wd := img.WorkingDir
+	if c.WorkingDir != "" {
+		wd = c.WorkingDir
+	}
+	if wd == "" {
+		wd = "/"
+	}
+	return path.Clean("/" + wd)
+}
+
 // relativePath rewrites an absolute path that lies inside one of the
-// container's volume mounts to the same path relative to the working
-// directory: with the container root as working directory (WORKDIR /) it
-// names the same file, and on the host it resolves through the mount.
-func (p *Pod) relativePath(c *corev1.Container, v string) (string, string) {
+// container's volume mounts to the same path relative to the container's
+// working directory wd: inside the container both name the same file, and
+// on the host (where the process runs in the emulated wd) the relative one
+// resolves through the mount.
+func (p *Pod) relativePath(c *corev1.Container, wd, v string) (string, string) {
 	if !strings.HasPrefix(v, "/") || strings.ContainsAny(v, " \t\n:,;=") {
 		return v, ""
 	}
@@ -1193,7 +1209,15 @@ func (p *Pod) relativePath(c *corev1.Container, v string) (string, string) {
 	for _, m := range c.VolumeMounts {
 		mp := path.Clean(m.MountPath)
 		if clean == mp || strings.HasPrefix(clean, mp+"/") {
-			return "." + clean, fmt.Sprintf("absolute path in volume mount %s (%s); relative to the container root, which is the working directory as under WORKDIR /", m.Name, m.MountPath)
+			rel, err := filepath.Rel(wd, clean)
+			if err != nil {
+				return v, ""
+			}
+			rel = filepath.ToSlash(rel)
+			if !strings.HasPrefix(rel, "../") {
+				rel = "./" + rel
+			}
+			return rel, fmt.Sprintf("absolute path in volume mount %s (%s); the same path relative to the working directory %s, which the process runs in", m.Name, m.MountPath, wd)
 		}
 	}
 	return v, ""

@@ -1,0 +1,343 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"flag"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/ca"
+	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/fakeca"
+	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/sds"
+)
+
+const (
+	testNS      = "gw"
+	testSA      = "gateway"
+	testCluster = "Kubernetes"
+	testID      = "spiffe://cluster.local/ns/gw/sa/gateway"
+	// wait bounds every wait in these tests; generous because the machine
+	// is shared with other test runs.
+	wait = 60 * time.Second
+)
+
+// testEnv is a fake CA, the agent's input files, and a running agent.
+type testEnv struct {
+	t     *testing.T
+	CA    *fakeca.CA
+	Dir   string
+	Cfg   Config
+	Agent *Agent
+
+	cancel context.CancelFunc
+	done   chan error
+	logs   *syncLog
+}
+
+// newEnv prepares a CA and files; mutate adjusts the configuration before
+// the agent starts (call start).
+func newEnv(t *testing.T) *testEnv {
+	t.Helper()
+	c, err := fakeca.New("cluster.local", testCluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	// A short directory: Unix socket paths are limited to 107 bytes.
+	dir, err := os.MkdirTemp("", "sdsa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	e := &testEnv{t: t, CA: c, Dir: dir}
+	e.WriteToken(fakeca.Token(testNS, testSA, time.Now().Add(time.Hour)))
+	e.WriteRoot(c.RootPEM())
+
+	env := map[string]string{
+		"CA_ADDR":               c.Addr(),
+		"POD_NAMESPACE":         testNS,
+		"SERVICE_ACCOUNT":       testSA,
+		"POD_NAME":              "gw-0",
+		"ISTIO_META_CLUSTER_ID": testCluster,
+		"TOKEN_PATH":            filepath.Join(dir, "token"),
+		"ROOT_CERT_PATH":        filepath.Join(dir, "root-cert.pem"),
+		"SDS_SOCKET_PATH":       filepath.Join(dir, "uds", "socket"),
+		"CA_BACKOFF_INITIAL":    "50ms",
+		"CA_BACKOFF_MAX":        "200ms",
+		"WATCH_INTERVAL":        "100ms",
+		"LOG_LEVEL":             "debug",
+	}
+	cfg, err := Load(flag.NewFlagSet("test", flag.ContinueOnError), nil, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Cfg = cfg
+	return e
+}
+
+// WriteToken replaces the token file atomically, as the kubelet does.
+func (e *testEnv) WriteToken(tok string) { e.writeAtomic("token", []byte(tok)) }
+
+// WriteRoot replaces the root certificate file atomically.
+func (e *testEnv) WriteRoot(pem []byte) { e.writeAtomic("root-cert.pem", pem) }
+
+func (e *testEnv) writeAtomic(name string, data []byte) {
+	e.t.Helper()
+	tmp := filepath.Join(e.Dir, "."+name+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(e.Dir, name)); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// start runs the agent until the test ends.
+func (e *testEnv) start() *Agent {
+	e.t.Helper()
+	if err := e.Cfg.Validate(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.logs = &syncLog{t: e.t}
+	a := New(e.Cfg, slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	ctx, cancel := context.WithCancel(context.Background())
+	e.Agent, e.cancel, e.done = a, cancel, make(chan error, 1)
+	go func() { e.done <- a.Run(ctx) }()
+	e.t.Cleanup(func() { e.stop() })
+	select {
+	case <-a.Started():
+	case err := <-e.done:
+		e.t.Fatalf("agent exited: %v", err)
+	case <-time.After(wait):
+		e.t.Fatal("agent did not start")
+	}
+	return a
+}
+
+// stop cancels the agent and waits for it (idempotent).
+func (e *testEnv) stop() error {
+	if e.cancel == nil {
+		return nil
+	}
+	e.cancel()
+	e.cancel = nil
+	select {
+	case err := <-e.done:
+		e.logs.close()
+		return err
+	case <-time.After(wait):
+		e.t.Error("agent did not stop")
+		return nil
+	}
+}
+
+// eventually polls cond until it holds.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// syncLog sends the agent's log lines to the test log until closed.
+type syncLog struct {
+	t      *testing.T
+	mu     sync.Mutex
+	closed bool
+	lines  []string
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, strings.TrimSpace(string(p)))
+	if !l.closed {
+		l.t.Log(strings.TrimSpace(string(p)))
+	}
+	return len(p), nil
+}
+
+func (l *syncLog) close() {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+}
+
+func (l *syncLog) contains(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range l.lines {
+		if strings.Contains(line, s) {
+			return true
+		}
+	}
+	return false
+}
+
+var _ io.Writer = (*syncLog)(nil)
+
+// sdsClient is an Envoy-like SDS client: it opens a stream, subscribes and
+// ACKs every response.
+type sdsClient struct {
+	t      *testing.T
+	conn   *grpc.ClientConn
+	stream secretv3.SecretDiscoveryService_StreamSecretsClient
+	cancel context.CancelFunc
+	req    *discoveryv3.DiscoveryRequest
+	resps  chan *discoveryv3.DiscoveryResponse
+	errs   chan error
+}
+
+// dialSDS connects to target ("unix:///path" or "host:port") and subscribes to names.
+func dialSDS(t *testing.T, target string, names ...string) *sdsClient {
+	t.Helper()
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := secretv3.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx, grpc.WaitForReady(true))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	c := &sdsClient{t: t, conn: conn, stream: stream, cancel: cancel,
+		req:   &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "router~10.0.0.1~gw-0.gw~gw.svc.cluster.local"}, TypeUrl: sds.TypeURL, ResourceNames: names},
+		resps: make(chan *discoveryv3.DiscoveryResponse, 16), errs: make(chan error, 1)}
+	t.Cleanup(c.close)
+	if err := stream.Send(c.req); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				c.errs <- err
+				return
+			}
+			c.resps <- r
+		}
+	}()
+	return c
+}
+
+func unixTarget(path string) string { return "unix://" + path }
+
+func (c *sdsClient) close() {
+	c.cancel()
+	_ = c.conn.Close()
+}
+
+// next returns the next response's secrets by name, ACKing it.
+func (c *sdsClient) next() (*discoveryv3.DiscoveryResponse, map[string]*tlsv3.Secret) {
+	c.t.Helper()
+	select {
+	case r := <-c.resps:
+		got := map[string]*tlsv3.Secret{}
+		for _, a := range r.Resources {
+			if a.TypeUrl != sds.TypeURL {
+				c.t.Fatalf("resource of type %s", a.TypeUrl)
+			}
+			s := &tlsv3.Secret{}
+			if err := a.UnmarshalTo(s); err != nil {
+				c.t.Fatal(err)
+			}
+			got[s.Name] = s
+		}
+		c.req.VersionInfo, c.req.ResponseNonce = r.VersionInfo, r.Nonce
+		if err := c.stream.Send(c.req); err != nil {
+			c.t.Fatal(err)
+		}
+		return r, got
+	case err := <-c.errs:
+		c.t.Fatalf("stream ended: %v", err)
+	case <-time.After(wait):
+		c.t.Fatal("no SDS response")
+	}
+	return nil, nil
+}
+
+// until reads responses until all names have been seen, merging them.
+func (c *sdsClient) until(names ...string) map[string]*tlsv3.Secret {
+	c.t.Helper()
+	all := map[string]*tlsv3.Secret{}
+	for {
+		_, got := c.next()
+		for k, v := range got {
+			all[k] = v
+		}
+		done := true
+		for _, n := range names {
+			if all[n] == nil {
+				done = false
+			}
+		}
+		if done {
+			return all
+		}
+	}
+}
+
+// quiet asserts that no response arrives for d.
+func (c *sdsClient) quiet(d time.Duration) {
+	c.t.Helper()
+	select {
+	case r := <-c.resps:
+		c.t.Fatalf("unexpected response version %s", r.VersionInfo)
+	case <-time.After(d):
+	}
+}
+
+// checkCert checks a "default"-type secret: valid key pair, the workload
+// identity, and a chain to one of roots. It returns the leaf.
+func checkCert(t *testing.T, sec *tlsv3.Secret, roots []byte) *x509.Certificate {
+	t.Helper()
+	leaf, err := sds.CheckCertificate(sec, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != testID {
+		t.Fatalf("identity %v, want %s", leaf.URIs, testID)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(roots) {
+		t.Fatal("no roots")
+	}
+	chain, err := ca.ParsePEMCerts(sec.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("chain does not verify: %v", err)
+	}
+	return leaf
+}
+
+func rootsOf(sec *tlsv3.Secret) []byte {
+	return sec.GetValidationContext().GetTrustedCa().GetInlineBytes()
+}

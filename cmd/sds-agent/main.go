@@ -1,0 +1,196 @@
+// Command sds-agent is sds-injector's slim SDS agent: one small container
+// that obtains the workload certificate from istiod's CA and serves it to a
+// gateway's Envoy over SDS on a Unix socket shared through an emptyDir. It
+// binds no TCP port unless asked to. See docs/sds-agent.md.
+//
+//	sds-agent [flags]        run the agent (the image's entrypoint, no arguments)
+//	sds-agent probe          exit 0 if the agent serves a valid certificate (readiness/startup probe)
+//	sds-agent wait           block until probe succeeds (classic placement's postStart hook)
+//	sds-agent version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/agent"
+	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/sds"
+)
+
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cmd := ""
+	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "":
+		return serve(args, getenv, stderr)
+	case "probe":
+		return probe(args, getenv, stdout, stderr)
+	case "wait":
+		return wait(args, getenv, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, version)
+		return 0
+	case "help":
+		usage(stderr)
+		return 0
+	}
+	fmt.Fprintf(stderr, "sds-agent: unknown command %q\n", cmd)
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  sds-agent [flags]   run the agent (flags: sds-agent -h)
+  sds-agent probe     exit 0 if the agent serves a valid certificate on its socket
+  sds-agent wait      wait until probe succeeds
+  sds-agent version
+`)
+}
+
+func serve(args []string, getenv func(string) string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sds-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		usage(stderr)
+		fmt.Fprintln(stderr, "\nflags of the agent (each also read from the environment variable named):")
+		fs.PrintDefaults()
+	}
+	cfg, err := agent.Load(fs, args, getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "sds-agent: %v\n", err)
+		return 2
+	}
+	level, _ := cfg.Level()
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	log.Info("starting sds-agent", "version", version, "ca", cfg.CAAddr, "cluster_id", cfg.ClusterID, "key", cfg.KeyAlgorithm, "ttl", cfg.CertTTL)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		// A second signal ends the process at once.
+		stop()
+	}()
+	if err := agent.New(cfg, log).Run(ctx); err != nil {
+		log.Error("sds-agent failed", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// probeFlags are shared by probe and wait.
+func probeFlags(name string, getenv func(string) string, stderr io.Writer, timeout time.Duration) (*flag.FlagSet, *string, *time.Duration) {
+	fs := flag.NewFlagSet("sds-agent "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := getenv("SDS_SOCKET_PATH")
+	if socket == "" {
+		socket = agent.DefaultSocketPath
+	}
+	sp := fs.String("socket-path", socket, "the agent's SDS socket (env SDS_SOCKET_PATH)")
+	tp := fs.Duration("timeout", timeout, "give up after this long")
+	return fs, sp, tp
+}
+
+// checkOnce fetches "default" over the socket and checks it.
+func checkOnce(ctx context.Context, socket string) (string, error) {
+	if fi, err := os.Stat(socket); err != nil {
+		return "", fmt.Errorf("no SDS socket: %w", err)
+	} else if fi.Mode()&os.ModeSocket == 0 {
+		return "", fmt.Errorf("%s is not a socket", socket)
+	}
+	// A plain connect first: it reports what gRPC's retries would hide
+	// (permission denied, nothing listening).
+	c, err := net.DialTimeout("unix", socket, time.Second)
+	if err != nil {
+		return "", err
+	}
+	_ = c.Close()
+	abs, err := filepath.Abs(socket)
+	if err != nil {
+		return "", err
+	}
+	secrets, err := sds.Fetch(ctx, "unix://"+abs, sds.ProbeNodeID, sds.Default)
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("no valid certificate served on %s yet", socket)
+		}
+		return "", err
+	}
+	leaf, err := sds.CheckCertificate(secrets[sds.Default], time.Now())
+	if err != nil {
+		return "", err
+	}
+	id := ""
+	if len(leaf.URIs) > 0 {
+		id = leaf.URIs[0].String()
+	}
+	return fmt.Sprintf("ready: %s valid until %s", id, leaf.NotAfter.UTC().Format(time.RFC3339)), nil
+}
+
+func probe(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	fs, socket, timeout := probeFlags("probe", getenv, stderr, 2*time.Second)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	msg, err := checkOnce(ctx, *socket)
+	if err != nil {
+		fmt.Fprintf(stderr, "not ready: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, msg)
+	return 0
+}
+
+func wait(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	fs, socket, timeout := probeFlags("wait", getenv, stderr, 60*time.Second)
+	period := fs.Duration("period", 500*time.Millisecond, "time between attempts")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	deadline := time.Now().Add(*timeout)
+	var lastErr error
+	for {
+		attempt := time.Now().Add(2 * time.Second)
+		if attempt.After(deadline) {
+			attempt = deadline
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), attempt)
+		msg, err := checkOnce(ctx, *socket)
+		cancel()
+		if err == nil {
+			fmt.Fprintln(stdout, msg)
+			return 0
+		}
+		lastErr = err
+		if time.Now().Add(*period).After(deadline) {
+			break
+		}
+		time.Sleep(*period)
+	}
+	fmt.Fprintf(stderr, "sds-agent wait: gave up after %s: %v\n", *timeout, lastErr)
+	return 1
+}

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/agent"
+	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/fakeca"
+	"github.com/sds-injector/sds-injector/webhook/inject"
+)
+
+// TestInjectedContract checks the engine's sds-agent container against this
+// agent: every variable it sets is one the agent reads, the agent accepts
+// the values, the probe and postStart commands are this binary's
+// subcommands, and nothing turns on a TCP listener.
+func TestInjectedContract(t *testing.T) {
+	for _, version := range []string{"1.13.9", "1.21.6", inject.DefaultIstioVersion} {
+		for _, native := range []bool{false, true} {
+			c := inject.DefaultConfig()
+			c.Flavor, c.IstioVersion, c.NativeSidecar = inject.FlavorSDSAgent, version, native
+			pod := readPod(t, "../../docs/examples/gloo-gateway-proxy.yaml")
+			res := inject.Inject(pod, c.MustResolve())
+			if res.Decision.Outcome != inject.OutcomeInjected {
+				t.Fatalf("%s: %+v", version, res.Decision)
+			}
+			var ctr *corev1.Container
+			for _, list := range [][]corev1.Container{res.Pod.Spec.InitContainers, res.Pod.Spec.Containers} {
+				for i := range list {
+					if list[i].Name == "sds-agent" {
+						ctr = &list[i]
+					}
+				}
+			}
+			if ctr == nil {
+				t.Fatal("no sds-agent container")
+			}
+			known := map[string]bool{}
+			for _, s := range agent.Settings {
+				known[s.Env] = true
+			}
+			env := map[string]string{}
+			for _, e := range ctr.Env {
+				if !known[e.Name] {
+					t.Errorf("%s: the engine sets %s, which the agent does not read", version, e.Name)
+				}
+				v := e.Value
+				if e.ValueFrom != nil {
+					// What the kubelet would resolve the downward API to.
+					v = map[string]string{"metadata.name": "gw-0", "metadata.namespace": "gw", "status.podIP": "127.0.0.1",
+						"spec.serviceAccountName": "gateway", "status.hostIP": "127.0.0.2"}[e.ValueFrom.FieldRef.FieldPath]
+				}
+				env[e.Name] = v
+			}
+			cfg, err := agent.Load(flag.NewFlagSet("t", flag.ContinueOnError), ctr.Args, func(k string) string { return env[k] })
+			if err != nil {
+				t.Fatalf("%s: the agent rejects the injected configuration: %v", version, err)
+			}
+			if cfg.TCPAddr != "" || cfg.MetricsAddr != "" {
+				t.Errorf("%s: injected configuration opens TCP listeners", version)
+			}
+			// The socket is in the volume shared with the gateway.
+			gwMounts := map[string]bool{}
+			for _, ct := range res.Pod.Spec.Containers {
+				if ct.Name == "gateway-proxy" {
+					for _, m := range ct.VolumeMounts {
+						gwMounts[m.MountPath] = true
+					}
+				}
+			}
+			if !gwMounts[filepath.Dir(cfg.SocketPath)] {
+				t.Errorf("%s: socket %s is not in a directory the gateway mounts (%v)", version, cfg.SocketPath, gwMounts)
+			}
+			if len(ctr.Command) != 0 || len(ctr.Ports) != 0 {
+				t.Errorf("%s: command %v ports %v", version, ctr.Command, ctr.Ports)
+			}
+			var cmds [][]string
+			for _, p := range []*corev1.Probe{ctr.ReadinessProbe, ctr.StartupProbe} {
+				if p != nil {
+					cmds = append(cmds, p.Exec.Command)
+				}
+			}
+			if ctr.Lifecycle != nil && ctr.Lifecycle.PostStart != nil {
+				cmds = append(cmds, ctr.Lifecycle.PostStart.Exec.Command)
+			}
+			for _, cmd := range cmds {
+				if cmd[0] != "sds-agent" || !slices.Contains([]string{"probe", "wait"}, cmd[1]) {
+					t.Errorf("%s: command %v is not an sds-agent subcommand", version, cmd)
+				}
+			}
+		}
+	}
+}
+
+func readPod(t *testing.T, path string) *corev1.Pod {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{}
+	if err := yaml.Unmarshal(b, pod); err != nil {
+		t.Fatal(err)
+	}
+	return pod
+}
+
+func TestProbeAndWait(t *testing.T) {
+	ca, err := fakeca.New("cluster.local", "Kubernetes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "sdsm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	write := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("token", []byte(fakeca.Token("gw", "gateway", time.Now().Add(time.Hour))))
+	write("root.pem", ca.RootPEM())
+	socket := filepath.Join(dir, "socket")
+	env := map[string]string{"SDS_SOCKET_PATH": socket}
+	getenv := func(k string) string { return env[k] }
+
+	var out, errb bytes.Buffer
+	if code := run([]string{"probe", "--timeout=300ms"}, getenv, &out, &errb); code != 1 || !strings.Contains(errb.String(), "no SDS socket") {
+		t.Fatalf("probe without agent: %d %q", code, errb.String())
+	}
+
+	// The CA is not up yet: the agent serves its socket but has no certificate.
+	if err := ca.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer ca.Stop()
+	addr, listenAddr := ca.Addr(), ca.ListenAddr()
+	ca.Stop()
+	cfg, err := agent.Load(flag.NewFlagSet("t", flag.ContinueOnError), []string{
+		"--ca-addr=" + addr, "--namespace=gw", "--service-account=gateway", "--token-path=" + filepath.Join(dir, "token"),
+		"--root-cert-path=" + filepath.Join(dir, "root.pem"), "--socket-path=" + socket, "--backoff-initial=50ms", "--backoff-max=200ms",
+	}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := agent.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-a.Started()
+
+	errb.Reset()
+	if code := run([]string{"probe", "--timeout=300ms"}, getenv, &out, &errb); code != 1 || !strings.Contains(errb.String(), "not ready") {
+		t.Fatalf("probe without certificate: %d %q", code, errb.String())
+	}
+	errb.Reset()
+	if code := run([]string{"wait", "--timeout=500ms", "--period=100ms"}, getenv, &out, &errb); code != 1 || !strings.Contains(errb.String(), "gave up") {
+		t.Fatalf("wait without certificate: %d %q", code, errb.String())
+	}
+
+	// The CA comes up: wait returns once the certificate is served.
+	waitDone := make(chan int, 1)
+	var waitOut bytes.Buffer
+	go func() {
+		waitDone <- run([]string{"wait", "--timeout=60s", "--period=100ms"}, getenv, &waitOut, io.Discard)
+	}()
+	if err := ca.Start(listenAddr); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-waitDone:
+		if code != 0 || !strings.Contains(waitOut.String(), "ready: spiffe://cluster.local/ns/gw/sa/gateway valid until") {
+			t.Fatalf("wait: %d %q", code, waitOut.String())
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("wait did not return")
+	}
+	out.Reset()
+	if code := run([]string{"probe"}, getenv, &out, io.Discard); code != 0 {
+		t.Fatalf("probe: %d", code)
+	}
+}
+
+func TestUsage(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"frobnicate"}, func(string) string { return "" }, &out, &errb); code != 2 || !strings.Contains(errb.String(), "unknown command") {
+		t.Errorf("%d %q", code, errb.String())
+	}
+	if code := run([]string{"--renew-fraction=2"}, func(string) string { return "" }, &out, &errb); code != 2 {
+		t.Errorf("bad flag: %d", code)
+	}
+	out.Reset()
+	if code := run([]string{"version"}, func(string) string { return "" }, &out, &errb); code != 0 || strings.TrimSpace(out.String()) != version {
+		t.Errorf("version: %d %q", code, out.String())
+	}
+}
