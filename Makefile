@@ -12,9 +12,10 @@ PKGS      := ./...
 
 all: lint test build
 
-## build: the sds-injector binary in bin/
+## build: the sds-injector and sds-agent binaries in bin/
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/sds-injector ./cmd/sds-injector
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/sds-agent ./cmd/sds-agent
 
 ## test: lint, every test with the race detector (integration tests build the
 ## local control plane binaries on first use), then a short fuzz run
