@@ -106,6 +106,7 @@ type checkOptions struct {
 	dial                string
 	timeout             time.Duration
 	ef                  engineFlags
+	istio               istioFlags
 }
 
 func newCheckCommand() *cobra.Command {
@@ -125,6 +126,10 @@ func newCheckCommand() *cobra.Command {
   istio-root-cert         every opted-in namespace has istiod's root ConfigMap (istio-ca-root-cert)
   gateway-pods            running gateway pods that the webhook would inject now but that lack the agent
                           (created while the webhook was down, or before they were opted in)
+  istio-revisions         with istio: auto, the Istio revisions and tags found in --istio-namespace and
+                          what each injects (image, CA address, trust domain)
+  stale-agents            with istio: auto, injected pods whose agent no longer matches their installed
+                          revision (after an Istio upgrade), with the command that re-injects them
 
 The serving certificate is read from the Secret the pods serve it from (the cert-manager Certificate
 named by cert-manager.io/inject-ca-from, else --cert-secret), because a Service's address is usually not
@@ -160,6 +165,7 @@ could not run.`,
 		},
 	}
 	o.ef.register(cmd)
+	o.istio.register(cmd, false, false)
 	fs := cmd.Flags()
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
 	fs.StringVar(&o.context, "context", "", "kubeconfig context (default the current context)")
@@ -225,6 +231,9 @@ func (k *checker) run(ctx context.Context) *checkReport {
 	pods, podNamespaces := k.checkGatewayPods(ctx)
 	add(k.checkRootCerts(ctx, podNamespaces))
 	add(pods)
+	for _, res := range k.checkIstio(ctx) {
+		add(res)
+	}
 
 	r.OK = true
 	for _, c := range r.Checks {

@@ -39,32 +39,9 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 }
 
 func (f *engineFlags) settings(cmd *cobra.Command) (*inject.Settings, error) {
-	cfg := inject.DefaultConfig()
-	if f.configFile != "" {
-		data, err := os.ReadFile(f.configFile)
-		if err != nil {
-			return nil, err
-		}
-		if cfg, err = inject.ParseConfig(data); err != nil {
-			return nil, fmt.Errorf("%s: %w", f.configFile, err)
-		}
-	}
-	fs := cmd.Flags()
-	set := func(name string, dst *string, v string) {
-		if fs.Changed(name) {
-			*dst = v
-		}
-	}
-	if fs.Changed("flavor") {
-		cfg.Flavor = inject.Flavor(f.flavor)
-	}
-	set("istio-version", &cfg.IstioVersion, f.istioVersion)
-	set("agent-image", &cfg.AgentImage, f.agentImage)
-	set("ca-address", &cfg.CAAddress, f.caAddress)
-	set("cluster-id", &cfg.ClusterID, f.clusterID)
-	set("trust-domain", &cfg.TrustDomain, f.trustDomain)
-	if fs.Changed("native-sidecar") {
-		cfg.NativeSidecar = f.nativeSidecar
+	cfg, _, err := f.config(cmd)
+	if err != nil {
+		return nil, err
 	}
 	return cfg.Resolve()
 }
@@ -144,6 +121,7 @@ func displayName(f string) string {
 func newInjectCommand() *cobra.Command {
 	var ef engineFlags
 	var io ioFlags
+	var isf istioFlags
 	var verbose bool
 	cmd := &cobra.Command{
 		Use:   "inject -f FILE",
@@ -156,14 +134,32 @@ unchanged. The result is written as YAML; skipped objects are reported on stderr
   kubectl get deploy gateway-proxy -o yaml | sds-injector inject -f - --flavor sds-agent`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := ef.settings(cmd)
+			cfg, explicit, err := ef.config(cmd)
 			if err != nil {
 				return err
 			}
-			return io.run(cmd, func(p *corev1.Pod) inject.Result { return inject.Inject(p, s) }, verbose)
+			s, err := cfg.Resolve()
+			if err != nil {
+				return err
+			}
+			r, err := isf.offlineDiscovery(cmd, cfg, explicit)
+			if err != nil {
+				return err
+			}
+			return io.run(cmd, func(p *corev1.Pod) inject.Result {
+				if r == nil {
+					return inject.Inject(p, s)
+				}
+				rs, problem := r.resolve(cmd.Context(), p)
+				if problem != "" {
+					return inject.Result{Pod: p, Decision: inject.RevisionUnavailable(p, rs, problem)}
+				}
+				return inject.Inject(p, rs)
+			}, verbose)
 		},
 	}
 	ef.register(cmd)
+	isf.register(cmd, false, true)
 	io.register(cmd)
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "also report injected objects on stderr")
 	return cmd

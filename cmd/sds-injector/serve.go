@@ -54,6 +54,7 @@ type serveOptions struct {
 func newServeCommand() *cobra.Command {
 	var ef engineFlags
 	var o serveOptions
+	var isf istioFlags
 	zapOpts := zap.Options{}
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -71,10 +72,19 @@ Certificates (--cert-mode):
 Metrics are served on --metrics-bind-address, /healthz and /readyz on
 --health-probe-bind-address (ready once the certificate is loaded and, in self-managed
 mode, trusted by every webhook configuration). Without --config the built-in defaults
-apply; set flags override the file.`,
+apply; set flags override the file.
+
+With "istio: auto" in the configuration the injector follows the installed Istio
+(--istio-namespace): each revision's image, CA address, trust domain, cluster and mesh ID,
+chosen per pod by istio.io/rev or sds-injector.io/istio-revision (docs/discovery.md).
+Fields set in the file or by flags still win. Needs API access (in-cluster or --kubeconfig).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			settings, err := ef.settings(cmd)
+			cfg, explicit, err := ef.config(cmd)
+			if err != nil {
+				return err
+			}
+			settings, err := cfg.Resolve()
 			if err != nil {
 				return err
 			}
@@ -97,7 +107,19 @@ apply; set flags override the file.`,
 				HealthAddr:  o.healthAddr,
 				Logger:      log,
 			}
+			opts.ReadyChecks = map[string]healthz.Checker{}
 			g, ctx := errgroup.WithContext(ctx)
+			if cfg.Istio.Auto() {
+				// Readiness never depends on Istio: without API access
+				// the configuration alone applies (logged).
+				if d, err := isf.discovery(o.kubeconfig, cfg, explicit, log); err != nil {
+					log.Error(err, "istio: auto: Istio discovery is off; injecting with the configuration and built-in defaults")
+				} else {
+					opts.Resolver = d
+					opts.ReadyChecks["istio-discovery"] = d.ReadyCheck
+					g.Go(func() error { return d.Start(ctx) })
+				}
+			}
 			switch o.certMode {
 			case CertModeFiles:
 			case CertModeSelfManaged:
@@ -105,7 +127,7 @@ apply; set flags override the file.`,
 				if err != nil {
 					return err
 				}
-				opts.ReadyChecks = map[string]healthz.Checker{"certificates": func(*http.Request) error { return mgr.Ready() }}
+				opts.ReadyChecks["certificates"] = func(*http.Request) error { return mgr.Ready() }
 				g.Go(func() error { return mgr.Start(ctx) })
 				// The webhook server needs the files to exist when it starts.
 				select {
@@ -125,6 +147,7 @@ apply; set flags override the file.`,
 		},
 	}
 	ef.register(cmd)
+	isf.register(cmd, true, false)
 	fs := cmd.Flags()
 	fs.StringVar(&o.host, "host", "", "address the webhook listens on (default all)")
 	fs.IntVar(&o.port, "port", 9443, "HTTPS port of the webhook")
@@ -141,7 +164,7 @@ apply; set flags override the file.`,
 	fs.StringSliceVar(&o.webhookConfigs, "webhook-configurations", DefaultWebhookConfigurations, "MutatingWebhookConfigurations whose caBundle self-managed mode maintains")
 	fs.DurationVar(&o.propagationDelay, "ca-propagation-delay", 30*time.Second, "self-managed: how long a new CA is trusted before a certificate it signed is served")
 	fs.DurationVar(&o.certResync, "cert-resync", 30*time.Second, "self-managed: reconcile interval on top of watches")
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for self-managed mode (default: in-cluster or $KUBECONFIG)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for self-managed mode and istio: auto (default: in-cluster or $KUBECONFIG)")
 	goflags := flag.NewFlagSet("zap", flag.ContinueOnError)
 	zapOpts.BindFlags(goflags)
 	fs.AddGoFlagSet(goflags)

@@ -88,7 +88,9 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"Istio version as a number", "config: {istioVersion: 1.3}", "/config/istioVersion"},
 		{"minor-only Istio version without agentImage", "config: {istioVersion: '1.30'}", "/config/agentImage"},
 		{"CA address without a port", "config: {caAddress: istiod.istio-system.svc}", "/config/caAddress"},
-		{"empty cluster ID", "config: {clusterID: ''}", "/config/clusterID"},
+		{"blank cluster ID", "config: {clusterID: ' '}", "/config/clusterID"},
+		{"unknown istio mode", "config: {istio: on}", "/config/istio"},
+		{"bad stale scan interval", "istio: {staleAgentScanInterval: 5 minutes}", "/istio/staleAgentScanInterval"},
 		{"trust domain with upper case", "config: {trustDomain: Cluster.Local}", "/config/trustDomain"},
 		{"mesh ID with a slash", "config: {meshID: a/b}", "/config/meshID"},
 		{"unknown config field", "config: {flavour: sds-agent}", "additional properties 'flavour'"},
@@ -160,13 +162,21 @@ func TestRBACLeastPrivilege(t *testing.T) {
 	for _, certs := range []string{"self-managed", "cert-manager"} {
 		t.Run(certs, func(t *testing.T) {
 			r := mustRender(t, "--set", "certificates.mode="+certs, "--set", allModes)
-			roles := all[*rbacv1.Role](r)
-			clusterRoles := all[*rbacv1.ClusterRole](r)
+			// Istio discovery (config.istio: auto, the default) has its own
+			// read-only objects, checked by TestRBACIstioDiscovery.
+			roles := withoutDiscovery(all[*rbacv1.Role](r))
+			clusterRoles := withoutDiscovery(all[*rbacv1.ClusterRole](r))
 			sa := one[*corev1.ServiceAccount](t, r, "")
 			dep := one[*appsv1.Deployment](t, r, "")
 			if certs == "cert-manager" {
-				if len(roles)+len(clusterRoles)+len(all[*rbacv1.RoleBinding](r))+len(all[*rbacv1.ClusterRoleBinding](r)) != 0 {
+				if len(roles)+len(clusterRoles)+len(withoutDiscovery(all[*rbacv1.RoleBinding](r)))+len(withoutDiscovery(all[*rbacv1.ClusterRoleBinding](r))) != 0 {
 					t.Error("cert-manager mode needs no RBAC")
+				}
+				r = mustRender(t, "--set", "certificates.mode="+certs, "--set", allModes, "--set", "config.istio=off")
+				sa = one[*corev1.ServiceAccount](t, r, "")
+				dep = one[*appsv1.Deployment](t, r, "")
+				if len(all[*rbacv1.Role](r))+len(all[*rbacv1.ClusterRole](r))+len(all[*rbacv1.RoleBinding](r))+len(all[*rbacv1.ClusterRoleBinding](r)) != 0 {
+					t.Error("cert-manager mode without Istio discovery needs no RBAC")
 				}
 				if sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken ||
 					dep.Spec.Template.Spec.AutomountServiceAccountToken == nil || *dep.Spec.Template.Spec.AutomountServiceAccountToken {
@@ -330,14 +340,22 @@ func TestDeploymentHardening(t *testing.T) {
 }
 
 // TestConfigMatchesEngine: the chart's default config is exactly the
-// engine's built-in defaults, and the chart's values reach the engine.
+// engine's built-in defaults plus Istio discovery (and sets none of the
+// fields discovery fills), and the chart's values reach the engine.
 func TestConfigMatchesEngine(t *testing.T) {
 	cm := one[*corev1.ConfigMap](t, mustRender(t), "sds-injector")
 	cfg, err := inject.ParseConfig([]byte(cm.Data["config.yaml"]))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !equality.Semantic.DeepEqual(cfg, inject.DefaultConfig()) {
+	for _, f := range []string{"istioVersion", "hub", "agentImage", "caAddress", "discoveryAddress", "clusterID", "trustDomain", "meshID", "tokenAudience", "clusterDomain"} {
+		if strings.Contains(cm.Data["config.yaml"], f+":") {
+			t.Errorf("the chart's default config sets %s, which Istio discovery would then not fill", f)
+		}
+	}
+	want := inject.DefaultConfig()
+	want.Istio = inject.IstioAuto
+	if !equality.Semantic.DeepEqual(cfg, want) {
 		t.Errorf("chart defaults differ from the engine's:\nchart  %+v\nengine %+v", cfg, inject.DefaultConfig())
 	}
 
@@ -578,4 +596,91 @@ func gatewayCondition(t *testing.T, r *rendered) string {
 	}
 	t.Fatal("no looks-like-a-gateway condition")
 	return ""
+}
+
+// withoutDiscovery drops the Istio discovery RBAC objects.
+func withoutDiscovery[T interface{ GetName() string }](objs []T) []T {
+	var out []T
+	for _, o := range objs {
+		if !strings.HasSuffix(o.GetName(), "-istio-discovery") {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// TestRBACIstioDiscovery: discovery reads ConfigMaps only in the Istio
+// namespace, lists and watches namespaces and webhook configurations, lists
+// pods only for the stale-agent scan, and never writes anything.
+func TestRBACIstioDiscovery(t *testing.T) {
+	for _, tc := range []struct {
+		args      []string
+		istioNS   string
+		podList   bool
+		discovery bool
+	}{
+		{nil, "istio-system", true, true},
+		{[]string{"--set", "istio.namespace=mesh", "--set", "istio.staleAgentScanInterval=0s", "--set", "certificates.mode=cert-manager"}, "mesh", false, true},
+		{[]string{"--set", "config.istio=off"}, "", false, false},
+	} {
+		r := mustRender(t, tc.args...)
+		var roles []*rbacv1.Role
+		var crs []*rbacv1.ClusterRole
+		for _, ro := range all[*rbacv1.Role](r) {
+			if strings.HasSuffix(ro.Name, "-istio-discovery") {
+				roles = append(roles, ro)
+			}
+		}
+		for _, cr := range all[*rbacv1.ClusterRole](r) {
+			if strings.HasSuffix(cr.Name, "-istio-discovery") {
+				crs = append(crs, cr)
+			}
+		}
+		dep := one[*appsv1.Deployment](t, r, "")
+		args := strings.Join(dep.Spec.Template.Spec.Containers[0].Args, " ")
+		if !tc.discovery {
+			if len(roles)+len(crs) != 0 || strings.Contains(args, "--istio-namespace") {
+				t.Errorf("%v: discovery RBAC or flags without istio: auto", tc.args)
+			}
+			continue
+		}
+		if len(roles) != 1 || len(crs) != 1 {
+			t.Fatalf("%v: want one discovery Role and ClusterRole, got %d and %d", tc.args, len(roles), len(crs))
+		}
+		if roles[0].Namespace != tc.istioNS || !strings.Contains(args, "--istio-namespace="+tc.istioNS) {
+			t.Errorf("%v: Role in %q, args %q", tc.args, roles[0].Namespace, args)
+		}
+		if len(roles[0].Rules) != 1 || !slices.Equal(roles[0].Rules[0].Resources, []string{"configmaps"}) ||
+			!slices.Equal(roles[0].Rules[0].Verbs, []string{"get", "list", "watch"}) {
+			t.Errorf("Role rules %+v", roles[0].Rules)
+		}
+		pods := false
+		for _, rule := range crs[0].Rules {
+			for _, v := range rule.Verbs {
+				if v != "list" && v != "watch" {
+					t.Errorf("ClusterRole verb %q in %+v", v, rule)
+				}
+			}
+			switch {
+			case slices.Equal(rule.Resources, []string{"namespaces"}), slices.Equal(rule.Resources, []string{"mutatingwebhookconfigurations"}):
+			case slices.Equal(rule.Resources, []string{"pods"}) && slices.Equal(rule.Verbs, []string{"list"}):
+				pods = true
+			default:
+				t.Errorf("ClusterRole grants %+v", rule)
+			}
+			for _, field := range [][]string{rule.Verbs, rule.APIGroups, rule.Resources} {
+				for _, v := range field {
+					if strings.Contains(v, "*") {
+						t.Errorf("wildcard %q in rule %+v", v, rule)
+					}
+				}
+			}
+		}
+		if pods != tc.podList {
+			t.Errorf("%v: pod list granted %v, want %v", tc.args, pods, tc.podList)
+		}
+		if sa := one[*corev1.ServiceAccount](t, r, ""); !*sa.AutomountServiceAccountToken || !*dep.Spec.Template.Spec.AutomountServiceAccountToken {
+			t.Errorf("%v: discovery needs the API token", tc.args)
+		}
+	}
 }

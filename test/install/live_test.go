@@ -76,6 +76,11 @@ func applyFile(t *testing.T, file string) *rendered {
 	}
 	r := parseManifests(t, string(data))
 	ctx := context.Background()
+	// Istio discovery's Role lives in the Istio namespace, which must exist
+	// (Istio is installed first).
+	if err := cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
 	if out, err := kubectl(ctx, "apply", "-f", file); err != nil {
 		t.Fatalf("kubectl apply -f %s: %v\n%s", name, err, out)
 	}

@@ -100,6 +100,13 @@ type Config struct {
 	// DisableBuiltinProfiles leaves only GatewayProfiles (and the generic
 	// sds-injector.io/gateway-container annotation) in effect.
 	DisableBuiltinProfiles bool `json:"disableBuiltinProfiles,omitempty"`
+
+	// Istio is "auto" to follow the installed Istio (its revisions, image,
+	// CA address, trust domain; see docs/discovery.md) where this
+	// configuration does not set a value; empty or "off" uses only this
+	// configuration and the built-in defaults. The engine itself never
+	// talks to the cluster: discovery produces Settings per revision.
+	Istio IstioMode `json:"istio,omitempty"`
 }
 
 // DefaultConfig returns the built-in defaults.
@@ -167,6 +174,9 @@ type Settings struct {
 	profiles          []compiledProfile
 	proxyConfigJSON   string
 	cache             *encodedCache
+	// revision is the Istio revision these settings were discovered for
+	// (recorded in the status annotation); empty without discovery.
+	revision string
 }
 
 // Flavor is the default flavor.
@@ -242,6 +252,7 @@ func (c Config) Resolve() (*Settings, error) {
 		errs = append(errs, field.Invalid(fp("certsDir"), c.CertsDir, "must be a clean absolute directory path other than /"))
 	}
 	errs = append(errs, validateResources(fp("agentResources"), c.AgentResources)...)
+	errs = append(errs, validateIstioMode(fp("istio"), c.Istio)...)
 	for i, ns := range c.ExcludedNamespaces {
 		if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
 			errs = append(errs, field.Invalid(fp("excludedNamespaces").Index(i), ns, strings.Join(msgs, "; ")))

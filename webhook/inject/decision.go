@@ -32,6 +32,9 @@ const (
 	ReasonInvalidInput       Reason = "invalid-input"
 	ReasonNotInjected        Reason = "not-injected"
 	ReasonUninjected         Reason = "uninjected"
+	// ReasonUnknownRevision: the pod asks for an Istio revision (or tag)
+	// that is not installed; see RevisionUnavailable.
+	ReasonUnknownRevision Reason = "unknown-revision"
 )
 
 // Decision explains what the engine did and why.

@@ -293,6 +293,7 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 		IstioVersion:     params.version.String(),
 		IstioProfile:     params.profile.Name,
 		Image:            params.image,
+		Revision:         s.revision,
 		Placement:        PlacementClassic,
 		GatewayProfile:   match.profile,
 		GatewayContainer: gw.Name,

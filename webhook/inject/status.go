@@ -18,6 +18,7 @@ type Status struct {
 	IstioVersion   string `json:"istioVersion"`
 	IstioProfile   string `json:"istioProfile"`
 	Image          string `json:"image"`
+	Revision       string `json:"revision,omitempty"` // Istio revision used (discovery only)
 	Placement      string `json:"placement"`
 	GatewayProfile string `json:"gatewayProfile"`
 	// GatewayContainer is the container that received the mounts and env.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
@@ -40,9 +41,19 @@ func ParseErrorPolicy(s string) (ErrorPolicy, error) {
 // speaks in `kubectl apply` output.
 const warningPrefix = "sds-injector: "
 
+// Resolver chooses the engine settings per pod, e.g. those of the pod's
+// Istio revision (package webhook/istio). It must answer from memory: it
+// runs on every admission request. A non-empty problem means the pod asked
+// for settings that do not exist (an unknown revision); settings are then
+// still non-nil, to screen the pod with (inject.RevisionUnavailable).
+type Resolver interface {
+	Resolve(pod *corev1.Pod) (settings *inject.Settings, problem string)
+}
+
 // Handler answers AdmissionReviews for pod creation (an http.Handler).
 type Handler struct {
 	settings *inject.Settings
+	resolver Resolver
 	onError  ErrorPolicy
 	metrics  *Metrics
 	log      logr.Logger
@@ -58,4 +69,28 @@ type Handler struct {
 // NewHandler returns the admission handler for the given settings.
 func NewHandler(s *inject.Settings, onError ErrorPolicy, m *Metrics, log logr.Logger) *Handler {
 	return &Handler{settings: s, onError: onError, metrics: m, log: log}
+}
+
+// WithResolver makes the handler choose settings per pod; the handler's
+// own settings are then used only when the resolver returns none.
+func (h *Handler) WithResolver(r Resolver) *Handler {
+	h.resolver = r
+	return h
+}
+
+// settingsFor returns the settings for pod, or a final decision when the
+// pod cannot be given any.
+func (h *Handler) settingsFor(pod *corev1.Pod) (*inject.Settings, *inject.Decision) {
+	if h.resolver == nil {
+		return h.settings, nil
+	}
+	s, problem := h.resolver.Resolve(pod)
+	if s == nil {
+		s = h.settings
+	}
+	if problem != "" {
+		d := inject.RevisionUnavailable(pod, s, problem)
+		return s, &d
+	}
+	return s, nil
 }

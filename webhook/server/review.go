@@ -104,7 +104,11 @@ func (h *Handler) screen(body []byte) (v verdict, apiVersion, uid string, result
 	for _, c := range o.Spec.InitContainers {
 		pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: c.Name, Image: c.Image})
 	}
-	d, final := inject.Screen(pod, h.settings)
+	s, rd := h.settingsFor(pod)
+	if rd != nil {
+		return h.fromDecision(*rd, nil), sr.APIVersion, sr.Request.UID, rd.Outcome, rd.Reason, true
+	}
+	d, final := inject.Screen(pod, s)
 	if !final {
 		return v, "", "", "", "", false
 	}
@@ -260,7 +264,11 @@ func (h *Handler) decide(req *reviewRequest, pod *corev1.Pod) (verdict, inject.O
 	// Never read, and sometimes large: not worth keeping.
 	pod.ManagedFields = nil
 
-	d, ops := inject.InjectPatch(pod, h.settings)
+	s, rd := h.settingsFor(pod)
+	if rd != nil {
+		return h.fromDecision(*rd, nil), rd.Outcome, rd.Reason
+	}
+	d, ops := inject.InjectPatch(pod, s)
 	if d.Outcome == inject.OutcomeInjected {
 		patch, err := inject.MarshalPatch(ops)
 		if err != nil {

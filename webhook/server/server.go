@@ -41,6 +41,9 @@ var ModernCipherSuites = []uint16{
 // Options configure Run.
 type Options struct {
 	Settings *inject.Settings
+	// Resolver, when set, chooses the settings per pod (Istio revisions);
+	// Settings remain the fallback.
+	Resolver Resolver
 	OnError  ErrorPolicy
 
 	// Host and Port of the HTTPS webhook listener.
@@ -116,6 +119,9 @@ func New(o Options) (*Server, error) {
 		}},
 	})
 	h := NewHandler(o.Settings, o.OnError, m, o.Logger.WithName("inject"))
+	if o.Resolver != nil {
+		h.WithResolver(o.Resolver)
+	}
 	h.readTimeout = o.RequestReadTimeout
 	h.draining = s.draining.Load
 	s.webhook.Register(InjectPath, h)

@@ -146,3 +146,19 @@ Input: dict "key" "op" "values".
 {{- end -}}
 ({{ join " && " $terms }})
 {{- end -}}
+
+{{/* Whether the injector discovers the installed Istio (config.istio: auto). */}}
+{{- define "sds-injector.istioDiscovery" -}}
+{{- if eq (toString (default "" .Values.config.istio)) "auto" }}true{{ end -}}
+{{- end -}}
+
+{{/* Whether the injector needs an API token: self-managed certificates or Istio discovery. */}}
+{{- define "sds-injector.apiAccess" -}}
+{{- if or (eq .Values.certificates.mode "self-managed") (include "sds-injector.istioDiscovery" .) }}true{{ else }}false{{ end -}}
+{{- end -}}
+
+{{/* Whether Istio discovery scans injected pods for stale agents. */}}
+{{- define "sds-injector.staleScan" -}}
+{{- $i := default "5m" (.Values.istio).staleAgentScanInterval -}}
+{{- if and (include "sds-injector.istioDiscovery" .) (not (regexMatch "^0+(ns|us|ms|s|m|h)?$" $i)) }}true{{ end -}}
+{{- end -}}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sds-injector/sds-injector/webhook/inject"
+	"github.com/sds-injector/sds-injector/webhook/istio"
+)
+
+// Checks added when the configuration says istio: auto.
+const (
+	checkIstioRevisions = "istio-revisions"
+	checkStaleAgents    = "stale-agents"
+)
+
+// checkIstio reports the discovered Istio revisions and the injected
+// gateway pods whose agent no longer matches them (after an Istio upgrade),
+// with the command that re-injects them. Nothing when discovery is off.
+func (k *checker) checkIstio(ctx context.Context) []checkResult {
+	if k.settings == nil || !k.cfg.Istio.Auto() {
+		return nil
+	}
+	res := checkResult{Name: checkIstioRevisions, Status: statusPass}
+	explicit, err := k.explicitFields(ctx)
+	if err != nil {
+		return []checkResult{failed(res, err.Error())}
+	}
+	ns := k.opts.istio.namespace
+	snap, err := istio.Load(ctx, k.c, istio.Input{Config: k.cfg, Explicit: explicit, Namespace: ns})
+	if err != nil {
+		res = failed(res, err.Error())
+		res.Fix = append(res.Fix, fmt.Sprintf("the injector needs get/list/watch on ConfigMaps in %s and list/watch on mutatingwebhookconfigurations (the chart grants them)", ns))
+		return []checkResult{res}
+	}
+	if len(snap.Revisions) == 0 {
+		return []checkResult{skipped(res, fmt.Sprintf("istio: auto, but no Istio control plane found in %s (no %s ConfigMap): injection uses the configuration and built-in defaults", ns, istio.InjectorConfigMap))}
+	}
+	for _, name := range snap.Names() {
+		r := snap.Revisions[name]
+		d := r.Describe()
+		if name == snap.Default {
+			d += " (default for pods that name no revision)"
+		}
+		res.Details = append(res.Details, d)
+		for _, n := range r.Notes {
+			res.Details = append(res.Details, "  "+name+": "+n)
+		}
+		if r.Err != nil {
+			res.Status = statusWarn
+			res.Fix = append(res.Fix, fmt.Sprintf("fix ConfigMap %s/%s, or set the failing fields in the injector's configuration", ns, r.InjectorConfigMap))
+		}
+	}
+	for _, t := range snap.TagNames() {
+		res.Details = append(res.Details, fmt.Sprintf("tag %s -> revision %s", t, snap.Tags[t]))
+	}
+	res.Message = fmt.Sprintf("%d Istio revision(s) in %s: %s", len(snap.Revisions), ns, strings.Join(snap.Names(), ", "))
+	if snap.Default == "" {
+		res.Message += "; no default revision: pods must name one (label istio.io/rev or annotation " + inject.AnnotationIstioRevision + ")"
+	}
+	return []checkResult{res, k.checkStaleAgents(ctx, snap)}
+}
+
+func (k *checker) checkStaleAgents(ctx context.Context, snap *istio.Snapshot) checkResult {
+	res := checkResult{Name: checkStaleAgents, Status: statusPass}
+	if err := k.loadNamespaces(ctx); err != nil {
+		return failed(res, err.Error())
+	}
+	injected := 0
+	opts := []client.ListOption{client.Limit(500)}
+	for {
+		var pods corev1.PodList
+		if err := k.c.List(ctx, &pods, opts...); err != nil {
+			return failed(res, "listing pods: "+err.Error())
+		}
+		for i := range pods.Items {
+			pod := &pods.Items[i]
+			if _, ok := pod.Annotations[inject.AnnotationStatus]; !ok || pod.DeletionTimestamp != nil ||
+				(pod.Status.Phase != corev1.PodRunning && pod.Status.Phase != corev1.PodPending) {
+				continue
+			}
+			injected++
+			var nsLabels map[string]string
+			if ns := k.ns[pod.Namespace]; ns != nil {
+				nsLabels = ns.Labels
+			}
+			sa, stale := snap.Stale(&pod.ObjectMeta, nsLabels)
+			if !stale {
+				continue
+			}
+			f := podFinding{Namespace: pod.Namespace, Name: pod.Name, Problem: "stale-agent", Message: sa.Reason}
+			f.Owner, f.Command = k.restartCommand(ctx, pod)
+			res.Pods = append(res.Pods, f)
+			owner := ""
+			if f.Owner != "" {
+				owner = ", " + f.Owner
+			}
+			res.Details = append(res.Details, fmt.Sprintf("%s/%s%s: %s", pod.Namespace, pod.Name, owner, sa.Reason))
+			res.Fix = appendUnique(res.Fix, f.Command)
+		}
+		if pods.Continue == "" {
+			break
+		}
+		opts = []client.ListOption{client.Limit(500), client.Continue(pods.Continue)}
+	}
+	if len(res.Pods) > 0 {
+		res.Status = statusWarn
+		res.Message = fmt.Sprintf("%d injected gateway pod(s) run an agent that no longer matches the installed Istio (e.g. after an upgrade): restart them to re-inject", len(res.Pods))
+		return res
+	}
+	res.Message = fmt.Sprintf("%d injected pod(s); every agent matches the installed Istio", injected)
+	return res
+}
+
+// explicitFields reads the configuration's explicitly set fields from the
+// same source as the configuration check.
+func (k *checker) explicitFields(ctx context.Context) (map[string]bool, error) {
+	var data []byte
+	if f := k.opts.ef.configFile; f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		data = b
+	} else {
+		var cm corev1.ConfigMap
+		err := k.c.Get(ctx, types.NamespacedName{Namespace: k.opts.namespace, Name: k.opts.configMap}, &cm)
+		if err != nil && !apierrors.IsNotFound(err) {
+			return nil, err
+		}
+		data = []byte(cm.Data["config.yaml"])
+	}
+	explicit, err := istio.ExplicitFields(data)
+	if err != nil {
+		return nil, err
+	}
+	for flag, field := range flagFields {
+		if k.cmd.Flags().Changed(flag) {
+			explicit[field] = true
+		}
+	}
+	return explicit, nil
+}

@@ -1,0 +1,81 @@
+// Package discovery proves zero-config injection with the installed Istio
+// through a real kube-apiserver: the ConfigMaps two Istio revisions create
+// (rendered from the istio-discovery chart of 1.21.6 and 1.28.10) are
+// installed, the webhook (as `sds-injector serve` builds it, with
+// "istio: auto") watches them with informers, and pods created through the
+// API are injected with their revision's settings.
+package discovery
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/sds-injector/sds-injector/test/controlplane"
+)
+
+const repoRoot = "../.."
+
+var (
+	cp *controlplane.ControlPlane
+	// injectorBin is `sds-injector` built from this tree (for check).
+	injectorBin string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		return m.Run()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	work, err := os.MkdirTemp("", "sds-injector-discovery-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(work)
+	injectorBin = filepath.Join(work, "sds-injector")
+	build := exec.CommandContext(ctx, "go", "build", "-o", injectorBin, "./cmd/sds-injector")
+	build.Dir, build.Stdout, build.Stderr = repoRoot, os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building sds-injector:", err)
+		return 1
+	}
+	cp, err = controlplane.Start(ctx, controlplane.Options{WebhookInstallOptions: envtest.WebhookInstallOptions{}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "starting the local control plane:", err)
+		return 1
+	}
+	defer func() {
+		if err := cp.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping the control plane:", err)
+		}
+	}()
+	// The shipped namespace-mode configuration, pointed at the in-process
+	// webhook each test starts.
+	if _, err := cp.InstallMutatingWebhookFile(ctx, filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	time.Sleep(500 * time.Millisecond)
+	return m.Run()
+}
+
+func skipIfShort(t *testing.T) {
+	t.Helper()
+	if cp == nil {
+		t.Skip("needs the local control plane (kube-apiserver + etcd built from source); run without -short")
+	}
+}
