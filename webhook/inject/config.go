@@ -174,6 +174,7 @@ type Settings struct {
 	profiles          []compiledProfile
 	proxyConfigJSON   string
 	cache             *encodedCache
+	hints             *hints
 	// revision is the Istio revision these settings were discovered for
 	// (recorded in the status annotation); empty without discovery.
 	revision string
@@ -319,6 +320,7 @@ func (c Config) Resolve() (*Settings, error) {
 		profiles:          profiles,
 		proxyConfigJSON:   `{"discoveryAddress":"` + discovery + `"}`,
 		cache:             &encodedCache{},
+		hints:             &hints{},
 	}, nil
 }
 

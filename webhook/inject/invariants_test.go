@@ -68,6 +68,7 @@ func checkInvariants(t testing.TB, pod *corev1.Pod, s *Settings) Result {
 	if got := mustJSON(t, pod); !bytes.Equal(before, got) {
 		t.Fatalf("Inject modified its input")
 	}
+	checkHints(t, pod, s)
 	// Screening a pod reduced to what a partial decode provides must agree
 	// with the full decision whenever it claims to be final.
 	if d, final := Screen(screenable(pod), s); final && d != res.Decision {
@@ -225,4 +226,17 @@ func screenable(p *corev1.Pod) *corev1.Pod {
 		out.Spec.InitContainers = append(out.Spec.InitContainers, corev1.Container{Name: c.Name, Image: c.Image})
 	}
 	return out
+}
+
+// checkHints: a pod the engine would not settle by screening must contain
+// a hint, or the webhook would take the slow path for it (never a wrong
+// answer, but the hints would be lying).
+func checkHints(t testing.TB, pod *corev1.Pod, s *Settings) {
+	t.Helper()
+	if _, final := Screen(screenable(pod), s); final {
+		return
+	}
+	if !s.MayBeGateway(mustJSON(t, pod)) {
+		t.Fatalf("pod %s is a gateway candidate but contains no hint", pod.Name)
+	}
 }

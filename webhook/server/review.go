@@ -198,7 +198,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			v = reject(http.StatusBadRequest, "empty request body: expected an AdmissionReview")
 			return
 		}
-		if sv, sav, suid, sres, sreason, done := h.screen(buf.Bytes()); done {
+		// A body without any gateway hint is settled by the cheap partial
+		// decode; one with a hint most likely needs the full pod anyway.
+		if h.settings.MayBeGateway(buf.Bytes()) {
+			// fall through to the full decode
+		} else if sv, sav, suid, sres, sreason, done := h.screen(buf.Bytes()); done {
 			v, apiVersion, uid, result, reason = sv, sav, suid, sres, sreason
 			return
 		}
