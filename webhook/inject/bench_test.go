@@ -1,7 +1,6 @@
 package inject
 
 import (
-	"encoding/json"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -43,7 +42,7 @@ func BenchmarkInjectAndEncodePatch(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		r := Inject(pod, s)
-		if _, err := json.Marshal(r.Patch); err != nil {
+		if _, err := MarshalPatch(r.Patch); err != nil {
 			b.Fatal(err)
 		}
 	}
