@@ -141,14 +141,24 @@ func BinaryDir(ctx context.Context, withControllerManager bool) (string, error) 
 	return dir, nil
 }
 
-// findBuildScript locates build-binaries.sh: next to this source file, or,
-// when the source path is not usable (e.g. -trimpath builds), in
-// test/controlplane of the nearest enclosing directory of the working
-// directory that has one.
+// findBuildScript locates build-binaries.sh.
 func findBuildScript() (string, error) {
+	_, file, _, _ := runtime.Caller(0)
+	p, err := LocateScript(file, filepath.Join("test", "controlplane"), buildScript)
+	if err != nil {
+		return "", fmt.Errorf("%w; set KUBEBUILDER_ASSETS instead", err)
+	}
+	return p, nil
+}
+
+// LocateScript finds a build script that lives next to the Go source file
+// callerFile (a runtime.Caller path) or, when that path is not usable
+// (-trimpath builds), at repoDir/name under the nearest enclosing
+// directory of the working directory.
+func LocateScript(callerFile, repoDir, name string) (string, error) {
 	var tried []string
-	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
-		p := filepath.Join(filepath.Dir(file), buildScript)
+	if filepath.IsAbs(callerFile) {
+		p := filepath.Join(filepath.Dir(callerFile), name)
 		if isFile(p) {
 			return p, nil
 		}
@@ -156,7 +166,7 @@ func findBuildScript() (string, error) {
 	}
 	if wd, err := os.Getwd(); err == nil {
 		for dir := wd; ; dir = filepath.Dir(dir) {
-			p := filepath.Join(dir, "test", "controlplane", buildScript)
+			p := filepath.Join(dir, repoDir, name)
 			if isFile(p) {
 				return p, nil
 			}
@@ -166,7 +176,7 @@ func findBuildScript() (string, error) {
 			}
 		}
 	}
-	return "", fmt.Errorf("cannot find %s (tried %s); set KUBEBUILDER_ASSETS instead", buildScript, strings.Join(tried, ", "))
+	return "", fmt.Errorf("cannot find %s (tried %s)", name, strings.Join(tried, ", "))
 }
 
 func isFile(path string) bool {

@@ -480,31 +480,14 @@ func FreePorts(n int) ([]int, error) {
 	return out, nil
 }
 
-// findScript locates build-istio.sh next to this source file or, for
-// -trimpath builds, under test/istiod of an enclosing directory of the
-// working directory.
+// findScript locates build-istio.sh.
 func findScript() (string, error) {
-	var tried []string
-	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
-		p := filepath.Join(filepath.Dir(file), buildScript)
-		if isFile(p) {
-			return p, nil
-		}
-		tried = append(tried, p)
+	_, file, _, _ := runtime.Caller(0)
+	p, err := controlplane.LocateScript(file, filepath.Join("test", "istiod"), buildScript)
+	if err != nil {
+		return "", fmt.Errorf("%w; set ISTIO_BIN instead", err)
 	}
-	if wd, err := os.Getwd(); err == nil {
-		for dir := wd; ; dir = filepath.Dir(dir) {
-			p := filepath.Join(dir, "test", "istiod", buildScript)
-			if isFile(p) {
-				return p, nil
-			}
-			tried = append(tried, p)
-			if filepath.Dir(dir) == dir {
-				break
-			}
-		}
-	}
-	return "", fmt.Errorf("cannot find %s (tried %s); set ISTIO_BIN instead", buildScript, strings.Join(tried, ", "))
+	return p, nil
 }
 
 func isExecutable(path string) bool {
@@ -512,7 +495,3 @@ func isExecutable(path string) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
 }
 
-func isFile(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && fi.Mode().IsRegular()
-}
