@@ -30,6 +30,8 @@ import (
 	"net"
 	"slices"
 	"time"
+
+	certutil "k8s.io/client-go/util/cert"
 )
 
 // backdate covers clock skew between the injector and the API server.
@@ -166,28 +168,10 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	return ok && e.Equal(b)
 }
 
-// parseBundle decodes every certificate in a PEM bundle.
+// parseBundle decodes every certificate in a PEM bundle (client-go's
+// parser: non-certificate blocks are skipped, an empty bundle is an error).
 func parseBundle(data []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no certificates in bundle")
-	}
-	return out, nil
+	return certutil.ParseCertsPEM(data)
 }
 
 func encodeBundle(certs []*x509.Certificate) []byte {

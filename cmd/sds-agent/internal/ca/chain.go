@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	certutil "k8s.io/client-go/util/cert"
 )
 
 // Issued is a checked CA response.
@@ -90,28 +92,10 @@ func ParseChain(chain []string, key crypto.Signer) (*Issued, error) {
 	}, nil
 }
 
-// ParsePEMCerts decodes every CERTIFICATE block of data.
+// ParsePEMCerts decodes every CERTIFICATE block of data (client-go's
+// parser: other blocks are skipped, no certificate at all is an error).
 func ParsePEMCerts(data []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no PEM certificate found")
-	}
-	return out, nil
+	return certutil.ParseCertsPEM(data)
 }
 
 // TokenClaims are the parts of a Kubernetes service-account token the agent
