@@ -178,6 +178,8 @@ type Settings struct {
 	// revision is the Istio revision these settings were discovered for
 	// (recorded in the status annotation); empty without discovery.
 	revision string
+	// revisionFrom says what chose revision (status annotation).
+	revisionFrom string
 }
 
 // Flavor is the default flavor.

@@ -20,7 +20,13 @@ const (
 	ReasonMirrorPod          Reason = "mirror-pod"
 	ReasonExcludedNamespace  Reason = "excluded-namespace"
 	ReasonOptedOut           Reason = "opted-out"
-	ReasonIstioSidecar       Reason = "istio-sidecar-present"
+	// ReasonIstioSidecar: Istio's own injector already added its sidecar
+	// (status annotation, istio-init or istio-validation init container).
+	ReasonIstioSidecar Reason = "istio-sidecar-present"
+	// ReasonIstioWillInject: Istio's own injector selects the pod and will
+	// add its sidecar after us (see LeftToIstio); injecting too would make
+	// a hybrid of both.
+	ReasonIstioWillInject    Reason = "istio-will-inject"
 	ReasonAgentPresent       Reason = "agent-present"
 	ReasonNotAGateway        Reason = "not-a-gateway"
 	ReasonContainerNotFound  Reason = "gateway-container-not-found"

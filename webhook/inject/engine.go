@@ -101,6 +101,13 @@ func agentPresent(pod *corev1.Pod) string {
 // containers' names and images (see Screen). final reports a decision that
 // the rest of the pod cannot change.
 func (s *Settings) screen(pod *corev1.Pod) (d Decision, match gatewayMatch, gwIndex int, final bool) {
+	return s.screenFor(pod, nil)
+}
+
+// screenFor is screen with what discovery knows of Istio's own injector
+// acting on the pod (nil: nothing known), used to explain an Istio-injected
+// gateway.
+func (s *Settings) screenFor(pod *corev1.Pod, istio *IstioInjection) (d Decision, match gatewayMatch, gwIndex int, final bool) {
 	if v, ok := pod.Annotations[AnnotationStatus]; ok {
 		if _, err := ParseStatus(v); err != nil {
 			return failed(ReasonInvalidStatus, err.Error()+"; remove the annotation and the injected containers, or recreate the pod from its template"), gatewayMatch{}, 0, true
@@ -120,8 +127,15 @@ func (s *Settings) screen(pod *corev1.Pod) (d Decision, match gatewayMatch, gwIn
 	if explicit != nil && !*explicit {
 		return skipped(ReasonOptedOut, LabelInject+" is \"false\""), gatewayMatch{}, 0, true
 	}
-	if _, ok := pod.Annotations[annotationIstioStatus]; ok {
-		return skipped(ReasonIstioSidecar, "pod was injected by Istio ("+annotationIstioStatus+"); its proxy already has a mesh identity"), gatewayMatch{}, 0, true
+	if evidence := istioInjected(pod); evidence != "" {
+		// Istio's injector ran before us. Application pods are none of our
+		// business; a gateway that wanted our agent got a capturing sidecar
+		// instead, and its owner should hear about it.
+		match, isGateway := s.matchGateway(pod)
+		if !isGateway && (explicit == nil || !*explicit) {
+			return skipped(ReasonIstioSidecar, "pod was injected by Istio ("+evidence+"); its proxy already has a mesh identity"), gatewayMatch{}, 0, true
+		}
+		return warned(ReasonIstioSidecar, match.profile, istioFirstMessage(evidence, istio)), gatewayMatch{}, 0, true
 	}
 	if name := agentPresent(pod); name != "" {
 		return skipped(ReasonAgentPresent, "pod already runs an Istio certificate agent or SDS helper (container "+name+")"), gatewayMatch{}, 0, true
@@ -294,6 +308,7 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 		IstioProfile:     params.profile.Name,
 		Image:            params.image,
 		Revision:         s.revision,
+		RevisionFrom:     s.revisionFrom,
 		Placement:        PlacementClassic,
 		GatewayProfile:   match.profile,
 		GatewayContainer: gw.Name,

@@ -32,23 +32,38 @@ func validateIstioMode(p *field.Path, m IstioMode) field.ErrorList {
 // knows the installed revisions and the namespace's labels); they are
 // listed here with the engine's other names.
 const (
-	// AnnotationIstioRevision on a pod selects the Istio revision (or
-	// revision tag) whose settings the agent gets. It beats istio.io/rev.
+	// AnnotationIstioRevision on a pod, or the label of the same key on its
+	// namespace (LabelIstioRevision), selects the Istio revision (or
+	// revision tag) whose settings the agent gets; the pod annotation wins.
+	// Istio's injector does not read it, so it never switches Istio's own
+	// sidecar injection on.
 	AnnotationIstioRevision = Prefix + "istio-revision"
-	// LabelIstioRevision is Istio's own revision label, read on the pod
-	// and on its namespace (the pod wins).
-	LabelIstioRevision = "istio.io/rev"
+	LabelIstioRevision      = AnnotationIstioRevision
+	// LabelIstioRev is Istio's own revision label. It selects the pod for
+	// Istio's injector, so it is read only as a last resort, where Istio's
+	// injector does not act on the pod (e.g. sidecar.istio.io/inject:
+	// "false").
+	LabelIstioRev = "istio.io/rev"
 )
 
 // WithRevision returns a copy of the settings that records revision in
 // the status annotation of the pods it injects. The copy has its own
 // encoding cache; s is not modified.
 func (s *Settings) WithRevision(revision string) *Settings {
+	return s.WithRevisionFrom(revision, "")
+}
+
+// WithRevisionFrom is WithRevision that also records what chose the
+// revision (Status.RevisionFrom).
+func (s *Settings) WithRevisionFrom(revision, from string) *Settings {
 	c := *s
-	c.revision = revision
+	c.revision, c.revisionFrom = revision, from
 	c.cache = &encodedCache{}
 	return &c
 }
+
+// RevisionFrom is what chose the revision (see WithRevisionFrom).
+func (s *Settings) RevisionFrom() string { return s.revisionFrom }
 
 // Revision is the Istio revision recorded in the status annotation, or "".
 func (s *Settings) Revision() string { return s.revision }

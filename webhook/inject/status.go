@@ -19,6 +19,10 @@ type Status struct {
 	IstioProfile   string `json:"istioProfile"`
 	Image          string `json:"image"`
 	Revision       string `json:"revision,omitempty"` // Istio revision used (discovery only)
+	// RevisionFrom says what chose the revision, e.g. "namespace label
+	// sds-injector.io/istio-revision" (discovery only; empty for the
+	// default revision).
+	RevisionFrom string `json:"revisionFrom,omitempty"`
 	Placement      string `json:"placement"`
 	GatewayProfile string `json:"gatewayProfile"`
 	// GatewayContainer is the container that received the mounts and env.
