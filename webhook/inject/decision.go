@@ -16,10 +16,10 @@ type Reason string
 const (
 	ReasonInjected Reason = "injected"
 
-	ReasonAlreadyInjected    Reason = "already-injected"
-	ReasonMirrorPod          Reason = "mirror-pod"
-	ReasonExcludedNamespace  Reason = "excluded-namespace"
-	ReasonOptedOut           Reason = "opted-out"
+	ReasonAlreadyInjected   Reason = "already-injected"
+	ReasonMirrorPod         Reason = "mirror-pod"
+	ReasonExcludedNamespace Reason = "excluded-namespace"
+	ReasonOptedOut          Reason = "opted-out"
 	// ReasonIstioSidecar: Istio's own injector already added its sidecar
 	// (status annotation, istio-init or istio-validation init container).
 	ReasonIstioSidecar Reason = "istio-sidecar-present"

@@ -13,16 +13,16 @@ const statusVersion = 1
 // exactly what the engine added, so that re-injection is a no-op and
 // Uninject restores the original pod.
 type Status struct {
-	Version        int    `json:"version"`
-	Flavor         Flavor `json:"flavor"`
-	IstioVersion   string `json:"istioVersion"`
-	IstioProfile   string `json:"istioProfile"`
-	Image          string `json:"image"`
-	Revision       string `json:"revision,omitempty"` // Istio revision used (discovery only)
+	Version      int    `json:"version"`
+	Flavor       Flavor `json:"flavor"`
+	IstioVersion string `json:"istioVersion"`
+	IstioProfile string `json:"istioProfile"`
+	Image        string `json:"image"`
+	Revision     string `json:"revision,omitempty"` // Istio revision used (discovery only)
 	// RevisionFrom says what chose the revision, e.g. "namespace label
 	// sds-injector.io/istio-revision" (discovery only; empty for the
 	// default revision).
-	RevisionFrom string `json:"revisionFrom,omitempty"`
+	RevisionFrom   string `json:"revisionFrom,omitempty"`
 	Placement      string `json:"placement"`
 	GatewayProfile string `json:"gatewayProfile"`
 	// GatewayContainer is the container that received the mounts and env.
