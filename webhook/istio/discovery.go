@@ -2,6 +2,7 @@ package istio
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -63,8 +64,12 @@ type Discovery struct {
 	rebuildM sync.Mutex
 
 	cmInformer, nsInformer, tagInformer cache.SharedIndexInformer
-	nsLister                            listerscorev1.NamespaceLister
-	factories                           []informers.SharedInformerFactory
+	// webhooksForbidden is set when Istio's webhook configurations cannot
+	// be listed (RBAC); injection then guesses from Istio's labels.
+	webhooksForbidden atomic.Bool
+	lastStale         map[string]bool
+	nsLister          listerscorev1.NamespaceLister
+	factories         []informers.SharedInformerFactory
 
 	staleMu sync.Mutex
 	stale   []StaleAgent
@@ -99,8 +104,10 @@ func New(cfg *rest.Config, opts Options) (*Discovery, error) {
 
 	istioNS := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(opts.Namespace))
 	cluster := informers.NewSharedInformerFactoryWithOptions(cs, 0)
+	// Istio's sidecar injector and revision tag configurations both carry
+	// istio.io/rev.
 	tags := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.LabelSelector = LabelTag
+		o.LabelSelector = LabelRev
 	}))
 	d.factories = []informers.SharedInformerFactory{istioNS, cluster, tags}
 
@@ -111,24 +118,81 @@ func New(cfg *rest.Config, opts Options) (*Discovery, error) {
 	// Keep only what discovery reads: the other ConfigMaps of the Istio
 	// namespace (and the injection templates) need not stay in memory.
 	for inf, fn := range map[cache.SharedIndexInformer]cache.TransformFunc{
-		d.cmInformer: trimConfigMap, d.nsInformer: trimNamespace, d.tagInformer: trimMeta,
+		d.cmInformer: trimConfigMap, d.nsInformer: trimNamespace, d.tagInformer: trimWebhooks,
 	} {
 		if err := inf.SetTransform(fn); err != nil {
 			return nil, err
 		}
 	}
-	h := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { d.changed() },
-		UpdateFunc: func(any, any) { d.changed() },
-		DeleteFunc: func(any) { d.changed() },
+	// Only changes to what discovery reads rebuild the snapshot: istiod
+	// renews its leader-election ConfigMaps every few seconds and patches
+	// its webhooks' caBundle, and neither must cause a rebuild (or a
+	// stale-agent scan and its log line).
+	h := cache.FilteringResourceEventHandler{
+		FilterFunc: relevant,
+		Handler: cache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { d.changed() },
+			UpdateFunc: func(old, cur any) {
+				if !sameContent(old, cur) {
+					d.changed()
+				}
+			},
+			DeleteFunc: func(any) { d.changed() },
+		},
 	}
 	for _, inf := range []cache.SharedIndexInformer{d.cmInformer, d.tagInformer} {
 		if _, err := inf.AddEventHandler(h); err != nil {
 			return nil, err
 		}
 	}
+	if err := d.tagInformer.SetWatchErrorHandler(func(r *cache.Reflector, err error) {
+		if apierrors.IsForbidden(err) {
+			if !d.webhooksForbidden.Swap(true) {
+				d.opts.Logger.Error(err, "cannot list Istio's MutatingWebhookConfigurations (RBAC): revision tags are unknown and Istio's own injection is guessed from its labels (istio-injection, istio.io/rev, sidecar.istio.io/inject); grant list/watch on mutatingwebhookconfigurations")
+				d.changed()
+			}
+			return
+		}
+		cache.DefaultWatchErrorHandler(context.Background(), r, err)
+	}); err != nil {
+		return nil, err
+	}
 	return d, nil
 }
+
+// relevant keeps the objects discovery reads: the injector and mesh
+// ConfigMaps, and Istio's webhook configurations.
+func relevant(obj any) bool {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	switch o := obj.(type) {
+	case *corev1.ConfigMap:
+		_, injector := revisionOf(o.Name, InjectorConfigMap)
+		_, mesh := revisionOf(o.Name, MeshConfigMap)
+		return injector || mesh
+	case *admissionregistrationv1.MutatingWebhookConfiguration:
+		return true
+	}
+	return false
+}
+
+// sameContent compares two trimmed versions of an object.
+func sameContent(old, cur any) bool {
+	switch o := old.(type) {
+	case *corev1.ConfigMap:
+		c, ok := cur.(*corev1.ConfigMap)
+		return ok && reflect.DeepEqual(o.Data, c.Data)
+	case *admissionregistrationv1.MutatingWebhookConfiguration:
+		c, ok := cur.(*admissionregistrationv1.MutatingWebhookConfiguration)
+		return ok && reflect.DeepEqual(o.Labels, c.Labels) && reflect.DeepEqual(o.Webhooks, c.Webhooks)
+	}
+	return false
+}
+
+// WebhooksReadable reports whether Istio's webhook configurations can be
+// listed (false after an RBAC refusal).
+func (d *Discovery) WebhooksReadable() bool { return !d.webhooksForbidden.Load() }
 
 func trimConfigMap(obj any) (any, error) {
 	cm, ok := obj.(*corev1.ConfigMap)
@@ -141,6 +205,14 @@ func trimConfigMap(obj any) (any, error) {
 	if _, isInjector := revisionOf(cm.Name, InjectorConfigMap); isInjector {
 		if v, ok := cm.Data[keyValues]; ok {
 			keep[keyValues] = v
+		}
+		// The injection policy, without the (large) templates.
+		if v, ok := cm.Data[keyConfig]; ok {
+			if p, err := ParseInjectionPolicy(v); err == nil {
+				if b, err := json.Marshal(p); err == nil {
+					keep[keyPolicy] = string(b)
+				}
+			}
 		}
 	} else if _, isMesh := revisionOf(cm.Name, MeshConfigMap); isMesh {
 		if v, ok := cm.Data[keyMesh]; ok {
@@ -158,10 +230,12 @@ func trimNamespace(obj any) (any, error) {
 	return obj, nil
 }
 
-func trimMeta(obj any) (any, error) {
-	if m, ok := obj.(metav1.Object); ok {
-		m.SetManagedFields(nil)
-		m.SetAnnotations(nil)
+func trimWebhooks(obj any) (any, error) {
+	if w, ok := obj.(*admissionregistrationv1.MutatingWebhookConfiguration); ok {
+		w.ManagedFields, w.Annotations = nil, nil
+		for i := range w.Webhooks {
+			w.Webhooks[i].ClientConfig.CABundle = nil
+		}
 	}
 	return obj, nil
 }
@@ -175,13 +249,13 @@ func (d *Discovery) Start(ctx context.Context) error {
 		f.Start(ctx.Done())
 	}
 	syncCtx, cancel := context.WithTimeout(ctx, d.opts.SyncTimeout)
-	ok := cache.WaitForCacheSync(syncCtx.Done(), d.cmInformer.HasSynced, d.nsInformer.HasSynced, d.tagInformer.HasSynced)
+	ok := cache.WaitForCacheSync(syncCtx.Done(), d.cmInformer.HasSynced, d.nsInformer.HasSynced, d.webhooksSyncedOrForbidden)
 	cancel()
 	if !ok && ctx.Err() == nil {
 		d.gaveUp.Store(true)
 		d.opts.Logger.Error(errors.New("caches not synced"), "Istio discovery could not list its objects in time; injecting with the configuration alone until it can (check the RBAC for ConfigMaps in the Istio namespace, namespaces and mutatingwebhookconfigurations)",
 			"istioNamespace", d.opts.Namespace, "after", d.opts.SyncTimeout)
-		ok = cache.WaitForCacheSync(ctx.Done(), d.cmInformer.HasSynced, d.nsInformer.HasSynced, d.tagInformer.HasSynced)
+		ok = cache.WaitForCacheSync(ctx.Done(), d.cmInformer.HasSynced, d.nsInformer.HasSynced, d.webhooksSyncedOrForbidden)
 	}
 	if !ok {
 		for _, f := range d.factories {
@@ -200,6 +274,10 @@ func (d *Discovery) Start(ctx context.Context) error {
 		f.Shutdown()
 	}
 	return nil
+}
+
+func (d *Discovery) webhooksSyncedOrForbidden() bool {
+	return d.tagInformer.HasSynced() || d.webhooksForbidden.Load()
 }
 
 // Synced reports whether the first lists completed.
@@ -228,7 +306,8 @@ func (d *Discovery) changed() {
 func (d *Discovery) rebuild() {
 	d.rebuildM.Lock()
 	defer d.rebuildM.Unlock()
-	in := Input{Config: d.opts.Config, Explicit: d.opts.Explicit, Namespace: d.opts.Namespace}
+	in := Input{Config: d.opts.Config, Explicit: d.opts.Explicit, Namespace: d.opts.Namespace,
+		WebhooksUnknown: !d.tagInformer.HasSynced()}
 	for _, o := range d.cmInformer.GetStore().List() {
 		if cm, ok := o.(*corev1.ConfigMap); ok {
 			in.ConfigMaps = append(in.ConfigMaps, cm)
@@ -318,8 +397,15 @@ func (d *Discovery) Select(pod *corev1.Pod) Selection {
 	return s.Resolve(pod, d.NamespaceLabels(pod.Namespace))
 }
 
-// Resolve implements the webhook's settings choice (server.Resolver).
-func (d *Discovery) Resolve(pod *corev1.Pod) (*inject.Settings, string) {
-	sel := d.Select(pod)
-	return sel.Settings, sel.Problem
+// Resolve implements the webhook's settings choice (server.Resolver): the
+// pod's revision settings, a problem when the revision it asks for cannot
+// be used, and Istio's own injector acting on the pod (nil when none does).
+func (d *Discovery) Resolve(pod *corev1.Pod) (*inject.Settings, string, *inject.IstioInjection) {
+	s := d.snap.Load()
+	if s == nil {
+		return d.base, "", nil
+	}
+	nsLabels := d.NamespaceLabels(pod.Namespace)
+	sel := s.Resolve(pod, nsLabels)
+	return sel.Settings, sel.Problem, s.IstioInjection(pod, nsLabels)
 }

@@ -32,6 +32,8 @@ type Revision struct {
 	// a version, a setting that was not applied).
 	Notes []string
 	Err   error
+	// bySource are Settings recording what chose the revision.
+	bySource map[string]*inject.Settings
 }
 
 // Input is what a Snapshot is built from.
@@ -43,9 +45,13 @@ type Input struct {
 	// Namespace is where Istio is installed.
 	Namespace  string
 	ConfigMaps []*corev1.ConfigMap
-	// Webhooks are the revision tag MutatingWebhookConfigurations (others
-	// are ignored).
+	// Webhooks are Istio's MutatingWebhookConfigurations (label
+	// istio.io/rev): its sidecar injector per revision and the revision
+	// tags. Others are ignored.
 	Webhooks []*admissionregistrationv1.MutatingWebhookConfiguration
+	// WebhooksUnknown is set when the webhook configurations could not be
+	// read (RBAC): Istio's injection is then guessed from its labels.
+	WebhooksUnknown bool
 }
 
 // Snapshot is the discovered state at one moment; it is immutable.
@@ -58,14 +64,21 @@ type Snapshot struct {
 	Tags map[string]string
 	// Default is the revision of pods that name none ("" when there is
 	// none: no Istio, or several revisions and no default tag).
-	Default   string
-	namespace string
+	Default string
+	// Injectors are the webhooks of Istio's sidecar injector, in the order
+	// the apiserver calls them; InjectorsUnknown is set when they could
+	// not be read.
+	Injectors        []Injector
+	InjectorsUnknown bool
+	policies         map[string]InjectionPolicy
+	namespace        string
 }
 
 // Build resolves every revision in the input. base must be the result of
 // in.Config.Resolve() (passed in so it is resolved once).
 func Build(in Input, base *inject.Settings) *Snapshot {
-	s := &Snapshot{Base: base, Revisions: map[string]*Revision{}, Tags: map[string]string{}, namespace: in.Namespace}
+	s := &Snapshot{Base: base, Revisions: map[string]*Revision{}, Tags: map[string]string{}, namespace: in.Namespace,
+		policies: map[string]InjectionPolicy{}, InjectorsUnknown: in.WebhooksUnknown}
 	injectors := map[string]*corev1.ConfigMap{}
 	meshes := map[string]*corev1.ConfigMap{}
 	for _, cm := range in.ConfigMaps {
@@ -76,6 +89,7 @@ func Build(in Input, base *inject.Settings) *Snapshot {
 			if _, has := cm.Data[keyValues]; has {
 				injectors[rev] = cm
 			}
+			s.policies[rev] = policyOf(cm)
 			continue
 		}
 		if rev, ok := revisionOf(cm.Name, MeshConfigMap); ok {
@@ -94,7 +108,9 @@ func Build(in Input, base *inject.Settings) *Snapshot {
 		if ok {
 			s.Tags[tag] = rev
 		}
+		s.Injectors = append(s.Injectors, injectorsOf(w, in.Namespace)...)
 	}
+	sortInjectors(s.Injectors)
 	switch {
 	case s.Tags[DefaultRevision] != "":
 		s.Default = s.Tags[DefaultRevision]
@@ -283,6 +299,10 @@ func (r *Revision) resolve(in Input, injector, mesh *corev1.ConfigMap) {
 		return
 	}
 	r.Settings = s.WithRevision(r.Name)
+	r.bySource = map[string]*inject.Settings{}
+	for _, src := range []string{SourcePodAnnotation, SourceNamespaceLabel, SourcePodIstioRev, SourceNsIstioRev} {
+		r.bySource[src] = s.WithRevisionFrom(r.Name, src)
+	}
 	r.Version = s.IstioVersion().String()
 	r.Image = s.AgentImage()
 }
@@ -328,19 +348,35 @@ type Selection struct {
 	Problem string
 }
 
-// Requested reads a pod's revision request: the annotation
-// sds-injector.io/istio-revision, else the pod's label istio.io/rev, else
-// the namespace's label istio.io/rev. (Istio's own webhooks let the
-// namespace win; for gateways the pod is the more specific statement.)
+// Sources of a revision request, recorded in the status annotation
+// (Status.RevisionFrom).
+const (
+	SourcePodAnnotation  = "pod annotation " + inject.AnnotationIstioRevision
+	SourceNamespaceLabel = "namespace label " + inject.LabelIstioRevision
+	SourcePodIstioRev    = "pod label " + inject.LabelIstioRev
+	SourceNsIstioRev     = "namespace label " + inject.LabelIstioRev
+)
+
+// Requested reads a pod's revision request: the pod annotation
+// sds-injector.io/istio-revision, else the namespace label of the same
+// key, else Istio's own istio.io/rev on the pod, then on the namespace.
+// (Istio's own webhooks let the namespace win; for gateways the pod is the
+// more specific statement.) istio.io/rev also selects the pod for Istio's
+// injector, so it only matters where that injector does not act on the pod
+// (Discovery then leaves the pod to Istio, see IstioInjection): e.g. a pod
+// labelled sidecar.istio.io/inject: "false", or a revision not installed.
 func Requested(podLabels, podAnnotations, nsLabels map[string]string) (rev, source string) {
 	if v := strings.TrimSpace(podAnnotations[inject.AnnotationIstioRevision]); v != "" {
-		return v, "pod annotation " + inject.AnnotationIstioRevision
+		return v, SourcePodAnnotation
+	}
+	if v := strings.TrimSpace(nsLabels[inject.LabelIstioRevision]); v != "" {
+		return v, SourceNamespaceLabel
 	}
 	if v := strings.TrimSpace(podLabels[LabelRev]); v != "" {
-		return v, "pod label " + LabelRev
+		return v, SourcePodIstioRev
 	}
 	if v := strings.TrimSpace(nsLabels[LabelRev]); v != "" {
-		return v, "namespace label " + LabelRev
+		return v, SourceNsIstioRev
 	}
 	return "", ""
 }
@@ -374,9 +410,18 @@ func (s *Snapshot) Select(podLabels, podAnnotations, nsLabels map[string]string)
 	case rev.Err != nil:
 		sel.Problem = fmt.Sprintf("Istio revision %q cannot be used: %v", name, rev.Err)
 	default:
-		sel.Settings, sel.Revision = rev.Settings, rev.Name
+		sel.Settings, sel.Revision = rev.settingsFrom(source), rev.Name
 	}
 	return sel
+}
+
+// settingsFrom returns the revision's settings recording source as what
+// chose it (precomputed: one copy per source).
+func (r *Revision) settingsFrom(source string) *inject.Settings {
+	if s, ok := r.bySource[source]; ok {
+		return s
+	}
+	return r.Settings
 }
 
 func (s *Snapshot) problem(req, source, what string) string {
@@ -405,7 +450,7 @@ func (s *Snapshot) problem(req, source, what string) string {
 			}
 			fmt.Fprintf(&b, "; tags: %s", strings.Join(tags, ", "))
 		}
-		fmt.Fprintf(&b, "; set %s (or label %s) to one of them", inject.AnnotationIstioRevision, LabelRev)
+		fmt.Fprintf(&b, "; set the namespace label (or pod annotation) %s to one of them", inject.AnnotationIstioRevision)
 	}
 	return b.String()
 }

@@ -3,6 +3,7 @@ package istio
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"time"
 
@@ -148,8 +149,8 @@ func (d *Discovery) scanLoop(ctx context.Context) {
 	for {
 		if _, err := d.ScanNow(ctx); err != nil && ctx.Err() == nil {
 			d.opts.Logger.Error(err, "scanning injected pods for stale agents")
-		} else if n := len(d.StaleAgents()); n > 0 {
-			d.opts.Logger.Info("injected gateway pods run an agent that no longer matches the installed Istio; restart them (sds-injector check lists the commands)", "pods", n)
+		} else {
+			d.logStaleChange()
 		}
 		select {
 		case <-ctx.Done():
@@ -163,6 +164,30 @@ func (d *Discovery) scanLoop(ctx context.Context) {
 			case <-time.After(2 * time.Second):
 			}
 		}
+	}
+}
+
+// logStaleChange logs the stale pods when the set changed since the last
+// scan (not on every scan: scans follow every discovered change).
+func (d *Discovery) logStaleChange() {
+	stale := d.StaleAgents()
+	now := make(map[string]bool, len(stale))
+	var pods []string
+	for _, sa := range stale {
+		key := sa.Namespace + "/" + sa.Name
+		now[key] = true
+		pods = append(pods, key)
+	}
+	if maps.Equal(now, d.lastStale) {
+		return
+	}
+	prev := len(d.lastStale)
+	d.lastStale = now
+	switch {
+	case len(now) > 0:
+		d.opts.Logger.Info("injected gateway pods run an agent that no longer matches the installed Istio; restart them (sds-injector check lists the commands)", "count", len(now), "pods", pods)
+	case prev > 0:
+		d.opts.Logger.Info("every injected gateway pod's agent matches the installed Istio again")
 	}
 }
 

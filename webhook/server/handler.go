@@ -45,9 +45,11 @@ const warningPrefix = "sds-injector: "
 // Istio revision (package webhook/istio). It must answer from memory: it
 // runs on every admission request. A non-empty problem means the pod asked
 // for settings that do not exist (an unknown revision); settings are then
-// still non-nil, to screen the pod with (inject.RevisionUnavailable).
+// still non-nil, to screen the pod with (inject.RevisionUnavailable). A
+// non-nil istio means Istio's own sidecar injector selects the pod (or
+// already injected it): the pod is left to it (inject.LeftToIstio).
 type Resolver interface {
-	Resolve(pod *corev1.Pod) (settings *inject.Settings, problem string)
+	Resolve(pod *corev1.Pod) (settings *inject.Settings, problem string, istio *inject.IstioInjection)
 }
 
 // Handler answers AdmissionReviews for pod creation (an http.Handler).
@@ -84,9 +86,15 @@ func (h *Handler) settingsFor(pod *corev1.Pod) (*inject.Settings, *inject.Decisi
 	if h.resolver == nil {
 		return h.settings, nil
 	}
-	s, problem := h.resolver.Resolve(pod)
+	s, problem, istio := h.resolver.Resolve(pod)
 	if s == nil {
 		s = h.settings
+	}
+	if istio != nil {
+		// Before the revision: whichever revision the pod names, Istio's
+		// injector gets it, and the warning must say that.
+		d := inject.LeftToIstio(pod, s, *istio)
+		return s, &d
 	}
 	if problem != "" {
 		d := inject.RevisionUnavailable(pod, s, problem)

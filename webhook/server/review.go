@@ -74,6 +74,9 @@ type screenReview struct {
 			Spec struct {
 				Containers     []screenContainer `json:"containers"`
 				InitContainers []screenContainer `json:"initContainers"`
+				// HostNetwork is read for the resolver: Istio's injector
+				// never injects hostNetwork pods.
+				HostNetwork bool `json:"hostNetwork"`
 			} `json:"spec"`
 		} `json:"object"`
 	} `json:"request"`
@@ -98,6 +101,7 @@ func (h *Handler) screen(body []byte) (v verdict, apiVersion, uid string, result
 	if pod.Namespace == "" {
 		pod.Namespace = sr.Request.Namespace
 	}
+	pod.Spec.HostNetwork = o.Spec.HostNetwork
 	for _, c := range o.Spec.Containers {
 		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: c.Name, Image: c.Image})
 	}
