@@ -38,6 +38,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
+	"github.com/sds-injector/sds-injector/webhook/istio"
 )
 
 // Statuses of a check.
@@ -217,6 +218,11 @@ type checker struct {
 	ns       map[string]*corev1.Namespace
 	cel      map[string]celProgram
 	rsOwner  map[types.NamespacedName]string
+
+	// snap is the installed Istio (istio: auto), loaded once by istioSnapshot.
+	snap    *istio.Snapshot
+	snapErr error
+	snapOK  bool
 }
 
 func (k *checker) run(ctx context.Context) *checkReport {
@@ -717,45 +723,174 @@ func (k *checker) checkIstiodAddress(ctx context.Context) checkResult {
 	if k.settings == nil {
 		return skipped(res, "no valid configuration")
 	}
-	addr := k.cfg.CAAddress
+	snap, _ := k.istioSnapshot(ctx)
+	if snap == nil || len(snap.Revisions) == 0 {
+		st, msg, fix := k.checkCAAddress(ctx, k.cfg.CAAddress, k.settings.ClusterDomain())
+		res.Status, res.Message, res.Fix = st, msg, fix
+		return res
+	}
+	// With discovery each revision brings its own CA address: check those
+	// of the revisions gateways use (and the default's), not the built-in one.
+	inUse, err := k.revisionsInUse(ctx, snap)
+	if err != nil {
+		return failed(res, err.Error())
+	}
+	if len(inUse) == 0 {
+		res.Message = "no gateway uses an Istio revision yet and there is no default revision: no CA address to check"
+		return res
+	}
+	var msgs []string
+	for _, name := range inUse {
+		r := snap.Revisions[name]
+		if r == nil || r.Settings == nil {
+			continue
+		}
+		st, msg, fix := k.checkCAAddress(ctx, r.Settings.CAAddress(), r.Settings.ClusterDomain())
+		res.Status = worse(res.Status, st)
+		msgs = append(msgs, "revision "+name+": "+msg)
+		res.Fix = append(res.Fix, fix...)
+	}
+	res.Message = strings.Join(msgs, "; ")
+	return res
+}
+
+// revisionsInUse lists the revisions injected gateways carry, those that
+// gateways in scope would get now, and the default revision.
+func (k *checker) revisionsInUse(ctx context.Context, snap *istio.Snapshot) ([]string, error) {
+	use := map[string]bool{}
+	if snap.Default != "" {
+		use[snap.Default] = true
+	}
+	if len(k.mwcs) > 0 {
+		if err := k.loadNamespaces(ctx); err != nil {
+			return nil, err
+		}
+	}
+	err := k.eachPod(ctx, func(pod *corev1.Pod) {
+		if v, ok := pod.Annotations[inject.AnnotationStatus]; ok {
+			if st, err := inject.ParseStatus(v); err == nil && st.Revision != "" {
+				use[st.Revision] = true
+			}
+			return
+		}
+		if !k.inScope(pod) {
+			return
+		}
+		if d, sel := k.decide(pod); d.Outcome == inject.OutcomeInjected && sel != "" {
+			use[sel] = true
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(use))
+	for name := range use {
+		out = append(out, name)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// eachPod calls fn for every running or pending pod, a page at a time.
+func (k *checker) eachPod(ctx context.Context, fn func(*corev1.Pod)) error {
+	opts := []client.ListOption{client.Limit(500)}
+	for {
+		var pods corev1.PodList
+		if err := k.c.List(ctx, &pods, opts...); err != nil {
+			return fmt.Errorf("listing pods: %w", err)
+		}
+		for i := range pods.Items {
+			pod := &pods.Items[i]
+			if pod.DeletionTimestamp != nil || (pod.Status.Phase != corev1.PodRunning && pod.Status.Phase != corev1.PodPending) {
+				continue
+			}
+			fn(pod)
+		}
+		if pods.Continue == "" {
+			return nil
+		}
+		opts = []client.ListOption{client.Limit(500), client.Continue(pods.Continue)}
+	}
+}
+
+// decide is what the webhook would decide for the pod if it were created
+// now, with the installed Istio when discovery is on; it also returns the
+// revision chosen ("" without discovery).
+func (k *checker) decide(pod *corev1.Pod) (inject.Decision, string) {
+	snap := k.snap
+	if snap == nil {
+		return inject.Inject(pod, k.settings).Decision, ""
+	}
+	var nsLabels map[string]string
+	if ns := k.ns[pod.Namespace]; ns != nil {
+		nsLabels = ns.Labels
+	}
+	sel := snap.Resolve(pod, nsLabels)
+	if in := snap.IstioInjection(pod, nsLabels); in != nil {
+		return inject.LeftToIstio(pod, sel.Settings, *in), sel.Revision
+	}
+	if sel.Problem != "" {
+		return inject.RevisionUnavailable(pod, sel.Settings, sel.Problem), ""
+	}
+	return inject.Inject(pod, sel.Settings).Decision, sel.Revision
+}
+
+// checkCAAddress checks that a CA address resolves (through the API for a
+// cluster service name).
+func (k *checker) checkCAAddress(ctx context.Context, addr, clusterDomain string) (checkStatus, string, []string) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
-		return failed(res, fmt.Sprintf("caAddress %q: %v", addr, err))
+		return statusFail, fmt.Sprintf("caAddress %q: %v", addr, err), nil
 	}
 	port, _ := strconv.Atoi(portStr)
 	if net.ParseIP(host) != nil {
-		res.Message = fmt.Sprintf("caAddress %s is an IP address", addr)
-		return res
+		return statusPass, fmt.Sprintf("caAddress %s is an IP address", addr), nil
 	}
-	if svc, ns, ok := clusterServiceName(host, k.settings.ClusterDomain()); ok {
+	if svc, ns, ok := clusterServiceName(host, clusterDomain); ok {
 		// Cluster DNS answers <svc>.<ns>.svc from the Service; from outside
 		// the cluster the API is the only honest way to ask.
 		ready, _, err := readyEndpoints(ctx, k.c, ns, svc, int32(port))
 		switch {
 		case err != nil:
-			res.Status = statusFail
-			res.Message = fmt.Sprintf("caAddress %s does not resolve in the cluster: Service %s/%s: %v", addr, ns, svc, err)
-			res.Fix = append(res.Fix, "is istiod installed? For a revisioned istiod set caAddress (chart value config.caAddress) to e.g. istiod-1-30.istio-system.svc:15012")
+			return statusFail, fmt.Sprintf("caAddress %s does not resolve in the cluster: Service %s/%s: %v", addr, ns, svc, err),
+				[]string{"is istiod installed? For a revisioned istiod without discovery set caAddress (chart value config.caAddress) to e.g. istiod-1-30.istio-system.svc:15012"}
 		case ready == 0:
-			res.Status = statusFail
-			res.Message = fmt.Sprintf("caAddress %s: Service %s/%s has no ready endpoints on port %d", addr, ns, svc, port)
-			res.Fix = append(res.Fix, fmt.Sprintf("kubectl -n %s get pods,endpointslices -l app=istiod", ns))
-		default:
-			res.Message = fmt.Sprintf("caAddress %s: Service %s/%s has %d ready endpoint(s) on port %d (checked through the API, as cluster DNS resolves it)", addr, ns, svc, ready, port)
+			return statusFail, fmt.Sprintf("caAddress %s: Service %s/%s has no ready endpoints on port %d", addr, ns, svc, port),
+				[]string{fmt.Sprintf("kubectl -n %s get pods,endpointslices -l app=istiod", ns)}
 		}
-		return res
+		return statusPass, fmt.Sprintf("caAddress %s: Service %s/%s has %d ready endpoint(s) on port %d (checked through the API, as cluster DNS resolves it)", addr, ns, svc, ready, port), nil
 	}
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	ips, err := net.DefaultResolver.LookupHost(lctx, host)
 	if err != nil {
-		res.Status = statusFail
-		res.Message = fmt.Sprintf("caAddress %s does not resolve from here: %v", addr, err)
-		res.Fix = append(res.Fix, "the name is resolved with this machine's DNS; if it is a cluster-internal name, use the <service>.<namespace>.svc form")
-		return res
+		return statusFail, fmt.Sprintf("caAddress %s does not resolve from here: %v", addr, err),
+			[]string{"the name is resolved with this machine's DNS; if it is a cluster-internal name, use the <service>.<namespace>.svc form"}
 	}
-	res.Message = fmt.Sprintf("caAddress %s resolves to %s (DNS from where check runs)", addr, strings.Join(ips, ", "))
-	return res
+	return statusPass, fmt.Sprintf("caAddress %s resolves to %s (DNS from where check runs)", addr, strings.Join(ips, ", ")), nil
+}
+
+func orPod(owner, pod string) string {
+	if owner != "" {
+		return owner
+	}
+	return "pod/" + pod
+}
+
+// istioSnapshot loads the installed Istio once (istio: auto only; nil
+// otherwise).
+func (k *checker) istioSnapshot(ctx context.Context) (*istio.Snapshot, error) {
+	if k.snapOK || k.settings == nil || !k.cfg.Istio.Auto() {
+		return k.snap, k.snapErr
+	}
+	k.snapOK = true
+	explicit, err := k.explicitFields(ctx)
+	if err != nil {
+		k.snapErr = err
+		return nil, err
+	}
+	k.snap, k.snapErr = istio.Load(ctx, k.c, istio.Input{Config: k.cfg, Explicit: explicit, Namespace: k.opts.istio.namespace})
+	return k.snap, k.snapErr
 }
 
 // clusterServiceName recognises <svc>.<ns>.svc and <svc>.<ns>.svc.<domain>.
@@ -793,7 +928,8 @@ func (k *checker) checkGatewayPods(ctx context.Context) (checkResult, map[string
 	if err := k.loadNamespaces(ctx); err != nil {
 		return failed(res, err.Error()), podNamespaces
 	}
-	injected, gateways := 0, 0
+	injected, gateways, istioFirst := 0, 0, 0
+	k.istioSnapshot(ctx) //nolint:errcheck // reported by the istio-revisions check; decide falls back to the configuration
 	opts := []client.ListOption{client.Limit(500)}
 	for {
 		var pods corev1.PodList
@@ -813,18 +949,27 @@ func (k *checker) checkGatewayPods(ctx context.Context) (checkResult, map[string
 			if !k.inScope(pod) {
 				continue
 			}
-			r := inject.Inject(pod, k.settings)
-			f := podFinding{Namespace: pod.Namespace, Name: pod.Name, Profile: r.Decision.Profile, Message: r.Decision.Message}
+			d, _ := k.decide(pod)
+			f := podFinding{Namespace: pod.Namespace, Name: pod.Name, Profile: d.Profile, Message: d.Message}
 			switch {
-			case r.Decision.Outcome == inject.OutcomeInjected:
+			case d.Outcome == inject.OutcomeInjected:
 				gateways++
 				podNamespaces[pod.Namespace] = true
 				f.Problem = "not-injected"
 				f.Owner, f.Command = k.restartCommand(ctx, pod)
 				res.Status = statusFail
 				res.Fix = appendUnique(res.Fix, f.Command)
-			case r.Decision.Warn || r.Decision.Outcome == inject.OutcomeError:
-				f.Problem = string(r.Decision.Reason)
+			case d.Reason == inject.ReasonIstioSidecar && d.Warn:
+				// Istio got there first: the gateway runs Istio's capturing
+				// sidecar instead of our agent.
+				f.Problem = string(d.Reason)
+				f.Owner, f.Command = k.restartCommand(ctx, pod)
+				istioFirst++
+				res.Status = worse(res.Status, statusWarn)
+				res.Fix = appendUnique(res.Fix, fmt.Sprintf("%s/%s: set label %s: \"false\" on its pod template and label namespace %s with %s=<revision>, then %s",
+					pod.Namespace, orPod(f.Owner, pod.Name), inject.LabelIstioSidecarInject, pod.Namespace, inject.LabelIstioRevision, f.Command))
+			case d.Warn || d.Outcome == inject.OutcomeError:
+				f.Problem = string(d.Reason)
 				f.Owner, _ = k.restartCommand(ctx, pod)
 				res.Status = worse(res.Status, statusWarn)
 			default:
@@ -853,6 +998,8 @@ func (k *checker) checkGatewayPods(ctx context.Context) (checkResult, map[string
 	switch {
 	case gateways > 0:
 		res.Message = fmt.Sprintf("%d running gateway pod(s) lack the agent (created while the webhook was down or before opting in); restart them", gateways)
+	case istioFirst > 0:
+		res.Message = fmt.Sprintf("%d gateway pod(s) were injected by Istio's own sidecar injector (capturing all traffic) instead of sds-injector; see fix", istioFirst)
 	case res.Status == statusWarn:
 		res.Message = fmt.Sprintf("%d gateway pod(s) asked for injection but cannot be injected", len(res.Pods))
 	default:

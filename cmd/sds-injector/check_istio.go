@@ -29,12 +29,8 @@ func (k *checker) checkIstio(ctx context.Context) []checkResult {
 		return nil
 	}
 	res := checkResult{Name: checkIstioRevisions, Status: statusPass}
-	explicit, err := k.explicitFields(ctx)
-	if err != nil {
-		return []checkResult{failed(res, err.Error())}
-	}
 	ns := k.opts.istio.namespace
-	snap, err := istio.Load(ctx, k.c, istio.Input{Config: k.cfg, Explicit: explicit, Namespace: ns})
+	snap, err := k.istioSnapshot(ctx)
 	if err != nil {
 		res = failed(res, err.Error())
 		res.Fix = append(res.Fix, fmt.Sprintf("the injector needs get/list/watch on ConfigMaps in %s and list/watch on mutatingwebhookconfigurations (the chart grants them)", ns))
@@ -63,7 +59,14 @@ func (k *checker) checkIstio(ctx context.Context) []checkResult {
 	}
 	res.Message = fmt.Sprintf("%d Istio revision(s) in %s: %s", len(snap.Revisions), ns, strings.Join(snap.Names(), ", "))
 	if snap.Default == "" {
-		res.Message += "; no default revision: pods must name one (label istio.io/rev or annotation " + inject.AnnotationIstioRevision + ")"
+		res.Message += "; no default revision: gateways must name one (namespace label or pod annotation " + inject.AnnotationIstioRevision + ")"
+	}
+	if snap.InjectorsUnknown {
+		res.Status = worse(res.Status, statusWarn)
+		res.Details = append(res.Details, "Istio's MutatingWebhookConfigurations cannot be read: revision tags are unknown and Istio's own injection is guessed from its labels")
+		res.Fix = append(res.Fix, "grant the injector list/watch on mutatingwebhookconfigurations (the chart's ClusterRole does)")
+	} else {
+		res.Details = append(res.Details, fmt.Sprintf("%d webhook(s) of Istio's sidecar injector watched, so that gateways Istio injects are left to it", len(snap.Injectors)))
 	}
 	return []checkResult{res, k.checkStaleAgents(ctx, snap)}
 }

@@ -6,6 +6,7 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,13 +30,17 @@ func Load(ctx context.Context, c client.Reader, in Input) (*Snapshot, error) {
 	for i := range cms.Items {
 		in.ConfigMaps = append(in.ConfigMaps, &cms.Items[i])
 	}
-	req, err := labels.NewRequirement(LabelTag, selection.Exists, nil)
+	// Istio's sidecar injector and revision tag configurations.
+	req, err := labels.NewRequirement(LabelRev, selection.Exists, nil)
 	if err != nil {
 		return nil, err
 	}
 	var mwcs admissionregistrationv1.MutatingWebhookConfigurationList
-	if err := c.List(ctx, &mwcs, client.MatchingLabelsSelector{Selector: labels.NewSelector().Add(*req)}); err != nil {
-		return nil, fmt.Errorf("listing revision tags (mutatingwebhookconfigurations): %w", err)
+	switch err := c.List(ctx, &mwcs, client.MatchingLabelsSelector{Selector: labels.NewSelector().Add(*req)}); {
+	case apierrors.IsForbidden(err):
+		in.WebhooksUnknown = true
+	case err != nil:
+		return nil, fmt.Errorf("listing Istio's webhook configurations (mutatingwebhookconfigurations): %w", err)
 	}
 	for i := range mwcs.Items {
 		in.Webhooks = append(in.Webhooks, &mwcs.Items[i])
