@@ -70,8 +70,8 @@ func TestZeroConfigNamespaceRevision(t *testing.T) {
 	})
 	w := startWebhook(t, zeroConfig, istio.DefaultIstioNamespace, 0)
 
-	ns128 := gatewayNamespace(t, map[string]string{istio.LabelRev: "1-28"})
-	ns121 := gatewayNamespace(t, map[string]string{istio.LabelRev: "1-21"})
+	ns128 := gatewayNamespace(t, map[string]string{inject.LabelIstioRevision: "1-28"})
+	ns121 := gatewayNamespace(t, map[string]string{inject.LabelIstioRevision: "1-21"})
 	w.waitNamespace(t, ns128)
 	w.waitNamespace(t, ns121)
 
@@ -100,11 +100,11 @@ func TestRevisionSelection(t *testing.T) {
 	installIstio(t, ins, "1.21.6", nil)
 	installIstio(t, ins, "1.28.10", nil)
 	w := startWebhook(t, zeroConfig, ins, 0)
-	ns := gatewayNamespace(t, map[string]string{istio.LabelRev: "1-28"})
+	ns := gatewayNamespace(t, map[string]string{inject.LabelIstioRevision: "1-28"})
 	plain := gatewayNamespace(t, nil)
 	revisionTag(t, "prod", "1-21")
-	tagged := gatewayNamespace(t, map[string]string{istio.LabelRev: "prod"})
-	unknown := gatewayNamespace(t, map[string]string{istio.LabelRev: "1-30"})
+	tagged := gatewayNamespace(t, map[string]string{inject.LabelIstioRevision: "prod"})
+	unknown := gatewayNamespace(t, map[string]string{inject.LabelIstioRevision: "1-30"})
 	for _, n := range []string{ns, plain, tagged, unknown} {
 		w.waitNamespace(t, n)
 	}
@@ -116,9 +116,9 @@ func TestRevisionSelection(t *testing.T) {
 		pod, _ := create(t, gatewayPod(t, ns, "by-namespace", nil, nil))
 		injected(t, pod).expect(t, "1-28", image128, ca128, td128)
 	})
-	t.Run("pod label beats namespace", func(t *testing.T) {
+	t.Run("our namespace label beats istio.io/rev on the pod", func(t *testing.T) {
 		pod, _ := create(t, gatewayPod(t, ns, "by-pod-label", map[string]string{istio.LabelRev: "1-21"}, nil))
-		injected(t, pod).expect(t, "1-21", image121, ca121, "cluster.local")
+		injected(t, pod).expect(t, "1-28", image128, ca128, td128)
 	})
 	t.Run("annotation beats pod label", func(t *testing.T) {
 		pod, _ := create(t, gatewayPod(t, ns, "by-annotation", map[string]string{istio.LabelRev: "1-28"},
@@ -311,18 +311,18 @@ func TestNoAPICallsPerAdmission(t *testing.T) {
 	installIstio(t, ins, "1.21.6", nil)
 	installIstio(t, ins, "1.28.10", nil)
 	w := startWebhook(t, zeroConfig, ins, 0)
-	ns := gatewayNamespace(t, map[string]string{istio.LabelRev: "1-28"})
+	ns := gatewayNamespace(t, map[string]string{inject.LabelIstioRevision: "1-28"})
 	w.waitNamespace(t, ns)
 	time.Sleep(time.Second) // let the informers' initial list+watch requests finish
 	before := w.requests.Load()
 	log := len(w.requestLog())
 	const n = 20
 	for i := 0; i < n; i++ {
-		var labels map[string]string
+		var annotations map[string]string
 		if i%2 == 1 {
-			labels = map[string]string{istio.LabelRev: "1-21"}
+			annotations = map[string]string{inject.AnnotationIstioRevision: "1-21"}
 		}
-		pod, _ := create(t, gatewayPod(t, ns, "count-"+string(rune('a'+i)), labels, nil))
+		pod, _ := create(t, gatewayPod(t, ns, "count-"+string(rune('a'+i)), nil, annotations))
 		want := "1-28"
 		if i%2 == 1 {
 			want = "1-21"

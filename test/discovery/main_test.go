@@ -1,9 +1,13 @@
 // Package discovery proves zero-config injection with the installed Istio
-// through a real kube-apiserver: the ConfigMaps two Istio revisions create
-// (rendered from the istio-discovery chart of 1.21.6 and 1.28.10) are
-// installed, the webhook (as `sds-injector serve` builds it, with
-// "istio: auto") watches them with informers, and pods created through the
-// API are injected with their revision's settings.
+// through a real kube-apiserver. realistio_test.go runs a real Istio
+// install (Istio's istio-discovery chart rendered by helm, a real istiod
+// per revision serving its injection webhook) beside sds-injector's shipped
+// webhook: every labelling, both webhook orders, a tag moved between
+// revisions, Istio removed. discovery_test.go covers what needs the values
+// of specific releases (1.21.6 and 1.28.10, their ConfigMaps as rendered by
+// those releases' charts) and the informer behaviour: the webhook (as
+// `sds-injector serve` builds it, with "istio: auto") watches them, and
+// pods created through the API get their revision's settings.
 package discovery
 
 import (

@@ -13,8 +13,10 @@
 // SAN "localhost" (it has no IP SANs, so "127.0.0.1:<port>" would fail
 // verification).
 //
-// Run at most one istiod per control plane: two would share (and fight over)
-// the istio-ca-secret and the leader-election locks.
+// Run at most one istiod per revision on a control plane: two of the same
+// revision would fight over the leader-election locks. istiods of different
+// revisions (Options.Revision) share the istio-ca-secret, as in a real
+// canary install.
 package istiod
 
 import (
@@ -83,6 +85,11 @@ type Options struct {
 	// TokenAudiences are the audiences istiod accepts on workload tokens
 	// (default istio-ca).
 	TokenAudiences []string
+	// Revision is istiod's revision (default: none, i.e. "default"). It
+	// reads ConfigMap istio-sidecar-injector-<revision> for injection and
+	// patches the caBundle of webhook configurations labelled
+	// istio.io/rev=<revision>.
+	Revision string
 	// ExtraEnv is added to istiod's environment (NAME=value).
 	ExtraEnv []string
 	// StartTimeout bounds the wait for istiod's readiness and its root
@@ -100,6 +107,9 @@ type Istiod struct {
 	HTTPAddr string
 	// MonitoringAddr serves /metrics.
 	MonitoringAddr string
+	// WebhookAddr serves sidecar injection (/inject) and validation over
+	// HTTPS, "localhost:<port>" (the serving certificate's SAN).
+	WebhookAddr string
 	// RootCertPEM is the CA root istiod published in RootCertConfigMap.
 	RootCertPEM []byte
 	// Namespace, TrustDomain and ClusterID are istiod's settings.
@@ -292,6 +302,13 @@ func Start(ctx context.Context, cp *controlplane.ControlPlane, opts Options) (_ 
 
 var errAddrInUse = errors.New("address already in use")
 
+func revisionOr(rev string) string {
+	if rev == "" {
+		return "default"
+	}
+	return rev
+}
+
 // start execs pilot-discovery on fresh free ports and waits for /ready.
 func (i *Istiod) start(ctx context.Context, opts Options, meshFile string) error {
 	ports, err := FreePorts(6)
@@ -302,6 +319,7 @@ func (i *Istiod) start(ctx context.Context, opts Options, meshFile string) error
 	i.CAAddr = net.JoinHostPort("localhost", strconv.Itoa(secureGRPCPort))
 	i.HTTPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort))
 	i.MonitoringAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(monitoringPort))
+	i.WebhookAddr = net.JoinHostPort("localhost", strconv.Itoa(httpsPort))
 
 	logFile, err := os.OpenFile(i.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -330,8 +348,8 @@ func (i *Istiod) start(ctx context.Context, opts Options, meshFile string) error
 		"HOME=" + i.dir,
 		"KUBECONFIG=" + i.cp.KubeconfigPath,
 		"POD_NAMESPACE=" + opts.Namespace,
-		"POD_NAME=istiod-local",
-		"REVISION=default",
+		"POD_NAME=istiod-local-" + revisionOr(opts.Revision),
+		"REVISION=" + revisionOr(opts.Revision),
 		"CLUSTER_ID=" + opts.ClusterID,
 		"JWT_POLICY=third-party-jwt",
 		"TOKEN_AUDIENCES=" + strings.Join(opts.TokenAudiences, ","),
