@@ -815,7 +815,8 @@ func (k *checker) eachPod(ctx context.Context, fn func(*corev1.Pod)) error {
 
 // decide is what the webhook would decide for the pod if it were created
 // now, with the installed Istio when discovery is on; it also returns the
-// revision chosen ("" without discovery).
+// revision chosen ("" without discovery), or for a pod left to Istio's
+// injector the revision (or tag) that injector serves.
 func (k *checker) decide(pod *corev1.Pod) (inject.Decision, string) {
 	snap := k.snap
 	if snap == nil {
@@ -827,7 +828,8 @@ func (k *checker) decide(pod *corev1.Pod) (inject.Decision, string) {
 	}
 	sel := snap.Resolve(pod, nsLabels)
 	if in := snap.IstioInjection(pod, nsLabels); in != nil {
-		return inject.LeftToIstio(pod, sel.Settings, *in), sel.Revision
+		// The revision Istio's injector uses, for the fix.
+		return inject.LeftToIstio(pod, sel.Settings, *in), in.Revision
 	}
 	if sel.Problem != "" {
 		return inject.RevisionUnavailable(pod, sel.Settings, sel.Problem), ""
@@ -949,7 +951,7 @@ func (k *checker) checkGatewayPods(ctx context.Context) (checkResult, map[string
 			if !k.inScope(pod) {
 				continue
 			}
-			d, _ := k.decide(pod)
+			d, rev := k.decide(pod)
 			f := podFinding{Namespace: pod.Namespace, Name: pod.Name, Profile: d.Profile, Message: d.Message}
 			switch {
 			case d.Outcome == inject.OutcomeInjected:
@@ -966,8 +968,11 @@ func (k *checker) checkGatewayPods(ctx context.Context) (checkResult, map[string
 				f.Owner, f.Command = k.restartCommand(ctx, pod)
 				istioFirst++
 				res.Status = worse(res.Status, statusWarn)
-				res.Fix = appendUnique(res.Fix, fmt.Sprintf("%s/%s: set label %s: \"false\" on its pod template and label namespace %s with %s=<revision>, then %s",
-					pod.Namespace, orPod(f.Owner, pod.Name), inject.LabelIstioSidecarInject, pod.Namespace, inject.LabelIstioRevision, f.Command))
+				if rev == "" {
+					rev = "<revision>"
+				}
+				res.Fix = appendUnique(res.Fix, fmt.Sprintf("%s/%s: set label %s: \"false\" on its pod template and label namespace %s with %s=%s, then %s",
+					pod.Namespace, orPod(f.Owner, pod.Name), inject.LabelIstioSidecarInject, pod.Namespace, inject.LabelIstioRevision, rev, f.Command))
 			case d.Warn || d.Outcome == inject.OutcomeError:
 				f.Problem = string(d.Reason)
 				f.Owner, _ = k.restartCommand(ctx, pod)

@@ -150,7 +150,12 @@ unchanged. The result is written as YAML; skipped objects are reported on stderr
 				if r == nil {
 					return inject.Inject(p, s)
 				}
-				rs, problem := r.resolve(cmd.Context(), p)
+				rs, problem, istioInjects := r.resolve(cmd.Context(), p)
+				if istioInjects != nil {
+					// As the webhook: a gateway Istio's injector takes is
+					// left to it, never made a hybrid.
+					return inject.Result{Pod: p, Decision: inject.LeftToIstio(p, rs, *istioInjects)}
+				}
 				if problem != "" {
 					return inject.Result{Pod: p, Decision: inject.RevisionUnavailable(p, rs, problem)}
 				}

@@ -101,7 +101,7 @@ type offlineResolver struct {
 	c    client.Reader
 }
 
-func (r *offlineResolver) resolve(ctx context.Context, pod *corev1.Pod) (*inject.Settings, string) {
+func (r *offlineResolver) resolve(ctx context.Context, pod *corev1.Pod) (*inject.Settings, string, *inject.IstioInjection) {
 	labels, ok := r.ns[pod.Namespace]
 	if !ok {
 		var ns corev1.Namespace
@@ -111,7 +111,7 @@ func (r *offlineResolver) resolve(ctx context.Context, pod *corev1.Pod) (*inject
 		r.ns[pod.Namespace] = labels
 	}
 	sel := r.snap.Resolve(pod, labels)
-	return sel.Settings, sel.Problem
+	return sel.Settings, sel.Problem, r.snap.IstioInjection(pod, labels)
 }
 
 // offlineDiscovery loads the installed Istio for `inject`, or returns nil

@@ -4,15 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -349,13 +354,142 @@ func TestNoAPICallsPerAdmission(t *testing.T) {
 func TestShippedRBACSuffices(t *testing.T) {
 	skipIfShort(t)
 	ctx := context.Background()
+	rc := shippedDiscoveryRBAC(t, "sds-injector", nil)
+	d, _ := startDiscovery(t, rc)
+	eventually(t, 15*time.Second, "discovery to sync with the shipped RBAC", func(context.Context) (bool, error) { return d.Synced(), nil })
+	if _, err := d.ScanNow(ctx); err != nil {
+		t.Errorf("stale-agent scan with the shipped RBAC: %v", err)
+	}
+	if !d.WebhooksReadable() || d.Snapshot().InjectorsUnknown {
+		t.Errorf("the shipped RBAC cannot read Istio's webhook configurations")
+	}
+}
+
+// TestWebhooksUnreadable: without RBAC on mutatingwebhookconfigurations,
+// discovery still syncs (at once, not after the sync timeout), says so
+// once in its log, and guesses Istio's injection from its labels so that a
+// gateway is never injected by both.
+func TestWebhooksUnreadable(t *testing.T) {
+	skipIfShort(t)
+	rc := shippedDiscoveryRBAC(t, "sds-injector-norbac", func(u *unstructured.Unstructured) {
+		if u.GetKind() != "ClusterRole" {
+			return
+		}
+		rules, _, _ := unstructured.NestedSlice(u.Object, "rules")
+		var kept []any
+		for _, r := range rules {
+			if !strings.Contains(fmt.Sprint(r), "mutatingwebhookconfigurations") {
+				kept = append(kept, r)
+			}
+		}
+		if len(kept) == len(rules) {
+			t.Fatal("the shipped ClusterRole has no mutatingwebhookconfigurations rule to remove")
+		}
+		if err := unstructured.SetNestedSlice(u.Object, kept, "rules"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	var requests atomic.Int64
+	var mu sync.Mutex
+	var uris []string
+	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return countingTransport{next: rt, n: &requests, mu: &mu, log: &uris}
+	})
+	webhookLists := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, u := range uris {
+			if strings.Contains(u, "mutatingwebhookconfigurations") {
+				n++
+			}
+		}
+		return n
+	}
+	start := time.Now()
+	d, logs := startDiscovery(t, rc)
+	eventually(t, 10*time.Second, "discovery to sync without webhook RBAC", func(context.Context) (bool, error) { return d.Synced(), nil })
+	if took := time.Since(start); took >= 15*time.Second {
+		t.Errorf("synced only after the sync timeout (%s)", took)
+	}
+	if d.WebhooksReadable() || !d.Snapshot().InjectorsUnknown {
+		t.Fatalf("discovery does not know it cannot read Istio's webhook configurations")
+	}
+	pod := gatewayPod(t, "gw-unreadable", "gw", nil, nil)
+	nsLabels := map[string]string{istio.LabelRev: "1-28"}
+	if in := d.Snapshot().IstioInjection(pod, nsLabels); in == nil || !strings.Contains(in.Cause, "could not be read") {
+		t.Errorf("Istio's injection not guessed from istio.io/rev: %+v", in)
+	}
+	if in := d.Snapshot().IstioInjection(pod, map[string]string{inject.LabelIstioRevision: "1-28"}); in != nil {
+		t.Errorf("guessed Istio injection from our own label: %q", in.Cause)
+	}
+	// Said once, although the informer keeps retrying.
+	eventually(t, 30*time.Second, "the informer to retry listing webhook configurations", func(context.Context) (bool, error) {
+		return webhookLists() >= 3, nil
+	})
+	if n := logs.count("cannot list Istio's MutatingWebhookConfigurations"); n != 1 {
+		t.Errorf("the RBAC problem was logged %d times, want once", n)
+	}
+}
+
+// lineLog is a logr sink that keeps the messages.
+type lineLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lineLog) logger() logr.Logger {
+	return funcr.New(func(prefix, args string) {
+		l.mu.Lock()
+		l.lines = append(l.lines, args)
+		l.mu.Unlock()
+	}, funcr.Options{})
+}
+
+func (l *lineLog) count(substr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, line := range l.lines {
+		if strings.Contains(line, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+func startDiscovery(t *testing.T, rc *rest.Config) (*istio.Discovery, *lineLog) {
+	t.Helper()
+	cfg, err := inject.ParseConfig([]byte(zeroConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &lineLog{}
+	d, err := istio.New(rc, istio.Options{Config: cfg, Namespace: istio.DefaultIstioNamespace, StaleScanInterval: time.Hour,
+		SyncTimeout: 15 * time.Second, Logger: logs.logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = d.Start(runCtx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return d, logs
+}
+
+// shippedDiscoveryRBAC applies the Istio discovery RBAC of the shipped
+// manifests (edit may change each object first) for a ServiceAccount named
+// name and returns a client configuration authenticating as it.
+func shippedDiscoveryRBAC(t *testing.T, name string, edit func(*unstructured.Unstructured)) *rest.Config {
+	t.Helper()
+	ctx := context.Background()
 	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "manifests", "namespace-self-managed.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ensureNamespace(t, "sds-injector", nil)
 	ensureNamespace(t, istio.DefaultIstioNamespace, nil)
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "sds-injector", Name: "sds-injector"}}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "sds-injector", Name: name}}
 	if err := cp.Client.Create(ctx, sa); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
@@ -367,6 +501,18 @@ func TestShippedRBACSuffices(t *testing.T) {
 		var u unstructured.Unstructured
 		if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
 			t.Fatal(err)
+		}
+		// One set of objects per ServiceAccount.
+		u.SetName(name + "-istio-discovery")
+		if subjects, ok, _ := unstructured.NestedSlice(u.Object, "subjects"); ok {
+			for _, s := range subjects {
+				s.(map[string]any)["name"] = name
+			}
+			_ = unstructured.SetNestedSlice(u.Object, subjects, "subjects")
+			_ = unstructured.SetNestedField(u.Object, name+"-istio-discovery", "roleRef", "name")
+		}
+		if edit != nil {
+			edit(&u)
 		}
 		if err := cp.Client.Create(ctx, &u); err != nil && !apierrors.IsAlreadyExists(err) {
 			t.Fatal(err)
@@ -392,21 +538,5 @@ func TestShippedRBACSuffices(t *testing.T) {
 	if err := saClient.List(ctx, &corev1.SecretList{}, client.InNamespace(istio.DefaultIstioNamespace)); !apierrors.IsForbidden(err) {
 		t.Fatalf("the ServiceAccount may list Secrets (%v): is RBAC enforced?", err)
 	}
-	cfg, err := inject.ParseConfig([]byte(zeroConfig))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := istio.New(rc, istio.Options{Config: cfg, Namespace: istio.DefaultIstioNamespace, StaleScanInterval: time.Hour,
-		SyncTimeout: 15 * time.Second, Logger: logr.Discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { _ = d.Start(runCtx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	eventually(t, 15*time.Second, "discovery to sync with the shipped RBAC", func(context.Context) (bool, error) { return d.Synced(), nil })
-	if _, err := d.ScanNow(ctx); err != nil {
-		t.Errorf("stale-agent scan with the shipped RBAC: %v", err)
-	}
+	return rc
 }

@@ -229,10 +229,17 @@ var nsCounter atomic.Int64
 // mode) with extra labels, e.g. istio.io/rev.
 func gatewayNamespace(t *testing.T, labels map[string]string) string {
 	t.Helper()
-	name := fmt.Sprintf("gw-%d-%s", nsCounter.Add(1), strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name())))
+	// A DNS label: lower-case alphanumerics and '-', at most 63.
+	name := strings.Map(func(r rune) rune {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			return r
+		}
+		return '-'
+	}, fmt.Sprintf("gw-%d-%s", nsCounter.Add(1), strings.ToLower(t.Name())))
 	if len(name) > 60 {
-		name = strings.TrimRight(name[:60], "-")
+		name = name[:60]
 	}
+	name = strings.TrimRight(name, "-")
 	all := map[string]string{inject.NamespaceLabel: "enabled"}
 	for k, v := range labels {
 		all[k] = v
