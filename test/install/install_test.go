@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -230,6 +233,32 @@ func TestInstallCertManager(t *testing.T) {
 			crt.Spec.Duration, crt.Spec.RenewBefore = serving.Spec.Duration, serving.Spec.RenewBefore
 		})
 		leaf = waitReissued(t, c, serving.Name, serving.Spec.SecretName, renewed)
+		waitServed(t, addr, ca, leaf)
+	})
+
+	t.Run("the chart's extra SANs reach the issued certificate", func(t *testing.T) {
+		// The serving Certificate as the chart renders it with
+		// certificates.certManager.extraDNSNames/extraIPAddresses, applied
+		// over the installed one: cert-manager re-issues with those SANs and
+		// the webhook serves them, verifiable by IP.
+		chart := one[*cmapi.Certificate](t, mustRender(t, "--set", "certificates.mode=cert-manager",
+			"--set-json", `certificates.certManager.extraDNSNames=["webhook.example.test"]`,
+			"--set-json", `certificates.certManager.extraIPAddresses=["`+ip+`"]`), serving.Name)
+		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) { crt.Spec = chart.Spec })
+		extra := waitReissued(t, c, serving.Name, serving.Spec.SecretName, leaf)
+		if !slices.Contains(extra.DNSNames, "webhook.example.test") || !slices.ContainsFunc(extra.IPAddresses, func(a net.IP) bool { return a.String() == ip }) {
+			t.Fatalf("issued SANs: DNS %v, IP %v", extra.DNSNames, extra.IPAddresses)
+		}
+		waitServed(t, addr, ca, extra)
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(ca)
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}) // ServerName: the IP
+		if err != nil {
+			t.Fatalf("the served certificate must verify for %s: %v", ip, err)
+		}
+		conn.Close()
+		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) { crt.Spec = serving.Spec })
+		leaf = waitReissued(t, c, serving.Name, serving.Spec.SecretName, extra)
 		waitServed(t, addr, ca, leaf)
 	})
 
