@@ -87,7 +87,7 @@ build() { # <cmd dir> <output name> [replacement dir]
       go mod edit -replace "$lib=$repl" -droprequire github.com/Venafi/vcert/v5
     fi
     echo "building $out (cert-manager v${CERT_MANAGER_VERSION}; first time takes minutes)" >&2
-    go build -trimpath -ldflags "-s -w -X $lib/pkg/util.AppVersion=v${CERT_MANAGER_VERSION}" -o "$BIN_DIR/$out.tmp" . >&2
+    nice -n 10 go build -trimpath -ldflags "-s -w -X $lib/pkg/util.AppVersion=v${CERT_MANAGER_VERSION}" -o "$BIN_DIR/$out.tmp" . >&2
     mv "$BIN_DIR/$out.tmp" "$BIN_DIR/$out"
   )
 }
