@@ -79,3 +79,10 @@ helm:
 ## (the install tests fail when they drift from the chart)
 manifests:
 	test/helm/render-manifests.sh deploy
+
+.PHONY: cert-manager
+
+## cert-manager: build (or find cached) the real cert-manager v1.21.2 controller
+## and cainjector the install suite runs (needs ../shared/third-party/cert-manager)
+cert-manager:
+	@test/certmanager/build-cert-manager.sh

@@ -81,6 +81,7 @@ func (f *engineFlags) config(cmd *cobra.Command) (inject.Config, map[string]bool
 			explicit[field] = true
 		}
 	}
+	pinAgentImage(&cfg, explicit)
 	return cfg, explicit, nil
 }
 

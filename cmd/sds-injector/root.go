@@ -29,7 +29,7 @@ func newRootCommand(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 func newVersionCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print the version",
+		Short: "Print the version and the images of this release",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			commit := ""
@@ -41,6 +41,8 @@ func newVersionCommand() *cobra.Command {
 				}
 			}
 			cmd.Printf("sds-injector %s%s (%s)\n", version, commit, runtime.Version())
+			cmd.Printf("injector image: %s\n", defaultInjectorImage())
+			cmd.Printf("agent image:    %s\n", defaultAgentImage())
 			return nil
 		},
 	}

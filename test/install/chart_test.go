@@ -355,6 +355,10 @@ func TestConfigMatchesEngine(t *testing.T) {
 	}
 	want := inject.DefaultConfig()
 	want.Istio = inject.IstioAuto
+	// The one intended difference: the chart pins the agent to its own
+	// release (the binary does the same with its version; the engine's
+	// built-in default is a mutable tag).
+	want.SDSAgentImage = "ghcr.io/sds-injector/sds-agent:" + chartAppVersion(t)
 	if !equality.Semantic.DeepEqual(cfg, want) {
 		t.Errorf("chart defaults differ from the engine's:\nchart  %+v\nengine %+v", cfg, inject.DefaultConfig())
 	}

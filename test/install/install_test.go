@@ -1,12 +1,19 @@
 package install
 
 import (
+	"bytes"
 	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,8 +26,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/sds-injector/sds-injector/test/certmanager"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 
@@ -35,33 +42,62 @@ func create(t *testing.T, pod *corev1.Pod) *corev1.Pod {
 }
 
 // TestInstallCertManager installs deploy/manifests/namespace-per-gateway-cert-manager.yaml
-// exactly as shipped, plays cert-manager and cainjector on the installed
-// objects, runs the real `sds-injector serve` with the rendered Deployment's
-// arguments behind the rendered Service, and proves that the API server
-// injects through it; then `sds-injector check` passes, and each fault it
-// claims to detect is induced and reported.
+// exactly as shipped next to the real cert-manager v1.21.2 controller and
+// cainjector (processes against the local API server). cert-manager issues
+// the chart's CA and serving Certificates, cainjector fills the caBundles,
+// and the real `sds-injector serve`, with the rendered Deployment's
+// arguments, reads the serving Secret through a kubelet-style projection
+// of it and is called by the API server behind the rendered Service. Then:
+// a renewal forced through cert-manager under a stream of fail-closed
+// gateway creations fails none and is served without a restart; cainjector
+// repairs a caBundle overwritten by hand; `sds-injector check` passes, and
+// each fault it claims to detect is induced (through cert-manager where it
+// manages the object) and reported.
 func TestInstallCertManager(t *testing.T) {
 	skipIfNoControlPlane(t)
 	ip := hostIP(t)
 	c := kc(t)
 	ctx := context.Background()
+	cmgr := startRealCertManager(t)
+	start := time.Now()
 	r := applyManifest(t, "namespace-per-gateway-cert-manager.yaml")
-	cm := playCertManager(t, c)
-
-	// The pod would mount the serving Certificate's Secret at --cert-dir.
-	var secret corev1.Secret
-	if err := c.Get(ctx, types.NamespacedName{Namespace: injectorNS, Name: cm.servingCert.Spec.SecretName}, &secret); err != nil {
-		t.Fatal(err)
-	}
-	certDir := t.TempDir()
-	for _, k := range []string{"tls.crt", "tls.key"} {
-		if err := os.WriteFile(filepath.Join(certDir, k), secret.Data[k], 0o600); err != nil {
-			t.Fatal(err)
+	crts := waitCertificatesReady(t, c, injectorNS, 2)
+	var serving, caCrt cmapi.Certificate
+	for _, crt := range crts {
+		if crt.Spec.IsCA {
+			caCrt = crt
+		} else {
+			serving = crt
 		}
 	}
+	if caCrt.Name == "" || serving.Name == "" {
+		t.Fatalf("want a CA and a serving Certificate, got %d Certificates", len(crts))
+	}
+	issued := time.Since(start)
+	secret := getSecret(t, c, serving.Spec.SecretName)
+	ca := secret.Data["ca.crt"]
+	if !bytes.Equal(ca, getSecret(t, c, caCrt.Spec.SecretName).Data["tls.crt"]) {
+		t.Fatal("the serving Secret's ca.crt must be the CA Certificate's")
+	}
+	leaf := parseCert(t, secret.Data["tls.crt"])
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "sds-injector.sds-injector.svc"}); err != nil {
+		t.Fatalf("the issued serving certificate does not verify for the Service: %v", err)
+	}
+	mwcs, err := injectedWebhooks(ctx, c)
+	if err != nil || len(mwcs) != 2 {
+		t.Fatalf("want the 2 installed webhook configurations annotated for cainjector, got %d (%v)", len(mwcs), err)
+	}
+	waitCABundles(t, c, len(mwcs), ca, true, "cainjector to inject the CA into every webhook")
+	t.Logf("real cert-manager: Certificates Ready %v after apply, caBundles injected %v after apply (serial %s, expires %s)",
+		issued.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), leaf.SerialNumber, leaf.NotAfter.Format(time.RFC3339))
+
+	vol := mountSecret(t, injectorNS, serving.Spec.SecretName)
 	port := freePort(t, ip)
+	addr := hostPort(ip, port)
 	args := serveArgs(t, one[*appsv1.Deployment](t, r, "sds-injector"), map[string]string{
-		"--config": writeConfig(t, r), "--cert-dir": certDir, "--host": ip, "--port": strconv.Itoa(port),
+		"--config": writeConfig(t, r), "--cert-dir": vol.dir, "--host": ip, "--port": strconv.Itoa(port),
 		"--health-probe-bind-address": "127.0.0.1:" + strconv.Itoa(freePort(t, "127.0.0.1")), "--metrics-bind-address": "0",
 	})
 	srv := launchServe(t, args)
@@ -71,6 +107,7 @@ func TestInstallCertManager(t *testing.T) {
 	makeNamespace(t, "cm-gw", map[string]string{inject.NamespaceLabel: "enabled"}, true)
 	makeNamespace(t, "cm-apps", nil, true)
 	waitInjecting(t, "cm-gw", nil)
+	waitInjecting(t, "cm-apps", map[string]string{inject.LabelInject: "true"})
 
 	t.Run("the installed webhooks inject", func(t *testing.T) {
 		if !isInjected(create(t, examplePod(t, "gloo-gateway-proxy.yaml", "cm-gw", "gw", nil, nil))) {
@@ -103,13 +140,155 @@ func TestInstallCertManager(t *testing.T) {
 		})
 	})
 
+	t.Run("renewal through cert-manager under load, fail-closed", func(t *testing.T) {
+		var perGW admissionregistrationv1.MutatingWebhookConfiguration
+		if err := c.Get(ctx, types.NamespacedName{Name: "sds-injector-per-gateway"}, &perGW); err != nil {
+			t.Fatal(err)
+		}
+		if fp := perGW.Webhooks[0].FailurePolicy; fp == nil || *fp != admissionregistrationv1.Fail {
+			t.Fatalf("the per-gateway webhook must fail closed, has failurePolicy %v", fp)
+		}
+		before, err := servedCert(addr, ca)
+		if err != nil || !before.Equal(leaf) {
+			t.Fatalf("before the renewal the webhook must serve the issued certificate: %v", err)
+		}
+		pid := srv.cmd.Process.Pid
+		load := startGatewayStream(t, "cm-apps", map[string]string{inject.LabelInject: "true"})
+		load.waitCreated(t, 10)
+		// cmctl-style re-issue: delete the Secret; cert-manager issues a new
+		// certificate (rotationPolicy Always: a new key) from the same CA.
+		renewStart := time.Now()
+		if err := c.Delete(ctx, &corev1.Secret{ObjectMeta: metavOf(types.NamespacedName{Namespace: injectorNS, Name: serving.Spec.SecretName})}); err != nil {
+			t.Fatal(err)
+		}
+		renewed := waitReissued(t, c, serving.Name, serving.Spec.SecretName, before)
+		reissuedAfter := time.Since(renewStart)
+		waitServed(t, addr, ca, renewed)
+		servedAfter := time.Since(renewStart)
+		atSwitch := load.created()
+		load.waitCreated(t, atSwitch+10)
+		ok, failed, notInjected := load.stop()
+		t.Logf("renewal: serial %s -> %s; re-issued %v and served %v after the Secret was deleted; %d gateways created during the renewal (%d after the new certificate was served), %d failed admissions, %d not injected",
+			before.SerialNumber, renewed.SerialNumber, reissuedAfter.Round(time.Millisecond), servedAfter.Round(time.Millisecond), ok, ok-atSwitch, len(failed), notInjected)
+		if len(failed) > 0 {
+			t.Errorf("%d admissions failed during the renewal (fail-closed webhook); first: %v", len(failed), failed[0])
+		}
+		if notInjected > 0 {
+			t.Errorf("%d gateways admitted without injection", notInjected)
+		}
+		if renewed.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(before.PublicKey) {
+			t.Error("rotationPolicy Always: the renewed certificate must have a new key")
+		}
+		if srv.cmd == nil || srv.cmd.Process.Pid != pid || srv.cmd.Process.Signal(syscall.Signal(0)) != nil {
+			t.Error("the webhook must serve the new certificate without a restart")
+		}
+		if !bytes.Equal(getSecret(t, c, serving.Spec.SecretName).Data["ca.crt"], ca) {
+			t.Error("the renewal must keep the CA (the caBundle stays valid)")
+		}
+		leaf = renewed
+	})
+
+	t.Run("renewal by a short duration under load, fail-closed", func(t *testing.T) {
+		pid := srv.cmd.Process.Pid
+		load := startGatewayStream(t, "cm-apps", map[string]string{inject.LabelInject: "true"})
+		load.waitCreated(t, 10)
+		// renewBefore just under the duration: cert-manager schedules the
+		// renewal 5s after each issuance, by itself.
+		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) {
+			crt.Spec.Duration = &metav1.Duration{Duration: time.Hour}
+			crt.Spec.RenewBefore = &metav1.Duration{Duration: time.Hour - 5*time.Second}
+		})
+		short := waitReissued(t, c, serving.Name, serving.Spec.SecretName, leaf)
+		waitServed(t, addr, ca, short)
+		var crt cmapi.Certificate
+		if err := c.Get(ctx, types.NamespacedName{Namespace: injectorNS, Name: serving.Name}, &crt); err != nil {
+			t.Fatal(err)
+		}
+		if crt.Status.RenewalTime == nil {
+			t.Fatal("cert-manager scheduled no renewal")
+		}
+		renewalTime := crt.Status.RenewalTime.Time
+		renewed := waitReissued(t, c, serving.Name, serving.Spec.SecretName, short)
+		observed := time.Now()
+		waitServed(t, addr, ca, renewed)
+		servedAt := time.Now()
+		if observed.Before(renewalTime) {
+			t.Errorf("re-issued at %v, before the scheduled renewal time %v: not a time-based renewal", observed, renewalTime)
+		}
+		atSwitch := load.created()
+		load.waitCreated(t, atSwitch+10)
+		ok, failed, notInjected := load.stop()
+		t.Logf("time-based renewal: scheduled %s, re-issued %v after it, served %v after it; %d gateways created across 2 re-issues, %d failed admissions, %d not injected",
+			renewalTime.Format(time.RFC3339), observed.Sub(renewalTime).Round(time.Millisecond), servedAt.Sub(renewalTime).Round(time.Millisecond), ok, len(failed), notInjected)
+		if len(failed) > 0 {
+			t.Errorf("%d admissions failed during the renewal (fail-closed webhook); first: %v", len(failed), failed[0])
+		}
+		if notInjected > 0 {
+			t.Errorf("%d gateways admitted without injection", notInjected)
+		}
+		if srv.cmd == nil || srv.cmd.Process.Pid != pid || srv.cmd.Process.Signal(syscall.Signal(0)) != nil {
+			t.Error("the webhook must serve the renewed certificates without a restart")
+		}
+		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) {
+			crt.Spec.Duration, crt.Spec.RenewBefore = serving.Spec.Duration, serving.Spec.RenewBefore
+		})
+		leaf = waitReissued(t, c, serving.Name, serving.Spec.SecretName, renewed)
+		waitServed(t, addr, ca, leaf)
+	})
+
+	t.Run("the chart's extra SANs reach the issued certificate", func(t *testing.T) {
+		// The serving Certificate as the chart renders it with
+		// certificates.certManager.extraDNSNames/extraIPAddresses, applied
+		// over the installed one: cert-manager re-issues with those SANs and
+		// the webhook serves them, verifiable by IP.
+		chart := one[*cmapi.Certificate](t, mustRender(t, "--set", "certificates.mode=cert-manager",
+			"--set-json", `certificates.certManager.extraDNSNames=["webhook.example.test"]`,
+			"--set-json", `certificates.certManager.extraIPAddresses=["`+ip+`"]`), serving.Name)
+		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) { crt.Spec = chart.Spec })
+		extra := waitReissued(t, c, serving.Name, serving.Spec.SecretName, leaf)
+		if !slices.Contains(extra.DNSNames, "webhook.example.test") || !slices.ContainsFunc(extra.IPAddresses, func(a net.IP) bool { return a.String() == ip }) {
+			t.Fatalf("issued SANs: DNS %v, IP %v", extra.DNSNames, extra.IPAddresses)
+		}
+		waitServed(t, addr, ca, extra)
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(ca)
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}) // ServerName: the IP
+		if err != nil {
+			t.Fatalf("the served certificate must verify for %s: %v", ip, err)
+		}
+		conn.Close()
+		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) { crt.Spec = serving.Spec })
+		leaf = waitReissued(t, c, serving.Name, serving.Spec.SecretName, extra)
+		waitServed(t, addr, ca, leaf)
+	})
+
+	t.Run("cainjector restores a caBundle overwritten by hand", func(t *testing.T) {
+		other := newCA(t, "someone-else")
+		for _, name := range []string{"sds-injector-namespace", "sds-injector-per-gateway"} {
+			mwc := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metavOf(types.NamespacedName{Name: name})}
+			mustUpdate(t, mwc, func() {
+				for i := range mwc.Webhooks {
+					mwc.Webhooks[i].ClientConfig.CABundle = other.certPEM
+				}
+			})
+		}
+		overwritten := time.Now()
+		n := waitCABundles(t, c, 2, ca, false, "cainjector to restore the CA in the caBundles")
+		t.Logf("cainjector restored the CA into 2 overwritten webhook configurations in %v (it merges: %d certificates in the bundle, the hand-written one kept)",
+			time.Since(overwritten).Round(time.Millisecond), n)
+		waitInjecting(t, "cm-apps", map[string]string{inject.LabelInject: "true"})
+		if !isInjected(create(t, examplePod(t, "gloo-gateway-proxy.yaml", "cm-apps", "after-repair", map[string]string{inject.LabelInject: "true"}, nil))) {
+			t.Error("per-gateway mode: gateway not injected after the repair")
+		}
+	})
+
 	t.Run("check passes on the healthy installation", func(t *testing.T) {
 		res := expectCheck(t, allPass())
 		if !strings.Contains(strings.Join(res.Checks[2].Details, "\n"), "Secret sds-injector/sds-injector-tls") {
 			t.Errorf("the serving certificate should be read from the Certificate's Secret:\n%s", res)
 		}
 		// --dial verifies what the running server presents.
-		res = expectCheck(t, allPass(), "--dial", ip+":"+strconv.Itoa(port))
+		res = expectCheck(t, allPass(), "--dial", addr)
 		if !strings.Contains(strings.Join(res.Checks[2].Details, "\n"), "the server at "+ip) {
 			t.Errorf("--dial should verify the served certificate:\n%s", res)
 		}
@@ -120,53 +299,77 @@ func TestInstallCertManager(t *testing.T) {
 	})
 
 	mwcKey := types.NamespacedName{Name: "sds-injector-namespace"}
-	t.Run("fault: caBundle missing", func(t *testing.T) {
+	t.Run("fault: cainjector down, caBundle missing or wrong", func(t *testing.T) {
+		if err := cmgr.StopProcess(certmanager.CAInjectorBinary); err != nil {
+			t.Fatal(err)
+		}
 		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metavOf(mwcKey)}
 		mustUpdate(t, mwc, func() { mwc.Webhooks[0].ClientConfig.CABundle = nil })
 		res := expectCheck(t, without(allPass(), "webhook-configurations", "fail"))
 		assertMentions(t, res, "webhook-configurations", "no caBundle", "cainjector")
-		cm.injectCA(t, c)
-	})
-	t.Run("fault: caBundle does not verify the served certificate", func(t *testing.T) {
 		other := newCA(t, "someone-else")
-		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metavOf(mwcKey)}
 		mustUpdate(t, mwc, func() { mwc.Webhooks[0].ClientConfig.CABundle = other.certPEM })
-		res := expectCheck(t, without(allPass(), "serving-certificate", "fail"))
+		res = expectCheck(t, without(allPass(), "serving-certificate", "fail"))
 		assertMentions(t, res, "serving-certificate", "does not verify")
-		expectCheck(t, without(allPass(), "serving-certificate", "fail"), "--dial", ip+":"+strconv.Itoa(port))
-		cm.injectCA(t, c)
+		expectCheck(t, without(allPass(), "serving-certificate", "fail"), "--dial", addr)
+		if err := cmgr.StartProcess(certmanager.CAInjectorBinary); err != nil {
+			t.Fatal(err)
+		}
+		waitCABundles(t, c, 2, ca, false, "the restarted cainjector to repair the caBundle")
+		expectCheck(t, allPass())
 	})
 	t.Run("fault: serving certificate about to expire", func(t *testing.T) {
-		short := servingCert(t, cm.servingCert.Spec.DNSNames, 3*24*time.Hour, cm.ca)
-		cm.writeSecret(t, c, cm.servingCert.Spec.SecretName, short, cm.ca)
+		before := leaf
+		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) {
+			crt.Spec.Duration = &metav1.Duration{Duration: 72 * time.Hour}
+			crt.Spec.RenewBefore = &metav1.Duration{Duration: time.Hour}
+		})
+		short := waitReissued(t, c, serving.Name, serving.Spec.SecretName, before)
+		if d := short.NotAfter.Sub(short.NotBefore); d > 73*time.Hour {
+			t.Fatalf("cert-manager issued a certificate valid %v, want 72h", d)
+		}
 		res := expectCheck(t, without(allPass(), "serving-certificate", "fail"))
 		assertMentions(t, res, "serving-certificate", "expires", "less than --min-validity")
 		expectCheck(t, allPass(), "--min-validity", "24h")
-		cm.writeSecret(t, c, cm.servingCert.Spec.SecretName, cm.serving, cm.ca)
+		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) {
+			crt.Spec.Duration, crt.Spec.RenewBefore = serving.Spec.Duration, serving.Spec.RenewBefore
+		})
+		leaf = waitReissued(t, c, serving.Name, serving.Spec.SecretName, short)
+		waitServed(t, addr, ca, leaf)
+		expectCheck(t, allPass())
 	})
 	t.Run("fault: serving certificate for the wrong name", func(t *testing.T) {
-		wrong := servingCert(t, []string{"sds-injector.other.svc"}, 90*24*time.Hour, cm.ca)
-		cm.writeSecret(t, c, cm.servingCert.Spec.SecretName, wrong, cm.ca)
+		before := leaf
+		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) { crt.Spec.DNSNames = []string{"sds-injector.other.svc"} })
+		waitReissued(t, c, serving.Name, serving.Spec.SecretName, before)
 		res := expectCheck(t, without(allPass(), "serving-certificate", "fail"))
 		assertMentions(t, res, "serving-certificate", "sds-injector.sds-injector.svc")
-		cm.writeSecret(t, c, cm.servingCert.Spec.SecretName, cm.serving, cm.ca)
+		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) { crt.Spec.DNSNames = serving.Spec.DNSNames })
+		leaf = waitReissued(t, c, serving.Name, serving.Spec.SecretName, before)
+		waitServed(t, addr, ca, leaf)
+		expectCheck(t, allPass())
 	})
 	t.Run("fault: cert-manager Certificate not Ready", func(t *testing.T) {
-		crt := &cmapi.Certificate{}
-		crt.Namespace, crt.Name = injectorNS, cm.servingCert.Name
-		setReady := func(status cmmeta.ConditionStatus) {
-			if err := c.Get(ctx, client.ObjectKeyFromObject(crt), crt); err != nil {
-				t.Fatal(err)
+		// An issuer that does not exist: cert-manager marks the
+		// Certificate not Ready and cannot issue.
+		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) { crt.Spec.IssuerRef.Name = "no-such-issuer" })
+		eventually(t, 60*time.Second, "cert-manager to mark the Certificate not Ready", func(ctx context.Context) (bool, error) {
+			var crt cmapi.Certificate
+			if err := c.Get(ctx, types.NamespacedName{Namespace: injectorNS, Name: serving.Name}, &crt); err != nil {
+				return false, err
 			}
-			crt.Status.Conditions = []cmapi.CertificateCondition{{Type: cmapi.CertificateConditionReady, Status: status, Reason: "Test", Message: "issuer not ready"}}
-			if err := c.Status().Update(ctx, crt); err != nil {
-				t.Fatal(err)
+			for _, cond := range crt.Status.Conditions {
+				if cond.Type == cmapi.CertificateConditionReady && cond.ObservedGeneration == crt.Generation {
+					return cond.Status == cmmeta.ConditionFalse, nil
+				}
 			}
-		}
-		setReady(cmmeta.ConditionFalse)
+			return false, nil
+		})
 		res := expectCheck(t, without(allPass(), "serving-certificate", "warn"))
-		assertMentions(t, res, "serving-certificate", "not Ready", "issuer not ready")
-		setReady(cmmeta.ConditionTrue)
+		assertMentions(t, res, "serving-certificate", "not Ready")
+		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) { crt.Spec.IssuerRef = serving.Spec.IssuerRef })
+		waitCertificatesReady(t, c, injectorNS, 2)
+		expectCheck(t, allPass())
 	})
 	t.Run("fault: no ready webhook endpoints", func(t *testing.T) {
 		mustUpdate(t, endpoints, func() { endpoints.Endpoints[0].Conditions.Ready = ptr.To(false) })

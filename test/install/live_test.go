@@ -23,7 +23,6 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
-	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -398,7 +397,7 @@ func podsOf(ctx context.Context, ns string, sel map[string]string) ([]corev1.Pod
 	return out, nil
 }
 
-// --- cert-manager, played by the test -----------------------------------------
+// --- certificates made by the test ---------------------------------------------
 
 type keyPair struct {
 	cert    *x509.Certificate
@@ -435,124 +434,6 @@ func newCA(t *testing.T, cn string) *keyPair {
 		Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(3 * 365 * 24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 	}, nil)
-}
-
-func servingCert(t *testing.T, dnsNames []string, validity time.Duration, ca *keyPair) *keyPair {
-	return issue(t, &x509.Certificate{
-		Subject: pkix.Name{CommonName: dnsNames[0]}, DNSNames: dnsNames,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(validity),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}, ca)
-}
-
-// certManager does what cert-manager and its cainjector would do with the
-// installed objects, reading them with cert-manager's API types: issue the
-// CA and the serving certificate as their specs say, store them in the
-// Secrets they name, mark the Certificates Ready, and copy the CA into the
-// caBundle of every webhook configuration annotated with inject-ca-from.
-type certManager struct {
-	ca, serving *keyPair
-	servingCert cmapi.Certificate
-}
-
-func playCertManager(t *testing.T, c client.Client) *certManager {
-	t.Helper()
-	ctx := context.Background()
-	var crts cmapi.CertificateList
-	if err := c.List(ctx, &crts, client.InNamespace(injectorNS)); err != nil {
-		t.Fatal(err)
-	}
-	cm := &certManager{}
-	var caCrt *cmapi.Certificate
-	for i := range crts.Items {
-		crt := &crts.Items[i]
-		if crt.Spec.PrivateKey == nil || crt.Spec.PrivateKey.Algorithm != cmapi.ECDSAKeyAlgorithm || crt.Spec.PrivateKey.Size != 256 {
-			t.Fatalf("Certificate %s: want an ECDSA P-256 key", crt.Name)
-		}
-		if crt.Spec.IsCA {
-			caCrt = crt
-		} else {
-			cm.servingCert = *crt
-		}
-	}
-	if caCrt == nil || cm.servingCert.Name == "" {
-		t.Fatal("want a CA and a serving Certificate")
-	}
-	var issuers cmapi.IssuerList
-	if err := c.List(ctx, &issuers, client.InNamespace(injectorNS)); err != nil {
-		t.Fatal(err)
-	}
-	var caIssuer *cmapi.Issuer
-	for i := range issuers.Items {
-		if issuers.Items[i].Name == cm.servingCert.Spec.IssuerRef.Name {
-			caIssuer = &issuers.Items[i]
-		}
-	}
-	if caIssuer == nil || caIssuer.Spec.CA == nil || caIssuer.Spec.CA.SecretName != caCrt.Spec.SecretName {
-		t.Fatal("the serving Certificate's issuer must be a CA Issuer over the CA Certificate's Secret")
-	}
-	cm.ca = newCA(t, caCrt.Spec.CommonName)
-	cm.writeSecret(t, c, caCrt.Spec.SecretName, cm.ca, cm.ca)
-	d := 90 * 24 * time.Hour
-	if cm.servingCert.Spec.Duration != nil {
-		d = cm.servingCert.Spec.Duration.Duration
-	}
-	cm.serving = servingCert(t, cm.servingCert.Spec.DNSNames, d, cm.ca)
-	cm.writeSecret(t, c, cm.servingCert.Spec.SecretName, cm.serving, cm.ca)
-	for i := range crts.Items {
-		crt := crts.Items[i]
-		crt.Status.Conditions = []cmapi.CertificateCondition{{Type: cmapi.CertificateConditionReady, Status: cmmeta.ConditionTrue, Reason: "Ready", Message: "issued by the test"}}
-		if err := c.Status().Update(ctx, &crt); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cm.injectCA(t, c)
-	return cm
-}
-
-func (cm *certManager) writeSecret(t *testing.T, c client.Client, name string, kp, ca *keyPair) {
-	t.Helper()
-	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: injectorNS, Name: name}, Type: corev1.SecretTypeTLS,
-		Data: map[string][]byte{"tls.crt": kp.certPEM, "tls.key": kp.keyPEM, "ca.crt": ca.certPEM}}
-	err := c.Create(context.Background(), s)
-	if apierrors.IsAlreadyExists(err) {
-		err = c.Update(context.Background(), s)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-// injectCA is cainjector: caBundle = ca.crt of the annotated Certificate's Secret.
-func (cm *certManager) injectCA(t *testing.T, c client.Client) {
-	t.Helper()
-	ctx := context.Background()
-	var mwcs admissionregistrationv1.MutatingWebhookConfigurationList
-	if err := c.List(ctx, &mwcs); err != nil {
-		t.Fatal(err)
-	}
-	for i := range mwcs.Items {
-		m := &mwcs.Items[i]
-		ref := m.Annotations[cmapi.WantInjectAnnotation]
-		if ref == "" {
-			continue
-		}
-		ns, name, _ := strings.Cut(ref, "/")
-		var crt cmapi.Certificate
-		if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &crt); err != nil {
-			t.Fatalf("%s names Certificate %s: %v", m.Name, ref, err)
-		}
-		var s corev1.Secret
-		if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: crt.Spec.SecretName}, &s); err != nil {
-			t.Fatal(err)
-		}
-		for j := range m.Webhooks {
-			m.Webhooks[j].ClientConfig.CABundle = s.Data["ca.crt"]
-		}
-		if err := c.Update(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 // saKubeconfig is a kubeconfig authenticating as a ServiceAccount, so the

@@ -49,6 +49,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
+{{/* The sds-agent image: agentImage pinned by digest, else tagged with
+agentImage.tag or the chart's appVersion (the injector's version). */}}
+{{- define "sds-injector.agentImage" -}}
+{{- $tag := default .Chart.AppVersion .Values.agentImage.tag -}}
+{{- if .Values.agentImage.digest -}}
+{{- printf "%s@%s" .Values.agentImage.repository .Values.agentImage.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.agentImage.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Names of the enabled MutatingWebhookConfigurations, comma separated. */}}
 {{- define "sds-injector.webhookConfigurationNames" -}}
 {{- $names := list -}}
@@ -70,6 +81,9 @@ kept even when empty (an empty excludedNamespaces means "exclude none").
 {{- if or (kindIs "bool" $v) (kindIs "slice" $v) (not (empty $v)) -}}
 {{- $_ := set $cfg $k $v -}}
 {{- end -}}
+{{- end -}}
+{{- if not .Values.config.sdsAgentImage -}}
+{{- $_ := set $cfg "sdsAgentImage" (include "sds-injector.agentImage" .) -}}
 {{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}

@@ -1,0 +1,308 @@
+// Package certmanager runs the real cert-manager controller and cainjector
+// (v1.21.2, built from source by build-cert-manager.sh next to this file and
+// cached outside the repository) as processes against a local
+// kube-apiserver, for the install tests.
+//
+// Every listener they open is on loopback: the controller's metrics and
+// health servers (set through a ControllerConfiguration file, since its
+// health server otherwise binds all interfaces) and cainjector's metrics.
+// Leader election is off: each runs alone.
+package certmanager
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sds-injector/sds-injector/test/controlplane"
+)
+
+// Version is the cert-manager release the script builds.
+const Version = "v1.21.2"
+
+const (
+	buildScript = "build-cert-manager.sh"
+	// exitSourcesMissing is build-cert-manager.sh's status when the
+	// third-party sources it needs are absent.
+	exitSourcesMissing = 3
+	// ControllerBinary and CAInjectorBinary are the names in BinaryDir.
+	ControllerBinary = "cm-controller"
+	CAInjectorBinary = "cainjector"
+)
+
+// SourcesMissingError reports that cert-manager is not built and cannot
+// be: the sources the module proxy does not serve are absent. Tests report
+// it as a failure or a listed not-run reason, never a silent skip.
+type SourcesMissingError struct{ Detail string }
+
+func (e *SourcesMissingError) Error() string {
+	return "real cert-manager " + Version + " unavailable: " + e.Detail
+}
+
+// BinaryDir builds (once per cache, under a lock) or finds cm-controller,
+// cainjector and crds/, and returns their directory.
+func BinaryDir(ctx context.Context) (string, error) {
+	_, file, _, _ := runtime.Caller(0)
+	script, err := controlplane.LocateScript(file, filepath.Join("test", "certmanager"), buildScript)
+	if err != nil {
+		return "", err
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "bash", script)
+	cmd.Stdout = &stdout
+	cmd.Stderr = &teeWriter{&stderr}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == exitSourcesMissing {
+			return "", &SourcesMissingError{Detail: strings.TrimSpace(stderr.String())}
+		}
+		return "", fmt.Errorf("%s: %w", script, err)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	dir := strings.TrimSpace(lines[len(lines)-1])
+	for _, b := range []string{ControllerBinary, CAInjectorBinary} {
+		if fi, err := os.Stat(filepath.Join(dir, b)); err != nil || fi.Mode()&0o111 == 0 {
+			return "", fmt.Errorf("%s returned %q, which lacks %s", script, dir, b)
+		}
+	}
+	return dir, nil
+}
+
+// CRDFiles are cert-manager's CRDs, from the same release as the binaries.
+func CRDFiles(dir string) ([]string, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "crds", "*.yaml"))
+	if err == nil && len(files) == 0 {
+		err = fmt.Errorf("no CRDs in %s", filepath.Join(dir, "crds"))
+	}
+	return files, err
+}
+
+// teeWriter keeps the build's stderr for the error and shows it live.
+type teeWriter struct{ buf *bytes.Buffer }
+
+func (t *teeWriter) Write(p []byte) (int, error) {
+	t.buf.Write(p)
+	return os.Stderr.Write(p)
+}
+
+// Options configure Start.
+type Options struct {
+	// Dir is BinaryDir's result.
+	Dir string
+	// Kubeconfig authenticates both components (an admin kubeconfig).
+	Kubeconfig string
+	// ClusterResourceNamespace is the controller's
+	// --cluster-resource-namespace (default kube-system).
+	ClusterResourceNamespace string
+	// LogDir receives controller.log and cainjector.log.
+	LogDir string
+}
+
+// CertManager is a running controller and cainjector.
+type CertManager struct {
+	// HealthAddr is the controller's health server (/livez), on loopback.
+	HealthAddr string
+	opts       Options
+	args       map[string][]string
+	mu         sync.Mutex
+	procs      []*proc
+	stopOnce   sync.Once
+}
+
+type proc struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{}
+}
+
+// Start runs cainjector and the controller and waits until the
+// controller's health server answers.
+func Start(ctx context.Context, o Options) (_ *CertManager, retErr error) {
+	if o.ClusterResourceNamespace == "" {
+		o.ClusterResourceNamespace = "kube-system"
+	}
+	ports, err := loopbackPorts(3)
+	if err != nil {
+		return nil, err
+	}
+	cm := &CertManager{HealthAddr: "127.0.0.1:" + strconv.Itoa(ports[0]), opts: o, args: map[string][]string{}}
+	defer func() {
+		if retErr != nil {
+			_ = cm.Stop()
+		}
+	}()
+	config := filepath.Join(o.LogDir, "controller-config.yaml")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: controller.config.cert-manager.io/v1alpha1
+kind: ControllerConfiguration
+healthzListenAddress: %s
+metricsListenAddress: 127.0.0.1:%d
+`, cm.HealthAddr, ports[1])), 0o600); err != nil {
+		return nil, err
+	}
+	// cainjector reads the kubeconfig from the environment (its
+	// --kubeconfig alone is not enough); set both for each.
+	cm.args[CAInjectorBinary] = []string{"--kubeconfig=" + o.Kubeconfig, "--leader-elect=false",
+		"--metrics-listen-address=127.0.0.1:" + strconv.Itoa(ports[2])}
+	cm.args[ControllerBinary] = []string{"--config=" + config, "--kubeconfig=" + o.Kubeconfig, "--leader-elect=false",
+		"--cluster-resource-namespace=" + o.ClusterResourceNamespace}
+	for _, name := range []string{CAInjectorBinary, ControllerBinary} {
+		if err := cm.StartProcess(name); err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+cm.HealthAddr+"/livez", nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return cm, nil
+			}
+		}
+		if !cm.Running() {
+			return nil, fmt.Errorf("cert-manager exited during start:\n%s", cm.LogTail())
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("cert-manager controller not healthy at %s: %w\n%s", cm.HealthAddr, ctx.Err(), cm.LogTail())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// StartProcess starts one component (ControllerBinary or CAInjectorBinary)
+// that is not running, appending to its log.
+func (cm *CertManager) StartProcess(name string) error {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	args, ok := cm.args[name]
+	if !ok {
+		return fmt.Errorf("unknown cert-manager component %q", name)
+	}
+	for _, p := range cm.procs {
+		if p.name == name {
+			return fmt.Errorf("%s is already running", name)
+		}
+	}
+	logPath := filepath.Join(cm.opts.LogDir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(filepath.Join(cm.opts.Dir, name), args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+cm.opts.Kubeconfig)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
+	cm.procs = append(cm.procs, p)
+	return nil
+}
+
+// StopProcess stops one component and waits until it has exited.
+func (cm *CertManager) StopProcess(name string) error {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	for i, p := range cm.procs {
+		if p.name == name {
+			p.stop()
+			cm.procs = append(cm.procs[:i], cm.procs[i+1:]...)
+			return nil
+		}
+	}
+	return fmt.Errorf("%s is not running", name)
+}
+
+func (p *proc) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// Running reports whether both processes are still up.
+func (cm *CertManager) Running() bool {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	for _, p := range cm.procs {
+		select {
+		case <-p.done:
+			return false
+		default:
+		}
+	}
+	return len(cm.procs) == 2
+}
+
+// LogTail is the end of each component's log, for failure messages.
+func (cm *CertManager) LogTail() string {
+	var b strings.Builder
+	for _, name := range []string{ControllerBinary, CAInjectorBinary} {
+		logPath := filepath.Join(cm.opts.LogDir, name+".log")
+		data, _ := os.ReadFile(logPath)
+		if len(data) > 4000 {
+			data = data[len(data)-4000:]
+		}
+		fmt.Fprintf(&b, "--- %s (%s) ---\n%s\n", name, logPath, data)
+	}
+	return b.String()
+}
+
+// Stop terminates the running components (SIGTERM, then SIGKILL after 15s).
+func (cm *CertManager) Stop() error {
+	cm.stopOnce.Do(func() {
+		cm.mu.Lock()
+		defer cm.mu.Unlock()
+		for _, p := range cm.procs {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		}
+		for _, p := range cm.procs {
+			p.stop()
+		}
+		cm.procs = nil
+	})
+	return nil
+}
+
+func loopbackPorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
