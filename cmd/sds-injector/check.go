@@ -290,6 +290,13 @@ func (k *checker) checkConfiguration(ctx context.Context) checkResult {
 		}
 	}
 	k.opts.ef.override(k.cmd, &cfg)
+	// As serve does: an unset agent image is this release's, never a
+	// mutable tag.
+	explicit, err := istio.ExplicitFields(data)
+	if err != nil {
+		return failed(res, fmt.Sprintf("%s: %v", source, err))
+	}
+	pinAgentImage(&cfg, explicit)
 	s, err := cfg.Resolve()
 	if err != nil {
 		return failed(res, fmt.Sprintf("%s: %v", source, err))

@@ -42,7 +42,7 @@ var Flavors = []Flavor{FlavorIstioProxy, FlavorIstioAgentFiles, FlavorSDSAgent}
 const (
 	DefaultIstioVersion      = "1.30.0"
 	DefaultHub               = "docker.io/istio"
-	DefaultSDSAgentImage     = "ghcr.io/sds-injector/sds-agent:latest"
+	DefaultSDSAgentImage     = "ghcr.io/sds-injector/sds-agent:v0.1.0"
 	DefaultCAAddress         = "istiod.istio-system.svc:15012"
 	DefaultClusterID         = "Kubernetes"
 	DefaultTrustDomain       = "cluster.local"
