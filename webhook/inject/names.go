@@ -60,3 +60,12 @@ const (
 	// cert-chain.pem and root-cert.pem, in both the agent and the gateway.
 	DefaultCertsDir = "/etc/istio-certs"
 )
+
+// Names of the SDS secrets every flavor's agent serves on the socket (and
+// the files flavor's files stand for), as Istio's own agent names them:
+// the workload's certificate chain and key, and the mesh trust bundle. The
+// wiring guide's snippets use them (docs/gateway-wiring.md).
+const (
+	SecretCertificate = "default"
+	SecretRootCA      = "ROOTCA"
+)
