@@ -92,6 +92,16 @@ type Config struct {
 	// CertsDir is where the istio-agent-files flavor writes the PEM files.
 	CertsDir string `json:"certsDir,omitempty"`
 
+	// GlooDropIn makes the sds-agent flavor also serve its secrets on
+	// loopback TCP 127.0.0.1:8234, where Gloo Edge's own Istio integration
+	// expects its sds container: Gloo's bootstrap cluster gateway_proxy_sds
+	// and Upstreams naming istio_server_cert / istio_validation_context (the
+	// agent serves those names as aliases of default / ROOTCA, on the socket
+	// too) then work unchanged. Pods may override it with the
+	// sds-injector.io/gloo-drop-in annotation. It applies to sds-agent pods
+	// only, and never on the host network (loopback is the node's there).
+	GlooDropIn bool `json:"glooDropIn,omitempty"`
+
 	// NativeSidecar places the agent in initContainers with
 	// restartPolicy: Always (Kubernetes 1.29+).
 	NativeSidecar  bool                        `json:"nativeSidecar,omitempty"`
@@ -176,6 +186,7 @@ type Settings struct {
 	rootCertConfigMap string
 	certsDir          string
 	native            bool
+	glooDropIn        bool
 	resources         corev1.ResourceRequirements
 	excluded          sets.Set[string]
 	profiles          []compiledProfile
@@ -334,6 +345,7 @@ func (c Config) Resolve() (*Settings, error) {
 		rootCertConfigMap: c.RootCertConfigMap,
 		certsDir:          strings.TrimSuffix(c.CertsDir, "/"),
 		native:            c.NativeSidecar,
+		glooDropIn:        c.GlooDropIn,
 		resources:         *c.AgentResources.DeepCopy(),
 		excluded:          sets.New(c.ExcludedNamespaces...),
 		profiles:          profiles,

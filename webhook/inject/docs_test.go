@@ -72,7 +72,7 @@ func decode(t *testing.T, where string, v any, m proto.Message) {
 // wiringFacts is what the snippets say, collected for the agreement checks.
 type wiringFacts struct {
 	clusters, tlsContexts, commonContexts, fileSecrets, bootstraps int
-	pipePaths, sdsNames, fileRefs, sdsURLs                         []string
+	pipePaths, sdsNames, fileRefs, sdsURLs, tcpSDS                 []string
 	kinds                                                          []string
 }
 
@@ -109,9 +109,15 @@ func TestWiringGuideSnippets(t *testing.T) {
 			t.Errorf("an Envoy Gateway SDS Secret points at %s; the agent serves %s", u, modern)
 		}
 	}
+	served := []string{SecretCertificate, SecretRootCA, SecretGlooCertificate, SecretGlooRootCA}
 	for _, n := range f.sdsNames {
-		if n != SecretCertificate && n != SecretRootCA {
-			t.Errorf("a snippet asks for SDS secret %q; the agent serves only %q and %q", n, SecretCertificate, SecretRootCA)
+		if !slices.Contains(served, n) {
+			t.Errorf("a snippet asks for SDS secret %q; the agent serves only %v", n, served)
+		}
+	}
+	for _, a := range f.tcpSDS {
+		if a != GlooSDSAddress {
+			t.Errorf("a snippet's SDS cluster points at %s; the Gloo drop-in serves %s", a, GlooSDSAddress)
 		}
 	}
 	for _, file := range f.fileRefs {
@@ -128,7 +134,7 @@ func TestWiringGuideSnippets(t *testing.T) {
 		{"Envoy clusters", f.clusters, 3}, {"upstream TLS contexts", f.tlsContexts, 2}, {"common TLS contexts", f.commonContexts, 1},
 		{"file-based SDS secrets", f.fileSecrets, 2}, {"embedded bootstraps", f.bootstraps, 1},
 		{"SDS secret references", len(f.sdsNames), 8}, {"pipe paths", len(f.pipePaths), 3}, {"Envoy Gateway SDS Secrets", len(f.sdsURLs), 2},
-		{"certificate file references", len(f.fileRefs), 6},
+		{"certificate file references", len(f.fileRefs), 6}, {"Gloo drop-in addresses", len(f.tcpSDS), 2},
 	} {
 		if c.got < c.least {
 			t.Errorf("the guide has %d %s, want at least %d", c.got, c.what, c.least)
@@ -218,6 +224,12 @@ func (f *wiringFacts) inspect(t *testing.T, where string, m map[string]any) {
 			}
 			f.fileSecrets++
 		}
+	}
+	if sa, ok := m["socket_address"].(map[string]any); ok && fmt.Sprint(sa["port_value"]) == fmt.Sprint(portGlooSDS) {
+		f.tcpSDS = append(f.tcpSDS, fmt.Sprintf("%v:%v", sa["address"], sa["port_value"]))
+	}
+	if u, ok := m["targetUri"].(string); ok {
+		f.tcpSDS = append(f.tcpSDS, u)
 	}
 	if p, ok := m["pipe"].(map[string]any); ok {
 		f.pipePaths = append(f.pipePaths, fmt.Sprint(p["path"]))

@@ -230,6 +230,12 @@ func (s *Settings) plan(pod *corev1.Pod) (Decision, *plan) {
 	if err != nil {
 		return warned(ReasonInvalidOverride, match.profile, err.Error()), nil
 	}
+	if pod.Spec.HostNetwork && params.glooDropIn {
+		return warned(ReasonHostNetwork, match.profile, fmt.Sprintf(
+			"the Gloo drop-in listens on %s, and on the host network loopback is the node's, where any process could read the key: "+
+				"turn it off for this pod (annotation %s: \"false\") and point Gloo's SDS cluster at the socket (docs/gateway-wiring.md#gloo-edge)",
+			GlooSDSAddress, AnnotationGlooDropIn)), nil
+	}
 	if pod.Spec.HostNetwork && len(boundPorts(params.flavor)) > 0 {
 		return warned(ReasonHostNetwork, match.profile, fmt.Sprintf(
 			"flavor %s binds TCP ports %v, which would collide on the host network: use flavor %s for hostNetwork gateways",
@@ -279,7 +285,7 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 	if containerIndex(pod.Spec.Containers, agentName) >= 0 || containerIndex(pod.Spec.InitContainers, agentName) >= 0 {
 		return nil, fmt.Errorf("the pod already has a container named %q: rename it or opt the pod out", agentName)
 	}
-	for _, port := range boundPorts(params.flavor) {
+	for _, port := range params.ports() {
 		for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 			for i := range cs {
 				for _, cp := range cs[i].Ports {

@@ -19,6 +19,9 @@ const (
 	AnnotationAgentMemory      = Prefix + "agent-memory"
 	AnnotationAgentCPULimit    = Prefix + "agent-cpu-limit"
 	AnnotationAgentMemoryLimit = Prefix + "agent-memory-limit"
+	// AnnotationGlooDropIn ("true"/"false") switches the Gloo Edge drop-in
+	// of the sds-agent flavor on or off for the pod (Config.GlooDropIn).
+	AnnotationGlooDropIn = Prefix + "gloo-drop-in"
 
 	// NamespaceLabel enables injection for every gateway in a namespace.
 	NamespaceLabel = "sds-injection"
@@ -68,4 +71,8 @@ const (
 const (
 	SecretCertificate = "default"
 	SecretRootCA      = "ROOTCA"
+	// The sds-agent also serves them under Gloo Edge's names (its sds
+	// container's), for the Gloo drop-in.
+	SecretGlooCertificate = "istio_server_cert"
+	SecretGlooRootCA      = "istio_validation_context"
 )

@@ -62,6 +62,17 @@ func (s *Settings) podParams(pod *corev1.Pod, match gatewayMatch) (podParams, er
 	}
 	if p.flavor == FlavorSDSAgent {
 		p.image = s.sdsAgentImage
+		p.glooDropIn = s.glooDropIn
+	}
+	if v, ok := ann[AnnotationGlooDropIn]; ok {
+		if v != "true" && v != "false" {
+			return p, fmt.Errorf("annotation %s=%q is invalid: use \"true\" or \"false\"", AnnotationGlooDropIn, v)
+		}
+		if v == "true" && p.flavor != FlavorSDSAgent {
+			return p, fmt.Errorf("annotation %s: \"true\" needs flavor %s (the drop-in is served by that agent), but the pod gets %s: set annotation %s: %s too",
+				AnnotationGlooDropIn, FlavorSDSAgent, p.flavor, AnnotationFlavor, FlavorSDSAgent)
+		}
+		p.glooDropIn = v == "true"
 	}
 	p.profile = p.version.Profile()
 
