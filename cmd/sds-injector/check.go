@@ -305,8 +305,12 @@ func (k *checker) checkConfiguration(ctx context.Context) checkResult {
 	if res.Status == "" {
 		res.Status = statusPass
 	}
+	flavor := string(s.Flavor())
+	if !s.FlavorConfigured() {
+		flavor = "per gateway profile"
+	}
 	res.Message = fmt.Sprintf("from %s: flavor %s, Istio %s, CA %s, cluster ID %s, trust domain %s",
-		source, s.Flavor(), s.IstioVersion(), cfg.CAAddress, cfg.ClusterID, cfg.TrustDomain)
+		source, flavor, s.IstioVersion(), cfg.CAAddress, cfg.ClusterID, cfg.TrustDomain)
 	return res
 }
 

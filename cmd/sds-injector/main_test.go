@@ -156,14 +156,14 @@ func TestInjectFromStdinAndOutputFile(t *testing.T) {
 
 func TestConfigFileAndFlags(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(cfg, []byte("flavor: istio-agent-files\ntrustDomain: corp.example\nclusterID: east\n"), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte("flavor: sds-agent\ntrustDomain: corp.example\nclusterID: east\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out, _, err := run(t, "", "inject", "-f", "../../docs/examples/gloo-gateway-proxy.yaml", "--config", cfg, "--cluster-id", "west")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"DISABLE_ENVOY", "value: corp.example", "value: west"} {
+	for _, want := range []string{"name: SDS_SOCKET_PATH", "value: corp.example", "value: west"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
 		}

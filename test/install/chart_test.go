@@ -17,6 +17,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
@@ -100,6 +101,11 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"profile label value that would break CEL", "config: {gatewayProfiles: [{name: x, selector: {matchLabels: {app: \"x') || true || ('\"}}, containers: [envoy]}]}", "/config/gatewayProfiles/0/selector/matchLabels/app"},
 		{"profile In without values", "config: {gatewayProfiles: [{name: x, selector: {matchExpressions: [{key: app, operator: In}]}, containers: [envoy]}]}", "/config/gatewayProfiles/0/selector/matchExpressions/0"},
 		{"profile with a bad operator", "config: {gatewayProfiles: [{name: x, selector: {matchExpressions: [{key: app, operator: Gt, values: ['1']}]}, containers: [envoy]}]}", "/config/gatewayProfiles/0/selector/matchExpressions/0/operator"},
+		{"profile with an unknown flavor", "config: {gatewayProfiles: [{name: x, selector: {matchLabels: {app: x}}, containers: [envoy], flavors: [envoy]}]}", "/config/gatewayProfiles/0/flavors/0"},
+		{"profile with an empty flavor list", "config: {gatewayProfiles: [{name: x, selector: {matchLabels: {app: x}}, containers: [envoy], flavors: []}]}", "/config/gatewayProfiles/0/flavors"},
+		{"profile with an unknown default flavor", "config: {gatewayProfiles: [{name: x, selector: {matchLabels: {app: x}}, containers: [envoy], defaultFlavor: files}]}", "/config/gatewayProfiles/0/defaultFlavor"},
+		{"required container name that would break CEL", "config: {gatewayProfiles: [{name: x, selector: {matchLabels: {app: x}}, containers: [envoy], requireContainers: [\"a']) || true || (['\"]}]}", "/config/gatewayProfiles/0/requireContainers/0"},
+		{"glooDropIn as a string", "config: {glooDropIn: 'yes'}", "/config/glooDropIn"},
 		{"zero replicas", "replicaCount: 0", "/replicaCount"},
 		{"bad anti-affinity", "antiAffinity: always", "/antiAffinity"},
 		{"image pull secret without name", "imagePullSecrets: [{secret: regcred}]", "/imagePullSecrets/0"},
@@ -525,31 +531,12 @@ config:
 	if err := os.WriteFile(f, []byte(values), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cond := gatewayCondition(t, mustRender(t, "-f", f))
-	env, err := cel.NewEnv(cel.Variable("object", cel.DynType), cel.Variable("request", cel.DynType))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ast, iss := env.Compile(cond)
-	if iss.Err() != nil {
-		t.Fatalf("%v\n%s", iss.Err(), cond)
-	}
-	prg, err := env.Program(ast)
-	if err != nil {
-		t.Fatal(err)
-	}
+	evalPod := celCondition(t, gatewayCondition(t, mustRender(t, "-f", f)))
 	eval := func(ns string, labels, annotations map[string]string) bool {
 		pod := &corev1.Pod{}
-		pod.Labels, pod.Annotations = labels, annotations
-		obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pod)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, _, err := prg.Eval(map[string]any{"object": obj, "request": map[string]any{"namespace": ns}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out.Value().(bool)
+		pod.Namespace, pod.Labels, pod.Annotations = ns, labels, annotations
+		pod.Spec.Containers = []corev1.Container{{Name: "main"}} // the API server admits no pod without one
+		return evalPod(pod)
 	}
 	edge := map[string]string{"app.kubernetes.io/name": "team-edge-envoy", "tier": "edge"}
 	with := func(m map[string]string, k, v string) map[string]string {
@@ -574,6 +561,9 @@ config:
 		{"extra profile, other NotIn value", "edge", with(edge, "track", "stable"), nil, true},
 		{"Exists profile", "anywhere", map[string]string{"example.com/edge-proxy": ""}, nil, true},
 		{"built-in Gloo profile", "x", map[string]string{"gloo": "gateway-proxy"}, nil, true},
+		{"built-in kgateway profile", "x", map[string]string{"kgateway": "kube-gateway"}, nil, true},
+		{"built-in Gloo Gateway v2 profile", "x", map[string]string{"gloo": "kube-gateway"}, nil, true},
+		{"app=envoy without Contour's containers", "projectcontour", map[string]string{"app": "envoy"}, nil, false},
 		{"explicit annotation opt-in", "x", nil, map[string]string{"sds-injector.io/inject": "true"}, true},
 		{"ordinary pod", "x", map[string]string{"app": "web"}, nil, false},
 		{"pod without labels", "x", nil, nil, false},
@@ -587,6 +577,108 @@ config:
 	r := mustRender(t, "--set", "modes.clusterWide.enabled=true,config.disableBuiltinProfiles=true")
 	if c := gatewayCondition(t, r); strings.Contains(c, "gloo") || !strings.Contains(c, "gateway-container") {
 		t.Errorf("disableBuiltinProfiles: %s", c)
+	}
+}
+
+// TestClusterWideCELBuiltinProfiles checks the cluster-wide condition
+// against the engine's own built-in profiles: a pod each profile recognises
+// must reach the webhook, and a profile's requireContainers must be honoured
+// (Contour's quickstart: app=envoy alone is not enough, in any namespace).
+func TestClusterWideCELBuiltinProfiles(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "values.yaml")
+	values := `modes: {clusterWide: {enabled: true}}
+config:
+  gatewayProfiles:
+  - name: sidecar-pinned
+    selector: {matchLabels: {app: edge}}
+    requireContainers: [edge-init, edge-helper]
+    containers: [envoy]
+`
+	if err := os.WriteFile(f, []byte(values), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	eval := celCondition(t, gatewayCondition(t, mustRender(t, "-f", f)))
+	podFor := func(p inject.GatewayProfile, ns string) *corev1.Pod {
+		pod := &corev1.Pod{}
+		pod.Namespace, pod.Labels = ns, map[string]string{}
+		for k, v := range p.Selector.MatchLabels {
+			pod.Labels[k] = v
+		}
+		for _, e := range p.Selector.MatchExpressions {
+			switch e.Operator {
+			case "In":
+				pod.Labels[e.Key] = e.Values[0]
+			case "Exists":
+				pod.Labels[e.Key] = ""
+			}
+		}
+		container := "envoy"
+		if len(p.Containers) > 0 {
+			container = p.Containers[0]
+		}
+		pod.Spec.Containers = []corev1.Container{{Name: container, Image: "envoyproxy/envoy:v1.36.0"}}
+		return pod
+	}
+	profiles := append(inject.BuiltinProfiles(), inject.GatewayProfile{
+		Name: "sidecar-pinned", Selector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "edge"}},
+		RequireContainers: []string{"edge-init", "edge-helper"}, Containers: []string{"envoy"},
+	})
+	for _, p := range profiles {
+		ns := "some-namespace"
+		if len(p.Namespaces) > 0 {
+			ns = p.Namespaces[0]
+		}
+		if len(p.RequireContainers) == 0 {
+			if !eval(podFor(p, ns)) {
+				t.Errorf("%s: a pod the profile recognises does not reach the webhook", p.Name)
+			}
+			continue
+		}
+		if eval(podFor(p, ns)) {
+			t.Errorf("%s: a pod without any of %v reaches the webhook", p.Name, p.RequireContainers)
+		}
+		for _, name := range p.RequireContainers {
+			pod := podFor(p, ns)
+			pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: name})
+			if !eval(pod) {
+				t.Errorf("%s: a pod with container %s does not reach the webhook", p.Name, name)
+			}
+			pod = podFor(p, ns)
+			pod.Spec.InitContainers = []corev1.Container{{Name: name}}
+			if !eval(pod) {
+				t.Errorf("%s: a pod with init container %s does not reach the webhook", p.Name, name)
+			}
+		}
+	}
+}
+
+// celCondition compiles a matchCondition expression and returns a function
+// evaluating it for a pod (request.namespace is the pod's namespace).
+func celCondition(t *testing.T, cond string) func(*corev1.Pod) bool {
+	t.Helper()
+	env, err := cel.NewEnv(cel.Variable("object", cel.DynType), cel.Variable("request", cel.DynType))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ast, iss := env.Compile(cond)
+	if iss.Err() != nil {
+		t.Fatalf("%v\n%s", iss.Err(), cond)
+	}
+	prg, err := env.Program(ast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(pod *corev1.Pod) bool {
+		t.Helper()
+		obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _, err := prg.Eval(map[string]any{"object": obj, "request": map[string]any{"namespace": pod.Namespace}})
+		if err != nil {
+			t.Fatalf("%v\n%s", err, cond)
+		}
+		return out.Value().(bool)
 	}
 }
 

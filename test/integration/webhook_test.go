@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -132,22 +133,42 @@ func TestClusterWideMode(t *testing.T) {
 
 // TestEveryFlavorIsValid creates one pod per flavor x Istio profile x
 // placement: the apiserver's own validation must accept every injected spec.
+// A flavor the pod's gateway profile cannot consume (files on Gloo or Envoy
+// Gateway) is requested through the generic profile, which takes any: the
+// pod shape stays the same.
 func TestEveryFlavorIsValid(t *testing.T) {
 	skipIfShort(t)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	ns := namespace(t, map[string]string{nsLabel: "enabled"})
+	gateways := []struct{ file, profile, container string }{
+		{"gloo-gateway-proxy.yaml", "gloo-edge", "gateway-proxy"},
+		{"envoy-gateway-proxy.yaml", "envoy-gateway", "envoy"},
+	}
+	consumes := func(profile string, f inject.Flavor) bool {
+		for _, p := range inject.BuiltinProfiles() {
+			if p.Name == profile {
+				return len(p.Flavors) == 0 || slices.Contains(p.Flavors, f)
+			}
+		}
+		t.Fatalf("no built-in profile %s", profile)
+		return false
+	}
 	n := 0
 	for _, flavor := range inject.Flavors {
 		for _, version := range []string{"1.13.9", "1.21.6", inject.DefaultIstioVersion} {
 			for _, native := range []string{"false", "true"} {
 				n++
-				ann := map[string]string{
-					inject.AnnotationFlavor:        string(flavor),
-					inject.AnnotationIstioVersion:  version,
-					inject.AnnotationNativeSidecar: native,
-				}
-				for _, file := range []string{"gloo-gateway-proxy.yaml", "envoy-gateway-proxy.yaml"} {
+				for _, gw := range gateways {
+					ann := map[string]string{
+						inject.AnnotationFlavor:        string(flavor),
+						inject.AnnotationIstioVersion:  version,
+						inject.AnnotationNativeSidecar: native,
+					}
+					if !consumes(gw.profile, flavor) {
+						ann[inject.AnnotationGatewayContainer] = gw.container
+					}
+					file := gw.file
 					pod := create(t, examplePod(t, file, ns, fmt.Sprintf("p%d-%s", n, file[:4]), nil, ann))
 					st := assertInjected(t, pod)
 					if st.Flavor != flavor || st.IstioVersion != version || (st.Placement == inject.PlacementNative) != (native == "true") {

@@ -1,6 +1,8 @@
 package inject
 
 import (
+	"slices"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -14,6 +16,24 @@ type podParams struct {
 	image     string
 	native    bool
 	resources corev1.ResourceRequirements
+	// glooDropIn: the sds-agent also listens on GlooSDSAddress.
+	glooDropIn bool
+}
+
+// GlooSDSAddress is where Gloo Edge's bootstrap cluster gateway_proxy_sds
+// expects its SDS server; the Gloo drop-in serves there (loopback only).
+const (
+	GlooSDSAddress = "127.0.0.1:8234"
+	portGlooSDS    = 8234
+)
+
+// ports are the TCP ports the pod's agent binds with these parameters.
+func (p podParams) ports() []int32 {
+	ports := boundPorts(p.flavor)
+	if p.glooDropIn {
+		ports = append(slices.Clip(ports), portGlooSDS)
+	}
+	return ports
 }
 
 const (
@@ -132,13 +152,19 @@ func (s *Settings) agentEnv(p podParams, workload string) []corev1.EnvVar {
 		// where to serve, and INSTANCE_IP/HOST_IP, whose equality tells it
 		// the pod is on the host network (it then refuses a TCP listener).
 		// No Envoy or xDS settings, and nothing that opens a TCP port.
-		return append(podEnv,
+		env := append(podEnv,
 			valueEnv("ISTIO_META_CLUSTER_ID", s.clusterID),
 			valueEnv("TRUST_DOMAIN", s.trustDomain),
 			valueEnv("SDS_SOCKET_PATH", p.profile.SocketPath()),
 			valueEnv("TOKEN_PATH", pathTokens+"/"+tokenFile),
 			valueEnv("ROOT_CERT_PATH", pathIstiodCA+"/root-cert.pem"),
 		)
+		if p.glooDropIn {
+			// The Gloo drop-in: loopback only; the agent refuses it on the
+			// host network as well.
+			env = append(env, valueEnv("SDS_TCP_ADDR", GlooSDSAddress))
+		}
+		return env
 	}
 	env := append([]corev1.EnvVar{valueEnv("PILOT_CERT_PROVIDER", "istiod")}, podEnv...)
 	env = append(env,

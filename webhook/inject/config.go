@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -57,8 +58,11 @@ const (
 // `sds-injector serve` and `sds-injector inject`. Resolve validates it once
 // and produces the Settings the engine runs on.
 type Config struct {
-	// Flavor is the default agent flavor; pods may override it with the
-	// sds-injector.io/flavor annotation.
+	// Flavor, when set, is the flavor every gateway gets unless its pod
+	// overrides it with the sds-injector.io/flavor annotation; a gateway
+	// whose profile cannot use it is skipped with a warning. Empty (the
+	// default) gives each gateway its profile's default flavor, and
+	// istio-proxy to gateways whose profile names none.
 	Flavor Flavor `json:"flavor,omitempty"`
 	// IstioVersion selects the agent contract (see IstioProfile) and, unless
 	// AgentImage is set, the proxyv2 image tag.
@@ -88,6 +92,16 @@ type Config struct {
 	// CertsDir is where the istio-agent-files flavor writes the PEM files.
 	CertsDir string `json:"certsDir,omitempty"`
 
+	// GlooDropIn makes the sds-agent flavor also serve its secrets on
+	// loopback TCP 127.0.0.1:8234, where Gloo Edge's own Istio integration
+	// expects its sds container: Gloo's bootstrap cluster gateway_proxy_sds
+	// and Upstreams naming istio_server_cert / istio_validation_context (the
+	// agent serves those names as aliases of default / ROOTCA, on the socket
+	// too) then work unchanged. Pods may override it with the
+	// sds-injector.io/gloo-drop-in annotation. It applies to sds-agent pods
+	// only, and never on the host network (loopback is the node's there).
+	GlooDropIn bool `json:"glooDropIn,omitempty"`
+
 	// NativeSidecar places the agent in initContainers with
 	// restartPolicy: Always (Kubernetes 1.29+).
 	NativeSidecar  bool                        `json:"nativeSidecar,omitempty"`
@@ -112,7 +126,6 @@ type Config struct {
 // DefaultConfig returns the built-in defaults.
 func DefaultConfig() Config {
 	return Config{
-		Flavor:            FlavorIstioProxy,
 		IstioVersion:      DefaultIstioVersion,
 		Hub:               DefaultHub,
 		SDSAgentImage:     DefaultSDSAgentImage,
@@ -153,7 +166,11 @@ func ParseConfig(data []byte) (Config, error) {
 // Settings is a validated configuration, ready for the engine. It is
 // immutable and safe for concurrent use.
 type Settings struct {
+	// flavor is the default flavor; flavorSet says the configuration
+	// chose it for every gateway (Config.Flavor), rather than leaving the
+	// choice to each gateway's profile.
 	flavor            Flavor
+	flavorSet         bool
 	version           IstioVersion
 	istioImage        string
 	hub               string
@@ -169,6 +186,7 @@ type Settings struct {
 	rootCertConfigMap string
 	certsDir          string
 	native            bool
+	glooDropIn        bool
 	resources         corev1.ResourceRequirements
 	excluded          sets.Set[string]
 	profiles          []compiledProfile
@@ -182,8 +200,13 @@ type Settings struct {
 	revisionFrom string
 }
 
-// Flavor is the default flavor.
+// Flavor is the default flavor: the configured one, or istio-proxy, the
+// default of gateways whose profile names none, when none is configured.
 func (s *Settings) Flavor() Flavor { return s.flavor }
+
+// FlavorConfigured reports whether the configuration sets the flavor for
+// every gateway (otherwise each gateway's profile chooses).
+func (s *Settings) FlavorConfigured() bool { return s.flavorSet }
 
 // IstioVersion is the configured Istio version.
 func (s *Settings) IstioVersion() IstioVersion { return s.version }
@@ -201,7 +224,7 @@ func (c Config) Resolve() (*Settings, error) {
 	root := field.NewPath("")
 	fp := func(name string) *field.Path { return root.Child(name) }
 
-	if !isFlavor(c.Flavor) {
+	if c.Flavor != "" && !isFlavor(c.Flavor) {
 		errs = append(errs, field.NotSupported(fp("flavor"), c.Flavor, flavorStrings()))
 	}
 	version, err := ParseIstioVersion(c.IstioVersion)
@@ -300,8 +323,13 @@ func (c Config) Resolve() (*Settings, error) {
 	if meshID == "" {
 		meshID = c.TrustDomain
 	}
+	flavor := c.Flavor
+	if flavor == "" {
+		flavor = FlavorIstioProxy
+	}
 	return &Settings{
-		flavor:            c.Flavor,
+		flavor:            flavor,
+		flavorSet:         c.Flavor != "",
 		version:           version,
 		istioImage:        istioImage,
 		hub:               c.Hub,
@@ -317,6 +345,7 @@ func (c Config) Resolve() (*Settings, error) {
 		rootCertConfigMap: c.RootCertConfigMap,
 		certsDir:          strings.TrimSuffix(c.CertsDir, "/"),
 		native:            c.NativeSidecar,
+		glooDropIn:        c.GlooDropIn,
 		resources:         *c.AgentResources.DeepCopy(),
 		excluded:          sets.New(c.ExcludedNamespaces...),
 		profiles:          profiles,
@@ -430,12 +459,50 @@ type GatewayProfile struct {
 	Containers []string `json:"containers,omitempty"`
 	// Env is added to the gateway container (recorded for uninject).
 	Env []corev1.EnvVar `json:"env,omitempty"`
+	// RequireContainers, when set, also requires the pod to have a
+	// container or init container of one of these names (for gateways whose
+	// labels alone are too generic, e.g. Contour's app=envoy).
+	RequireContainers []string `json:"requireContainers,omitempty"`
+
+	// Flavors are the agent flavors this gateway can consume (see
+	// docs/gateway-wiring.md); absent means any. A pod or configuration
+	// asking for another flavor is skipped with a warning rather than
+	// injected with an agent the gateway cannot use.
+	Flavors []Flavor `json:"flavors,omitempty"`
+	// DefaultFlavor is the flavor this gateway gets when neither its pod
+	// nor the configuration's flavor setting chooses one; it must be one of
+	// Flavors. Empty: the first of Flavors, or istio-proxy.
+	DefaultFlavor Flavor `json:"defaultFlavor,omitempty"`
+	// CertsDirEnv names an environment variable through which the gateway
+	// container finds the istio-agent-files flavor's PEM files (Emissary:
+	// AMBASSADOR_ISTIO_SECRET_DIR). With that flavor it is set to the
+	// certificate directory, unless the container already sets it.
+	CertsDirEnv string `json:"certsDirEnv,omitempty"`
+	// OptInOnly injects the gateway only when its pod opts in explicitly
+	// (sds-injector.io/inject: "true"), never through the namespace label
+	// or the cluster-wide mode: for gateways that cannot consume the
+	// identity without changes their owner must make first.
+	OptInOnly bool `json:"optInOnly,omitempty"`
+	// OptInReason says why the profile is opt-in only; it is part of the
+	// warning a pod that did not opt in gets.
+	OptInReason string `json:"optInReason,omitempty"`
 }
 
 type compiledProfile struct {
 	GatewayProfile
 	selector   labels.Selector
 	namespaces sets.Set[string]
+}
+
+// defaultFlavor is the flavor of a pod of this profile that names none.
+func (p *GatewayProfile) defaultFlavor() Flavor {
+	switch {
+	case p.DefaultFlavor != "":
+		return p.DefaultFlavor
+	case len(p.Flavors) > 0:
+		return p.Flavors[0]
+	}
+	return ""
 }
 
 func (p GatewayProfile) compile(fp *field.Path) (compiledProfile, field.ErrorList) {
@@ -473,10 +540,64 @@ func (p GatewayProfile) compile(fp *field.Path) (compiledProfile, field.ErrorLis
 			errs = append(errs, field.Invalid(fp.Child("env").Index(i).Child("name"), e.Name, strings.Join(msgs, "; ")))
 		}
 	}
+	for i, c := range p.RequireContainers {
+		if msgs := validation.IsDNS1123Label(c); len(msgs) > 0 {
+			errs = append(errs, field.Invalid(fp.Child("requireContainers").Index(i), c, strings.Join(msgs, "; ")))
+		}
+	}
+	errs = append(errs, p.validateFlavors(fp)...)
+	if p.CertsDirEnv != "" {
+		if msgs := validation.IsEnvVarName(p.CertsDirEnv); len(msgs) > 0 {
+			errs = append(errs, field.Invalid(fp.Child("certsDirEnv"), p.CertsDirEnv, strings.Join(msgs, "; ")))
+		}
+	}
+	if p.OptInReason != "" && !p.OptInOnly {
+		errs = append(errs, field.Invalid(fp.Child("optInReason"), p.OptInReason, "only meaningful with optInOnly: true"))
+	}
 	if len(errs) > 0 {
 		return compiledProfile{}, errs
 	}
 	return compiledProfile{GatewayProfile: p, selector: sel, namespaces: sets.New(p.Namespaces...)}, nil
+}
+
+// validateFlavors checks the profile's flavor list and default. An empty
+// (but present) list names no flavor the gateway can consume: such a profile
+// could never inject anything.
+func (p GatewayProfile) validateFlavors(fp *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	name := p.Name
+	if name == "" {
+		name = "<unnamed>"
+	}
+	if p.Flavors != nil && len(p.Flavors) == 0 {
+		errs = append(errs, field.Required(fp.Child("flavors"), fmt.Sprintf(
+			"gateway profile %q names no flavor its gateway can consume: list at least one of %v, or omit flavors to allow any", name, flavorStrings())))
+	}
+	seen := map[Flavor]bool{}
+	for i, f := range p.Flavors {
+		switch {
+		case !isFlavor(f):
+			errs = append(errs, field.NotSupported(fp.Child("flavors").Index(i), f, flavorStrings()))
+		case seen[f]:
+			errs = append(errs, field.Duplicate(fp.Child("flavors").Index(i), f))
+		}
+		seen[f] = true
+	}
+	if p.DefaultFlavor != "" {
+		switch {
+		case !isFlavor(p.DefaultFlavor):
+			errs = append(errs, field.NotSupported(fp.Child("defaultFlavor"), p.DefaultFlavor, flavorStrings()))
+		case len(p.Flavors) > 0 && !seen[p.DefaultFlavor]:
+			errs = append(errs, field.Invalid(fp.Child("defaultFlavor"), p.DefaultFlavor, fmt.Sprintf(
+				"gateway profile %q cannot use its own default: it is not in the profile's flavors %v", name, p.Flavors)))
+		}
+	}
+	return errs
+}
+
+// allows reports whether the profile's gateway can consume flavor f.
+func (p *GatewayProfile) allows(f Flavor) bool {
+	return len(p.Flavors) == 0 || slices.Contains(p.Flavors, f)
 }
 
 // errInvalidOverride marks per-pod annotation errors.

@@ -2,8 +2,11 @@ package inject
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
 func TestResolveDefaults(t *testing.T) {
@@ -54,6 +57,31 @@ func TestResolveErrors(t *testing.T) {
 			c.GatewayProfiles = []GatewayProfile{p, p}
 		}, []string{"gatewayProfiles[1].name", "Duplicate"}},
 		"several problems at once": {func(c *Config) { c.Flavor = "x"; c.ClusterID = "" }, []string{"flavor", "clusterID"}},
+		"profile names no flavor": {func(c *Config) {
+			c.GatewayProfiles = []GatewayProfile{{Name: "edge", Selector: labelSelector("a", "b"), Containers: []string{"envoy"}, Flavors: []Flavor{}}}
+		}, []string{"gatewayProfiles[0].flavors", `"edge"`, "names no flavor"}},
+		"profile unknown flavor": {func(c *Config) {
+			c.GatewayProfiles = []GatewayProfile{{Name: "edge", Selector: labelSelector("a", "b"), Containers: []string{"envoy"}, Flavors: []Flavor{"files"}}}
+		}, []string{"gatewayProfiles[0].flavors[0]", `"files"`, "istio-agent-files"}},
+		"profile duplicate flavor": {func(c *Config) {
+			c.GatewayProfiles = []GatewayProfile{{Name: "edge", Selector: labelSelector("a", "b"), Containers: []string{"envoy"}, Flavors: []Flavor{FlavorSDSAgent, FlavorSDSAgent}}}
+		}, []string{"gatewayProfiles[0].flavors[1]", "Duplicate"}},
+		"profile default not in flavors": {func(c *Config) {
+			c.GatewayProfiles = []GatewayProfile{{Name: "edge", Selector: labelSelector("a", "b"), Containers: []string{"envoy"},
+				Flavors: []Flavor{FlavorSDSAgent}, DefaultFlavor: FlavorIstioProxy}}
+		}, []string{"gatewayProfiles[0].defaultFlavor", `"edge"`, "not in the profile's flavors"}},
+		"profile unknown default": {func(c *Config) {
+			c.GatewayProfiles = []GatewayProfile{{Name: "edge", Selector: labelSelector("a", "b"), Containers: []string{"envoy"}, DefaultFlavor: "socket"}}
+		}, []string{"gatewayProfiles[0].defaultFlavor", `"socket"`}},
+		"profile bad certs dir env": {func(c *Config) {
+			c.GatewayProfiles = []GatewayProfile{{Name: "edge", Selector: labelSelector("a", "b"), Containers: []string{"envoy"}, CertsDirEnv: "1DIR"}}
+		}, []string{"gatewayProfiles[0].certsDirEnv"}},
+		"profile opt-in reason without opt-in": {func(c *Config) {
+			c.GatewayProfiles = []GatewayProfile{{Name: "edge", Selector: labelSelector("a", "b"), Containers: []string{"envoy"}, OptInReason: "because"}}
+		}, []string{"gatewayProfiles[0].optInReason", "optInOnly"}},
+		"profile bad required container": {func(c *Config) {
+			c.GatewayProfiles = []GatewayProfile{{Name: "edge", Selector: labelSelector("a", "b"), Containers: []string{"envoy"}, RequireContainers: []string{"Shutdown_Manager"}}}
+		}, []string{"gatewayProfiles[0].requireContainers[0]"}},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -171,5 +199,89 @@ func TestShippedExampleConfig(t *testing.T) {
 	cfg.GatewayProfiles = nil
 	if got, want := mustJSON(t, cfg), mustJSON(t, DefaultConfig()); string(got) != string(want) {
 		t.Errorf("the example no longer shows the defaults:\nexample:  %s\ndefaults: %s", got, want)
+	}
+}
+
+// An explicitly empty flavor list in YAML is an error, an absent one means
+// any flavor: the two must not be confused on the way in.
+func TestParseProfileFlavors(t *testing.T) {
+	for name, tc := range map[string]struct {
+		yaml    string
+		wantErr string
+		allows  []Flavor
+		denies  []Flavor
+	}{
+		"absent means any": {yaml: "gatewayProfiles:\n- name: edge\n  selector: {matchLabels: {a: b}}\n  containers: [envoy]\n",
+			allows: Flavors},
+		"empty list names none": {yaml: "gatewayProfiles:\n- name: edge\n  selector: {matchLabels: {a: b}}\n  containers: [envoy]\n  flavors: []\n",
+			wantErr: `gateway profile "edge" names no flavor`},
+		"socket only": {yaml: "gatewayProfiles:\n- name: edge\n  selector: {matchLabels: {a: b}}\n  containers: [envoy]\n  flavors: [sds-agent, istio-proxy]\n",
+			allows: []Flavor{FlavorSDSAgent, FlavorIstioProxy}, denies: []Flavor{FlavorIstioAgentFiles}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg, err := ParseConfig([]byte(tc.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := cfg.Resolve()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := &s.profiles[0].GatewayProfile
+			if p.Name != "edge" {
+				t.Fatalf("first profile %q, want the user's", p.Name)
+			}
+			for _, f := range tc.allows {
+				if !p.allows(f) {
+					t.Errorf("profile does not allow %s", f)
+				}
+			}
+			for _, f := range tc.denies {
+				if p.allows(f) {
+					t.Errorf("profile allows %s", f)
+				}
+			}
+		})
+	}
+}
+
+// Every built-in profile states what its gateway can consume and passes the
+// same validation as a user's.
+func TestBuiltinProfileFlavors(t *testing.T) {
+	want := map[string]struct {
+		flavors []Flavor
+		def     Flavor
+		optIn   bool
+	}{
+		"gloo-edge":          {socketFlavors, FlavorIstioProxy, false},
+		"kgateway":           {socketFlavors, FlavorIstioProxy, false},
+		"gloo-gateway":       {socketFlavors, FlavorIstioProxy, false},
+		"envoy-gateway":      {socketFlavors, FlavorIstioProxy, false},
+		"contour":            {nil, "", true},
+		"contour-quickstart": {nil, "", true},
+		"emissary-ingress":   {[]Flavor{FlavorIstioAgentFiles}, FlavorIstioAgentFiles, false},
+	}
+	got := BuiltinProfiles()
+	if len(got) != len(want) {
+		t.Fatalf("%d built-in profiles, this test knows %d", len(got), len(want))
+	}
+	for i, p := range got {
+		w, ok := want[p.Name]
+		if !ok {
+			t.Errorf("built-in profile %q is not described here", p.Name)
+			continue
+		}
+		if !slices.Equal(p.Flavors, w.flavors) || p.defaultFlavor() != w.def || p.OptInOnly != w.optIn {
+			t.Errorf("%s: flavors %v default %q optIn %v, want %v %q %v", p.Name, p.Flavors, p.defaultFlavor(), p.OptInOnly, w.flavors, w.def, w.optIn)
+		}
+		if _, errs := p.compile(field.NewPath("builtinProfiles").Index(i)); len(errs) > 0 {
+			t.Errorf("%s: %v", p.Name, errs)
+		}
 	}
 }

@@ -14,9 +14,11 @@ import (
 // says which parts of it matter and why.
 func TestAgentContract(t *testing.T) {
 	gateways := map[string]string{
-		"gloo-gateway-proxy.yaml":  "gateway-proxy",
-		"envoy-gateway-proxy.yaml": "envoy",
+		examplesDir + "/gloo-gateway-proxy.yaml":  "gateway-proxy",
+		examplesDir + "/envoy-gateway-proxy.yaml": "envoy",
+		matrixFilesSource:                         "emissary-ingress",
 	}
+	covered := map[Flavor]int{}
 	for file, gwName := range gateways {
 		for _, flavor := range Flavors {
 			for _, version := range matrixVersions {
@@ -25,14 +27,31 @@ func TestAgentContract(t *testing.T) {
 					t.Run(name, func(t *testing.T) {
 						c := DefaultConfig()
 						c.Flavor, c.IstioVersion, c.NativeSidecar = flavor, version, native
-						res := Inject(readPod(t, examplesDir+"/"+file), c.MustResolve())
+						s := c.MustResolve()
+						pod := readPod(t, file)
+						res := Inject(pod, s)
+						match, _ := s.matchGateway(pod)
+						if match.spec != nil && !match.spec.allows(flavor) {
+							// A gateway that cannot consume the flavor is
+							// turned away, not given a useless agent.
+							if res.Decision.Reason != ReasonFlavorUnsupported || !res.Decision.Warn {
+								t.Fatalf("profile %s cannot use %s, yet: %+v", match.profile, flavor, res.Decision)
+							}
+							return
+						}
 						if res.Decision.Outcome != OutcomeInjected {
 							t.Fatalf("%+v", res.Decision)
 						}
+						covered[flavor]++
 						checkContract(t, res.Pod, flavor, version, native, gwName)
 					})
 				}
 			}
+		}
+	}
+	for _, f := range Flavors {
+		if covered[f] == 0 {
+			t.Errorf("no example gateway consumes flavor %s: its contract is never checked", f)
 		}
 	}
 }

@@ -41,6 +41,15 @@ const (
 	// ReasonUnknownRevision: the pod asks for an Istio revision (or tag)
 	// that is not installed; see RevisionUnavailable.
 	ReasonUnknownRevision Reason = "unknown-revision"
+	// ReasonFlavorUnsupported: the pod or the configuration asks for a
+	// flavor the gateway's profile says the gateway cannot consume.
+	ReasonFlavorUnsupported Reason = "flavor-unsupported"
+	// ReasonOptInRequired: the gateway's profile is opt-in only (Contour)
+	// and the pod did not opt in explicitly.
+	ReasonOptInRequired Reason = "opt-in-required"
+	// ReasonAmbient: the pod is enrolled in Istio ambient (pod or namespace
+	// label istio.io/dataplane-mode=ambient); ztunnel provides its identity.
+	ReasonAmbient Reason = "ambient"
 )
 
 // Decision explains what the engine did and why.

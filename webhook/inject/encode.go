@@ -78,6 +78,9 @@ func (p podParams) cacheKey() string {
 	if p.native {
 		b.WriteString("|native")
 	}
+	if p.glooDropIn {
+		b.WriteString("|gloo")
+	}
 	for _, l := range []corev1.ResourceList{p.resources.Requests, p.resources.Limits} {
 		b.WriteByte('|')
 		names := make([]string, 0, len(l))

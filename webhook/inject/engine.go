@@ -2,6 +2,7 @@ package inject
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -142,18 +143,32 @@ func (s *Settings) screenFor(pod *corev1.Pod, istio *IstioInjection) (d Decision
 	}
 
 	match, ok := s.matchGateway(pod)
+	if !ok && explicit == nil {
+		return skipped(ReasonNotAGateway, "pod matches no gateway profile"), gatewayMatch{}, 0, true
+	}
+	if ok && match.spec != nil && match.spec.OptInOnly && explicit == nil {
+		msg := fmt.Sprintf("gateway profile %q is injected only when the pod opts in explicitly, not through the namespace label or the cluster-wide mode", match.profile)
+		if match.spec.OptInReason != "" {
+			msg += ": " + match.spec.OptInReason
+		}
+		return warned(ReasonOptInRequired, match.profile, msg+fmt.Sprintf(
+			"; to inject it anyway, set label (or annotation) %s: \"true\" on the pod template", LabelInject)), gatewayMatch{}, 0, true
+	}
+	if pod.Labels[LabelDataplaneMode] == DataplaneModeAmbient && !pod.Spec.HostNetwork {
+		profile := match.profile
+		if !ok {
+			profile = ""
+		}
+		return warned(ReasonAmbient, profile, ambientMessage(pod.Labels)), gatewayMatch{}, 0, true
+	}
 	if !ok {
-		if explicit == nil {
-			return skipped(ReasonNotAGateway, "pod matches no gateway profile"), gatewayMatch{}, 0, true
-		}
 		// An explicit opt-in of a single-container pod means "this is my
-		// Envoy"; with several containers we would have to guess.
-		if len(pod.Spec.Containers) != 1 {
-			return warned(ReasonContainerNotFound, "", fmt.Sprintf(
-				"pod asks for injection but matches no gateway profile and has %d containers: set annotation %s to the Envoy container's name",
-				len(pod.Spec.Containers), AnnotationGatewayContainer)), gatewayMatch{}, 0, true
+		// Envoy"; with several containers, the one running an Envoy image.
+		name, problem := envoyContainerOf(pod)
+		if problem != "" {
+			return warned(ReasonContainerNotFound, "", problem), gatewayMatch{}, 0, true
 		}
-		match = gatewayMatch{profile: ProfileGeneric, container: pod.Spec.Containers[0].Name}
+		match = gatewayMatch{profile: ProfileGeneric, container: name}
 	}
 	gwIndex = containerIndex(pod.Spec.Containers, match.container)
 	if gwIndex < 0 {
@@ -166,9 +181,28 @@ func (s *Settings) screenFor(pod *corev1.Pod, istio *IstioInjection) (d Decision
 	return Decision{}, match, gwIndex, false
 }
 
+// envoyContainerOf picks the Envoy container of an explicitly opted-in pod
+// that matches no profile: its only container, or else its only container
+// running an Envoy image. problem explains why none can be picked.
+func envoyContainerOf(pod *corev1.Pod) (name, problem string) {
+	if len(pod.Spec.Containers) == 1 {
+		return pod.Spec.Containers[0].Name, ""
+	}
+	envoys := envoyContainers(pod)
+	switch len(envoys) {
+	case 1:
+		return envoys[0], ""
+	case 0:
+		return "", fmt.Sprintf("pod asks for injection but matches no gateway profile and has %d containers, none running a known Envoy image: set annotation %s to the Envoy container's name",
+			len(pod.Spec.Containers), AnnotationGatewayContainer)
+	}
+	return "", fmt.Sprintf("pod asks for injection but matches no gateway profile, and containers %s all run Envoy images: set annotation %s to the gateway's Envoy container's name",
+		strings.Join(envoys, ", "), AnnotationGatewayContainer)
+}
+
 // Screen decides from the fields a cheap partial decode provides: metadata
-// (namespace, labels, annotations) and each container's and init
-// container's name and image. When final is true the decision is the one
+// (namespace, labels, annotations), spec.hostNetwork, and each container's
+// and init container's name and image. When final is true the decision is the one
 // Inject would reach for the full pod, and the rest of the pod need not be
 // decoded; otherwise only Inject can decide. The webhook screens every
 // request so that non-gateway pods never pay for a full decode.
@@ -188,9 +222,19 @@ func (s *Settings) plan(pod *corev1.Pod) (Decision, *plan) {
 		return d, nil
 	}
 
-	params, err := s.podParams(pod)
+	params, err := s.podParams(pod, match)
+	var ferr *flavorError
+	if errors.As(err, &ferr) {
+		return warned(ReasonFlavorUnsupported, match.profile, err.Error()), nil
+	}
 	if err != nil {
 		return warned(ReasonInvalidOverride, match.profile, err.Error()), nil
+	}
+	if pod.Spec.HostNetwork && params.glooDropIn {
+		return warned(ReasonHostNetwork, match.profile, fmt.Sprintf(
+			"the Gloo drop-in listens on %s, and on the host network loopback is the node's, where any process could read the key: "+
+				"turn it off for this pod (annotation %s: \"false\") and point Gloo's SDS cluster at the socket (docs/gateway-wiring.md#gloo-edge)",
+			GlooSDSAddress, AnnotationGlooDropIn)), nil
 	}
 	if pod.Spec.HostNetwork && len(boundPorts(params.flavor)) > 0 {
 		return warned(ReasonHostNetwork, match.profile, fmt.Sprintf(
@@ -201,12 +245,16 @@ func (s *Settings) plan(pod *corev1.Pod) (Decision, *plan) {
 	if err != nil {
 		return warned(ReasonConflict, match.profile, err.Error()), nil
 	}
+	msg := fmt.Sprintf("injected %s (%s, Istio %s, %s) for gateway container %q",
+		agentContainerName(params.flavor), params.flavor, params.version, p.status.Placement, match.container)
+	if pod.Spec.HostNetwork && pod.Labels[LabelDataplaneMode] == DataplaneModeAmbient {
+		msg += "; note: " + ambientHostNetworkCaveat(pod.Labels)
+	}
 	return Decision{
 		Outcome: OutcomeInjected,
 		Reason:  ReasonInjected,
 		Profile: match.profile,
-		Message: fmt.Sprintf("injected %s (%s, Istio %s, %s) for gateway container %q",
-			agentContainerName(params.flavor), params.flavor, params.version, p.status.Placement, match.container),
+		Message: msg,
 	}, p
 }
 
@@ -237,7 +285,7 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 	if containerIndex(pod.Spec.Containers, agentName) >= 0 || containerIndex(pod.Spec.InitContainers, agentName) >= 0 {
 		return nil, fmt.Errorf("the pod already has a container named %q: rename it or opt the pod out", agentName)
 	}
-	for _, port := range boundPorts(params.flavor) {
+	for _, port := range params.ports() {
 		for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 			for i := range cs {
 				for _, cp := range cs[i].Ports {
@@ -285,7 +333,13 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 			p.gatewayMounts = append(p.gatewayMounts, corev1.VolumeMount{Name: w.volume.Name, MountPath: w.gatewayPath, ReadOnly: w.gatewayRO})
 		}
 	}
-	for _, e := range match.env {
+	env := match.env
+	if match.spec != nil && match.spec.CertsDirEnv != "" && params.flavor == FlavorIstioAgentFiles &&
+		!slices.ContainsFunc(gw.Env, func(x corev1.EnvVar) bool { return x.Name == match.spec.CertsDirEnv }) {
+		// Only if absent: a value the owner set stays theirs.
+		env = append(slices.Clip(env), valueEnv(match.spec.CertsDirEnv, s.certsDir))
+	}
+	for _, e := range env {
 		if i := slices.IndexFunc(gw.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }); i >= 0 {
 			if equality.Semantic.DeepEqual(gw.Env[i], e) {
 				continue

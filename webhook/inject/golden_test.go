@@ -29,6 +29,9 @@ const (
 	testdataDir  = "testdata/inject"
 	examplesDir  = "../../docs/examples"
 	matrixSource = "../../docs/examples/gloo-gateway-proxy.yaml"
+	// matrixFilesSource is the matrix's gateway for the files flavor,
+	// which Gloo cannot consume: Emissary, which consumes only files.
+	matrixFilesSource = testdataDir + "/emissary.in.yaml"
 )
 
 // matrixVersions picks one release from each Istio profile.
@@ -38,8 +41,9 @@ var matrixVersions = []string{"1.13.9", "1.21.6", DefaultIstioVersion}
 //   - testdata/inject/<name>.in.yaml, with an optional <name>.config.yaml
 //     laid over the defaults, expects <name>.golden.yaml;
 //   - every example pod in docs/examples expects examples/<name>.golden.yaml;
-//   - the Gloo example under every flavor x Istio profile x placement
-//     expects matrix/<flavor>-<version>-<placement>.golden.yaml.
+//   - the Gloo example (Emissary for the files flavor, which Gloo cannot
+//     consume) under every flavor x Istio profile x placement expects
+//     matrix/<flavor>-<version>-<placement>.golden.yaml.
 func discoverGoldenCases(t *testing.T) []goldenCase {
 	t.Helper()
 	var cases []goldenCase
@@ -90,8 +94,12 @@ func discoverGoldenCases(t *testing.T) []goldenCase {
 					placement = PlacementNative
 				}
 				name := fmt.Sprintf("%s-%s-%s", flavor, version, placement)
+				input := matrixSource
+				if flavor == FlavorIstioAgentFiles {
+					input = matrixFilesSource
+				}
 				cases = append(cases, goldenCase{
-					name: "matrix/" + name, input: matrixSource,
+					name: "matrix/" + name, input: input,
 					golden: filepath.Join(testdataDir, "matrix", name+".golden.yaml"),
 					config: func(*testing.T) Config {
 						c := DefaultConfig()

@@ -219,6 +219,7 @@ func checkNothingAltered(before, after *corev1.Pod) error {
 func screenable(p *corev1.Pod) *corev1.Pod {
 	out := &corev1.Pod{}
 	out.Namespace, out.Labels, out.Annotations = p.Namespace, p.Labels, p.Annotations
+	out.Spec.HostNetwork = p.Spec.HostNetwork
 	for _, c := range p.Spec.Containers {
 		out.Spec.Containers = append(out.Spec.Containers, corev1.Container{Name: c.Name, Image: c.Image})
 	}

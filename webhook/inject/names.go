@@ -19,6 +19,9 @@ const (
 	AnnotationAgentMemory      = Prefix + "agent-memory"
 	AnnotationAgentCPULimit    = Prefix + "agent-cpu-limit"
 	AnnotationAgentMemoryLimit = Prefix + "agent-memory-limit"
+	// AnnotationGlooDropIn ("true"/"false") switches the Gloo Edge drop-in
+	// of the sds-agent flavor on or off for the pod (Config.GlooDropIn).
+	AnnotationGlooDropIn = Prefix + "gloo-drop-in"
 
 	// NamespaceLabel enables injection for every gateway in a namespace.
 	NamespaceLabel = "sds-injection"
@@ -59,4 +62,17 @@ const (
 	// DefaultCertsDir is where the istio-agent-files flavor writes key.pem,
 	// cert-chain.pem and root-cert.pem, in both the agent and the gateway.
 	DefaultCertsDir = "/etc/istio-certs"
+)
+
+// Names of the SDS secrets every flavor's agent serves on the socket (and
+// the files flavor's files stand for), as Istio's own agent names them:
+// the workload's certificate chain and key, and the mesh trust bundle. The
+// wiring guide's snippets use them (docs/gateway-wiring.md).
+const (
+	SecretCertificate = "default"
+	SecretRootCA      = "ROOTCA"
+	// The sds-agent also serves them under Gloo Edge's names (its sds
+	// container's), for the Gloo drop-in.
+	SecretGlooCertificate = "istio_server_cert"
+	SecretGlooRootCA      = "istio_validation_context"
 )

@@ -10,7 +10,10 @@ import (
 
 // podParams applies the pod's override annotations to the settings. Every
 // override is validated; the first invalid one is reported with what to fix.
-func (s *Settings) podParams(pod *corev1.Pod) (podParams, error) {
+// The flavor is the pod's annotation, else the configuration's flavor
+// setting, else the gateway profile's default; a flavor the profile says its
+// gateway cannot consume is a *flavorError.
+func (s *Settings) podParams(pod *corev1.Pod, match gatewayMatch) (podParams, error) {
 	p := podParams{
 		flavor:    s.flavor,
 		version:   s.version,
@@ -19,12 +22,21 @@ func (s *Settings) podParams(pod *corev1.Pod) (podParams, error) {
 		resources: s.resources,
 	}
 	ann := pod.Annotations
+	prof := match.spec
+	source := ""
 	if v, ok := ann[AnnotationFlavor]; ok {
 		f := Flavor(v)
 		if !isFlavor(f) {
 			return p, fmt.Errorf("annotation %s=%q is invalid: use one of %v", AnnotationFlavor, v, flavorStrings())
 		}
-		p.flavor = f
+		p.flavor, source = f, "annotation"
+	} else if s.flavorSet {
+		source = "config"
+	} else if prof != nil && prof.defaultFlavor() != "" {
+		p.flavor = prof.defaultFlavor()
+	}
+	if prof != nil && !prof.allows(p.flavor) {
+		return p, &flavorError{profile: prof, flavor: p.flavor, source: source}
 	}
 	if v, ok := ann[AnnotationIstioVersion]; ok {
 		ver, err := ParseIstioVersion(v)
@@ -50,6 +62,17 @@ func (s *Settings) podParams(pod *corev1.Pod) (podParams, error) {
 	}
 	if p.flavor == FlavorSDSAgent {
 		p.image = s.sdsAgentImage
+		p.glooDropIn = s.glooDropIn
+	}
+	if v, ok := ann[AnnotationGlooDropIn]; ok {
+		if v != "true" && v != "false" {
+			return p, fmt.Errorf("annotation %s=%q is invalid: use \"true\" or \"false\"", AnnotationGlooDropIn, v)
+		}
+		if v == "true" && p.flavor != FlavorSDSAgent {
+			return p, fmt.Errorf("annotation %s: \"true\" needs flavor %s (the drop-in is served by that agent), but the pod gets %s: set annotation %s: %s too",
+				AnnotationGlooDropIn, FlavorSDSAgent, p.flavor, AnnotationFlavor, FlavorSDSAgent)
+		}
+		p.glooDropIn = v == "true"
 	}
 	p.profile = p.version.Profile()
 
@@ -92,4 +115,24 @@ func (s *Settings) podParams(pod *corev1.Pod) (podParams, error) {
 		}
 	}
 	return p, nil
+}
+
+// flavorError: the pod or the configuration asks for a flavor the gateway
+// cannot consume.
+type flavorError struct {
+	profile *GatewayProfile
+	flavor  Flavor
+	source  string // "annotation" or "config"
+}
+
+func (e *flavorError) Error() string {
+	can := fmt.Sprintf("gateway profile %q says its gateway can consume only %v (docs/gateway-wiring.md), so an agent of flavor %s would be of no use to it",
+		e.profile.Name, e.profile.Flavors, e.flavor)
+	if e.source == "annotation" {
+		return fmt.Sprintf("annotation %s=%s asks for flavor %s, but %s: remove the annotation to get the gateway's default %s, or choose one of %v",
+			AnnotationFlavor, e.flavor, e.flavor, can, e.profile.defaultFlavor(), e.profile.Flavors)
+	}
+	return fmt.Sprintf("the injector's configuration sets flavor %s for every gateway, but %s: set annotation %s: %s on the pod template, "+
+		"or leave the configuration's flavor unset so that each gateway gets its profile's default",
+		e.flavor, can, AnnotationFlavor, e.profile.defaultFlavor())
 }

@@ -98,7 +98,8 @@ func (s *Settings) AgentImageFor(pod *corev1.Pod) (string, error) {
 	if pod == nil || s == nil {
 		return "", fmt.Errorf("no pod or no settings given")
 	}
-	p, err := s.podParams(pod)
+	match, _ := s.matchGateway(pod)
+	p, err := s.podParams(pod, match)
 	if err != nil {
 		return "", err
 	}

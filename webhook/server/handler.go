@@ -52,6 +52,15 @@ type Resolver interface {
 	Resolve(pod *corev1.Pod) (settings *inject.Settings, problem string, istio *inject.IstioInjection)
 }
 
+// NamespaceLabeler is implemented by resolvers that know the namespaces'
+// labels (Istio discovery watches them). The handler then honours Istio
+// ambient enrolment by namespace (istio.io/dataplane-mode=ambient); without
+// it only the pod's own label counts. It must answer from memory; nil means
+// the namespace is unknown.
+type NamespaceLabeler interface {
+	NamespaceLabels(namespace string) map[string]string
+}
+
 // Handler answers AdmissionReviews for pod creation (an http.Handler).
 type Handler struct {
 	settings *inject.Settings
@@ -80,11 +89,13 @@ func (h *Handler) WithResolver(r Resolver) *Handler {
 	return h
 }
 
-// settingsFor returns the settings for pod, or a final decision when the
-// pod cannot be given any.
-func (h *Handler) settingsFor(pod *corev1.Pod) (*inject.Settings, *inject.Decision) {
+// settingsFor returns the settings for pod and the labels of its namespace
+// (nil when unknown), or a final decision when the pod is not to be
+// injected whatever the engine says: Istio's injector takes it, Istio
+// ambient enrols it, or its revision does not exist, in that order.
+func (h *Handler) settingsFor(pod *corev1.Pod) (*inject.Settings, map[string]string, *inject.Decision) {
 	if h.resolver == nil {
-		return h.settings, nil
+		return h.settings, nil, nil
 	}
 	s, problem, istio := h.resolver.Resolve(pod)
 	if s == nil {
@@ -94,11 +105,19 @@ func (h *Handler) settingsFor(pod *corev1.Pod) (*inject.Settings, *inject.Decisi
 		// Before the revision: whichever revision the pod names, Istio's
 		// injector gets it, and the warning must say that.
 		d := inject.LeftToIstio(pod, s, *istio)
-		return s, &d
+		return s, nil, &d
+	}
+	var nsLabels map[string]string
+	if nl, ok := h.resolver.(NamespaceLabeler); ok {
+		nsLabels = nl.NamespaceLabels(pod.Namespace)
+	}
+	if d, ok := inject.Ambient(pod, s, nsLabels); ok {
+		// ztunnel gives the pod its identity, whatever its revision.
+		return s, nsLabels, &d
 	}
 	if problem != "" {
 		d := inject.RevisionUnavailable(pod, s, problem)
-		return s, &d
+		return s, nsLabels, &d
 	}
-	return s, nil
+	return s, nsLabels, nil
 }

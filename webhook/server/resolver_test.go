@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -10,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
+	"github.com/sds-injector/sds-injector/webhook/istio"
 )
 
 // fakeResolver picks settings by the pod's label "rev"; a pod labelled
@@ -86,3 +88,91 @@ func TestHandlerResolver(t *testing.T) {
 		t.Fatalf("app pod Istio selects: %s", res.raw)
 	}
 }
+
+// labellingResolver is a fakeResolver that also knows namespace labels
+// (as Istio discovery does).
+type labellingResolver struct {
+	fakeResolver
+	ns map[string]map[string]string
+}
+
+func (r labellingResolver) NamespaceLabels(name string) map[string]string { return r.ns[name] }
+
+// withHostNetwork sets spec.hostNetwork on a pod in JSON.
+func withHostNetwork(t *testing.T, podJSON []byte) []byte {
+	t.Helper()
+	var obj map[string]any
+	if err := json.Unmarshal(podJSON, &obj); err != nil {
+		t.Fatal(err)
+	}
+	obj["spec"].(map[string]any)["hostNetwork"] = true
+	out, err := json.Marshal(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestHandlerAmbientNamespace: with a resolver that knows namespace labels,
+// a gateway in an ambient namespace is skipped (reason ambient) after
+// Istio's injector had its say and before the revision is checked; a
+// hostNetwork gateway there is injected with a warning; the pod label
+// istio.io/dataplane-mode=none opts the pod out of ambient.
+func TestHandlerAmbientNamespace(t *testing.T) {
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := inject.DefaultConfig().MustResolve()
+	ambientNS := map[string]map[string]string{"gloo-system": {inject.LabelDataplaneMode: inject.DataplaneModeAmbient}}
+	gloo := examplePodJSON(t, "gloo-gateway-proxy.yaml")
+	sdsAgent := map[string]string{inject.AnnotationFlavor: string(inject.FlavorSDSAgent)}
+
+	for _, tc := range []struct {
+		name        string
+		resolver    Resolver
+		pod         []byte
+		wantReason  string // "" means injected
+		wantWarning string // substring of the only warning; "" means none
+	}{
+		{"ambient namespace", labellingResolver{fakeResolver{"": base}, ambientNS},
+			withAnnotations(t, gloo, nil, map[string]string{"rev": ""}), "ambient", "not injected (ambient): the gateway is enrolled in Istio ambient (namespace label istio.io/dataplane-mode=ambient)"},
+		{"ambient namespace, unknown revision: ambient wins", labellingResolver{fakeResolver{"": base}, ambientNS},
+			withAnnotations(t, gloo, nil, map[string]string{"rev": "b"}), "ambient", "not injected (ambient)"},
+		{"ambient namespace, Istio's injector selects the pod: Istio wins", labellingResolver{fakeResolver{"": base}, ambientNS},
+			withAnnotations(t, gloo, nil, map[string]string{"rev": "", "istio": "canary"}), "istio-will-inject", "not injected (istio-will-inject)"},
+		{"ambient namespace, pod opts out of ambient", labellingResolver{fakeResolver{"": base}, ambientNS},
+			withAnnotations(t, gloo, nil, map[string]string{"rev": "", inject.LabelDataplaneMode: inject.DataplaneModeNone}), "", ""},
+		{"ambient namespace, hostNetwork gateway", labellingResolver{fakeResolver{"": base}, ambientNS},
+			withHostNetwork(t, withAnnotations(t, gloo, sdsAgent, map[string]string{"rev": ""})), "", "sds-injector: the gateway runs on the host network, which Istio ambient cannot capture"},
+		{"namespace not enrolled", labellingResolver{fakeResolver{"": base}, map[string]map[string]string{"gloo-system": {"team": "edge"}}},
+			withAnnotations(t, gloo, nil, map[string]string{"rev": ""}), "", ""},
+		{"resolver without namespace labels", fakeResolver{"": base},
+			withAnnotations(t, gloo, nil, map[string]string{"rev": ""}), "", ""},
+		{"resolver without namespace labels, ambient pod label", fakeResolver{"": base},
+			withAnnotations(t, gloo, nil, map[string]string{"rev": "", inject.LabelDataplaneMode: inject.DataplaneModeAmbient}), "ambient", "(pod label istio.io/dataplane-mode=ambient)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := NewHandler(base, ErrorPolicyDeny, m, logr.Discard()).WithResolver(tc.resolver)
+			res := post(t, h, "application/json", review(t, admissionV1, tc.pod, nil))
+			if !res.resp.Allowed {
+				t.Fatalf("denied: %s", res.raw)
+			}
+			if injected := len(res.resp.Patch) > 0; injected != (tc.wantReason == "") {
+				t.Fatalf("injected %v, want reason %q: %s", injected, tc.wantReason, res.raw)
+			}
+			switch {
+			case tc.wantWarning == "" && len(res.resp.Warnings) != 0:
+				t.Errorf("unexpected warnings %q", res.resp.Warnings)
+			case tc.wantWarning != "" && (len(res.resp.Warnings) != 1 || !strings.Contains(res.resp.Warnings[0], tc.wantWarning)):
+				t.Errorf("warnings %q, want one containing %q", res.resp.Warnings, tc.wantWarning)
+			}
+		})
+	}
+	if got := testutil.ToFloat64(m.requests.WithLabelValues("skipped", "ambient")); got != 3 {
+		t.Errorf("metric ambient %v, want 3", got)
+	}
+}
+
+// *istio.Discovery is the resolver that knows namespace labels.
+var _ NamespaceLabeler = (*istio.Discovery)(nil)

@@ -108,7 +108,7 @@ func (h *Handler) screen(body []byte) (v verdict, apiVersion, uid string, result
 	for _, c := range o.Spec.InitContainers {
 		pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: c.Name, Image: c.Image})
 	}
-	s, rd := h.settingsFor(pod)
+	s, _, rd := h.settingsFor(pod)
 	if rd != nil {
 		return h.fromDecision(*rd, nil), sr.APIVersion, sr.Request.UID, rd.Outcome, rd.Reason, true
 	}
@@ -272,7 +272,7 @@ func (h *Handler) decide(req *reviewRequest, pod *corev1.Pod) (verdict, inject.O
 	// Never read, and sometimes large: not worth keeping.
 	pod.ManagedFields = nil
 
-	s, rd := h.settingsFor(pod)
+	s, nsLabels, rd := h.settingsFor(pod)
 	if rd != nil {
 		return h.fromDecision(*rd, nil), rd.Outcome, rd.Reason
 	}
@@ -282,7 +282,11 @@ func (h *Handler) decide(req *reviewRequest, pod *corev1.Pod) (verdict, inject.O
 		if err != nil {
 			return h.onEngineError("encoding the patch: " + err.Error()), inject.OutcomeError, "encoding"
 		}
-		return verdict{allowed: true, patch: patch}, d.Outcome, d.Reason
+		v := verdict{allowed: true, patch: patch}
+		if w := inject.AmbientHostNetworkWarning(pod, nsLabels); w != "" {
+			v.warnings = []string{warningPrefix + w}
+		}
+		return v, d.Outcome, d.Reason
 	}
 	return h.fromDecision(d, nil), d.Outcome, d.Reason
 }

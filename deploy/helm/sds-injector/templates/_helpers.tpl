@@ -158,7 +158,31 @@ Input: dict "key" "op" "values".
 {{- range .selector.matchExpressions -}}
 {{- $terms = append $terms (include "sds-injector.celRequirement" (dict "key" .key "op" .operator "values" (default list .values))) -}}
 {{- end -}}
+{{- with .requireContainers -}}
+{{- $names := list -}}
+{{- range . }}{{ $names = append $names (printf "'%s'" .) }}{{ end -}}
+{{- $in := join ", " $names -}}
+{{- $terms = append $terms (printf "((has(object.spec.containers) && object.spec.containers.exists(c, c.name in [%s])) || (has(object.spec.initContainers) && object.spec.initContainers.exists(c, c.name in [%s])))" $in $in) -}}
+{{- end -}}
 ({{ join " && " $terms }})
+{{- end -}}
+
+{{/*
+The built-in gateway profiles' selectors (webhook/inject/profiles.go; the
+install tests check every built-in profile's pods against this condition).
+Opt-in-only profiles (Contour) are included so that their pods get the
+warning saying how to opt in.
+*/}}
+{{- define "sds-injector.builtinSelectors" -}}
+profiles:
+- selector: {matchLabels: {gloo: gateway-proxy}}
+- selector: {matchLabels: {kgateway: kube-gateway}}
+- selector: {matchLabels: {gloo: kube-gateway}}
+- selector: {matchLabels: {app.kubernetes.io/managed-by: envoy-gateway, app.kubernetes.io/component: proxy}}
+- selector: {matchLabels: {app.kubernetes.io/name: contour, app.kubernetes.io/component: envoy}}
+- selector: {matchLabels: {app: envoy}}
+  requireContainers: [shutdown-manager, envoy-initconfig]
+- selector: {matchExpressions: [{key: app.kubernetes.io/name, operator: In, values: [emissary-ingress, ambassador]}]}
 {{- end -}}
 
 {{/* Whether the injector discovers the installed Istio (config.istio: auto). */}}
