@@ -101,7 +101,7 @@ func (s *suite) images(sdsAgentBin string) func(string) (*kubelet.Image, error) 
 				Env:        []string{imagePATH},
 				Files: []kubelet.File{
 					{Path: proxyv2PilotAgent, Source: filepath.Join(s.istiod.BinaryDir, istiod.AgentBinary), Executable: true},
-					{Path: proxyv2BootstrapTemplate, Source: filepath.Join(s.istiod.ModuleDir, "tools", "packaging", "common", "envoy_bootstrap.json")},
+					{Path: proxyv2BootstrapTemplate, Source: s.bootstrapTemplate()},
 				},
 			}, nil
 		case repo == "ghcr.io/sds-injector/sds-agent":
@@ -117,6 +117,18 @@ func (s *suite) images(sdsAgentBin string) func(string) (*kubelet.Image, error) 
 		}
 		return nil, nil
 	}
+}
+
+// bootstrapTemplate is the Envoy bootstrap template the proxyv2 image of
+// istiod's release ships (Istio 1.5 named it envoy_bootstrap_v2.json).
+func (s *suite) bootstrapTemplate() string {
+	dir := filepath.Join(s.istiod.ModuleDir, "tools", "packaging", "common")
+	for _, name := range []string{"envoy_bootstrap.json", "envoy_bootstrap_v2.json"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return filepath.Join(dir, name)
+		}
+	}
+	return filepath.Join(dir, "envoy_bootstrap.json")
 }
 
 var (
@@ -239,6 +251,10 @@ func (s *suite) prepare(t *testing.T, c caseSpec) (*running, error) {
 	cfg := inject.DefaultConfig()
 	cfg.Flavor = c.flavor
 	cfg.NativeSidecar = c.native
+	if rel := istiod.ReleaseUnderTest(); rel != "" {
+		// The agent contract of the release that runs.
+		cfg.IstioVersion = rel
+	}
 	if c.istioVersion != "" {
 		cfg.IstioVersion = c.istioVersion
 	}
@@ -246,6 +262,17 @@ func (s *suite) prepare(t *testing.T, c caseSpec) (*running, error) {
 		c.configure(&cfg)
 	}
 	settings, err := cfg.Resolve()
+	if version, verr := inject.ParseIstioVersion(cfg.IstioVersion); verr == nil {
+		if ferr := version.SupportsFlavor(c.flavor); ferr != nil {
+			// Expected to be unsupported: the engine must refuse it, for
+			// that reason, and nothing is run.
+			if err == nil || !strings.Contains(err.Error(), ferr.Error()) {
+				t.Fatalf("Istio %s cannot serve flavor %s (%v), but the engine's Resolve gave %v", cfg.IstioVersion, c.flavor, ferr, err)
+			}
+			noteCase(t, "engine refuses: "+ferr.Error())
+			t.Skipf("%s: the engine refuses the configuration as it should: %v", expectedUnsupported, err)
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -724,6 +751,80 @@ func (s *suite) waitLog(r *running, re *regexp.Regexp, timeout time.Duration) (s
 		time.Sleep(50 * time.Millisecond)
 	}
 	return "", fmt.Errorf("no log line matching %q within %s", re, timeout)
+}
+
+// expectedUnsupported marks a case that cannot work with the Istio release
+// under test; the skip message after it says why.
+const expectedUnsupported = "EXPECTED-UNSUPPORTED"
+
+// Machine-readable results for test/istio-releases/run.sh: with
+// SDS_INJECTOR_FLAVOR_RESULTS set, every case appends one tab-separated
+// line: release, flavor, gateway, placement, result (pass, fail,
+// unsupported, skip), first certificate in ms ("-" if none), notes.
+const resultsEnv = "SDS_INJECTOR_FLAVOR_RESULTS"
+
+var caseNotes struct {
+	sync.Mutex
+	byTest map[string][]string
+	first  map[string]time.Duration
+}
+
+// noteCase records a note for the results line of t's case.
+func noteCase(t *testing.T, note string) {
+	caseNotes.Lock()
+	defer caseNotes.Unlock()
+	if caseNotes.byTest == nil {
+		caseNotes.byTest = map[string][]string{}
+	}
+	caseNotes.byTest[t.Name()] = append(caseNotes.byTest[t.Name()], note)
+}
+
+func recordFirstSecret(t *testing.T, d time.Duration) {
+	caseNotes.Lock()
+	defer caseNotes.Unlock()
+	if caseNotes.first == nil {
+		caseNotes.first = map[string]time.Duration{}
+	}
+	caseNotes.first[t.Name()] = d
+}
+
+// reportCase registers the results line of t's case; call it first in the
+// case so that it runs last.
+func (s *suite) reportCase(t *testing.T, c caseSpec) {
+	file := os.Getenv(resultsEnv)
+	if file == "" {
+		return
+	}
+	t.Cleanup(func() {
+		caseNotes.Lock()
+		notes, first := caseNotes.byTest[t.Name()], caseNotes.first[t.Name()]
+		caseNotes.Unlock()
+		result := "pass"
+		switch {
+		case t.Failed():
+			result = "fail"
+		case t.Skipped() && slices.ContainsFunc(notes, func(n string) bool { return strings.HasPrefix(n, "engine refuses: ") }):
+			result = "unsupported"
+		case t.Skipped():
+			result = "skip"
+		}
+		ms := "-"
+		if first > 0 {
+			ms = fmt.Sprintf("%.0f", float64(first)/float64(time.Millisecond))
+		}
+		clean := strings.NewReplacer("\t", " ", "\n", " ")
+		line := strings.Join([]string{s.istiod.Release, string(c.flavor), c.gateway.name, c.placement(), result, ms,
+			clean.Replace(strings.Join(notes, "; "))}, "\t") + "\n"
+		f, err := os.OpenFile(file, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Errorf("results file: %v", err)
+			return
+		}
+		defer f.Close()
+		if _, err := f.WriteString(line); err != nil {
+			t.Errorf("results file: %v", err)
+		}
+	})
 }
 
 // timing is one row of the timings table.

@@ -17,6 +17,16 @@
 // revision would fight over the leader-election locks. istiods of different
 // revisions (Options.Revision) share the istio-ca-secret, as in a real
 // canary install.
+//
+// # Released Istio versions
+//
+// The module proxy serves no Istio release. test/istio-releases/run.sh
+// builds one from an unpacked release tree and points this package at it
+// with three environment variables: ISTIO_BIN (the release's binaries),
+// ISTIO_SOURCE_DIR (the unpacked tree: CRDs, the Envoy bootstrap template)
+// and ISTIO_RELEASE (its version, e.g. 1.14.6). Start then adapts istiod's
+// configuration to what that release needs on a current apiserver and
+// lists each adaptation in Istiod.Notes.
 package istiod
 
 import (
@@ -69,6 +79,18 @@ const (
 )
 
 const buildScript = "build-istio.sh"
+
+// Environment variables that select a released Istio (see the package
+// documentation).
+const (
+	EnvBinaryDir = "ISTIO_BIN"
+	EnvSourceDir = "ISTIO_SOURCE_DIR"
+	EnvRelease   = "ISTIO_RELEASE"
+)
+
+// ReleaseUnderTest is the released Istio version the environment selects
+// (ISTIO_RELEASE), or "" for the module snapshot.
+func ReleaseUnderTest() string { return strings.TrimSpace(os.Getenv(EnvRelease)) }
 
 // Options configure Start. The zero value runs DefaultModuleVersion in
 // istio-system with Istio's defaults.
@@ -124,6 +146,9 @@ type Istiod struct {
 	ModuleDir string
 	// LogPath is istiod's combined output (removed by Stop).
 	LogPath string
+	// Notes lists how istiod's setup differs from the default for the
+	// release under test (empty for the module snapshot).
+	Notes []string
 	// StartDuration is the time from exec to /ready.
 	StartDuration time.Duration
 
@@ -146,11 +171,17 @@ func BinaryDir(ctx context.Context, moduleVersion string) (string, error) {
 	if moduleVersion == "" {
 		moduleVersion = DefaultModuleVersion
 	}
-	if dir := os.Getenv("ISTIO_BIN"); dir != "" {
+	if dir := os.Getenv(EnvBinaryDir); dir != "" {
 		if isExecutable(filepath.Join(dir, DiscoveryBinary)) && isExecutable(filepath.Join(dir, AgentBinary)) {
 			return dir, nil
 		}
+		if ReleaseUnderTest() != "" {
+			return "", fmt.Errorf("%s=%s lacks %s or %s of Istio %s (test/istio-releases/run.sh builds them)", EnvBinaryDir, dir, DiscoveryBinary, AgentBinary, ReleaseUnderTest())
+		}
 		fmt.Fprintf(os.Stderr, "istiod: ISTIO_BIN=%s lacks %s or %s; using %s instead\n", dir, DiscoveryBinary, AgentBinary, buildScript)
+	}
+	if ReleaseUnderTest() != "" {
+		return "", fmt.Errorf("%s=%s needs %s pointing at that release's binaries", EnvRelease, ReleaseUnderTest(), EnvBinaryDir)
 	}
 	script, err := findScript()
 	if err != nil {
@@ -177,7 +208,17 @@ func BinaryDir(ctx context.Context, moduleVersion string) (string, error) {
 
 // ModuleDir returns the source directory of istio.io/istio@moduleVersion in
 // the module cache, downloading it through the Go module proxy if needed.
+// ISTIO_SOURCE_DIR, if set, is returned instead (a release tree).
 func ModuleDir(ctx context.Context, moduleVersion string) (string, error) {
+	if dir := os.Getenv(EnvSourceDir); dir != "" {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
+			return "", fmt.Errorf("%s=%s is not an Istio source tree: %w", EnvSourceDir, dir, err)
+		}
+		return dir, nil
+	}
+	if ReleaseUnderTest() != "" {
+		return "", fmt.Errorf("%s=%s needs %s pointing at that release's unpacked source", EnvRelease, ReleaseUnderTest(), EnvSourceDir)
+	}
 	if moduleVersion == "" {
 		moduleVersion = DefaultModuleVersion
 	}
@@ -239,10 +280,20 @@ func Start(ctx context.Context, cp *controlplane.ControlPlane, opts Options) (_ 
 	if b, err := os.ReadFile(filepath.Join(modDir, "VERSION")); err == nil {
 		release = strings.TrimSpace(string(b))
 	}
+	if r := ReleaseUnderTest(); r != "" {
+		release = r
+	}
+	q, err := quirksFor(release)
+	if err != nil {
+		return nil, err
+	}
 
 	// Istio's CRDs: istiod watches them; without them it logs errors and
 	// some informers never sync.
-	crds := filepath.Join(modDir, "manifests", "charts", "base", "files", "crd-all.gen.yaml")
+	crds, err := crdFile(modDir)
+	if err != nil {
+		return nil, err
+	}
 	if _, err := envtest.InstallCRDs(cp.Config, envtest.CRDInstallOptions{Paths: []string{crds}, ErrorIfPathMissing: true}); err != nil {
 		return nil, fmt.Errorf("installing Istio CRDs from %s: %w", crds, err)
 	}
@@ -258,7 +309,7 @@ func Start(ctx context.Context, cp *controlplane.ControlPlane, opts Options) (_ 
 	i := &Istiod{
 		Namespace: opts.Namespace, TrustDomain: opts.TrustDomain, ClusterID: opts.ClusterID,
 		ModuleVersion: opts.ModuleVersion, Release: release, BinaryDir: binDir, ModuleDir: modDir,
-		cp: cp, dir: dir, LogPath: filepath.Join(dir, "istiod.log"),
+		cp: cp, dir: dir, LogPath: filepath.Join(dir, "istiod.log"), Notes: q.notes,
 	}
 	defer func() {
 		if retErr != nil {
@@ -268,7 +319,7 @@ func Start(ctx context.Context, cp *controlplane.ControlPlane, opts Options) (_ 
 			_ = i.Stop()
 		}
 	}()
-	mesh := fmt.Sprintf("trustDomain: %s\nrootNamespace: %s\n", opts.TrustDomain, opts.Namespace)
+	mesh := fmt.Sprintf("trustDomain: %s\nrootNamespace: %s\n", opts.TrustDomain, opts.Namespace) + q.mesh
 	if err := os.MkdirAll(filepath.Join(dir, "etc", "istio", "config"), 0o755); err != nil {
 		return nil, err
 	}
@@ -511,4 +562,59 @@ func findScript() (string, error) {
 func isExecutable(path string) bool {
 	fi, err := os.Stat(path)
 	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
+}
+
+// quirks are the changes a released istiod needs to run on the local
+// (current) apiserver.
+type quirks struct {
+	mesh  string   // appended to the mesh config
+	notes []string // what differs, for reports
+}
+
+func quirksFor(release string) (quirks, error) {
+	var q quirks
+	if ReleaseUnderTest() == "" {
+		return q, nil
+	}
+	minor, err := releaseMinor(release)
+	if err != nil {
+		return q, err
+	}
+	if minor < 15 {
+		// istiod <= 1.14 lists networking.k8s.io/v1beta1 Ingress (removed in
+		// Kubernetes 1.22) unless its Ingress controller is off, and never
+		// becomes ready.
+		q.mesh += "ingressControllerMode: \"OFF\"\n"
+		q.notes = append(q.notes, `istiod mesh config ingressControllerMode: "OFF" (it lists networking.k8s.io/v1beta1 Ingress, gone since Kubernetes 1.22, and never becomes ready otherwise)`)
+	}
+	return q, nil
+}
+
+// releaseMinor parses the minor version of "1.14.6" (or "1.14").
+func releaseMinor(release string) (int, error) {
+	parts := strings.Split(strings.TrimPrefix(release, "v"), ".")
+	if len(parts) < 2 || parts[0] != "1" {
+		return 0, fmt.Errorf("%s=%q is not an Istio 1.x release", EnvRelease, release)
+	}
+	minor, err := strconv.Atoi(parts[1])
+	if err != nil {
+		return 0, fmt.Errorf("%s=%q is not an Istio 1.x release", EnvRelease, release)
+	}
+	return minor, nil
+}
+
+// crdFile finds Istio's CRD bundle in a source tree; its place moved
+// between releases.
+func crdFile(modDir string) (string, error) {
+	candidates := []string{
+		filepath.Join("manifests", "charts", "base", "files", "crd-all.gen.yaml"), // 1.15+
+		filepath.Join("manifests", "charts", "base", "crds", "crd-all.gen.yaml"),  // older (1.14, 1.22)
+	}
+	for _, c := range candidates {
+		p := filepath.Join(modDir, c)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no Istio CRD bundle in %s (looked for %v)", modDir, candidates)
 }
