@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -390,6 +391,7 @@ func (s *suite) start(t *testing.T, r *running) {
 		}
 		return value, ""
 	}
+	s.bindAbsoluteAgentPaths(t, r)
 	r.istiodLogFrom = len(s.istiod.Log())
 	proc, err := r.kp.Start(context.Background(), r.agent, kubelet.StartOptions{EnvRewrite: rewrite, PortMap: portMap})
 	if err != nil {
@@ -404,6 +406,69 @@ func (s *suite) start(t *testing.T, r *running) {
 	})
 	for _, rw := range proc.Rewrites {
 		t.Logf("rewrite: %s", rw)
+	}
+}
+
+// Istio agents before 1.14 reach their config directory through the
+// absolute path /etc/istio/proxy (the SDS socket /etc/istio/proxy/SDS,
+// Envoy's bootstrap), and Istio 1.5's agent execs /usr/local/bin/envoy and
+// reads /var/lib/istio/envoy/envoy_bootstrap_tmpl.json: in a container
+// those are in its own root. test/istio-releases/run.sh runs such releases
+// in a private mount namespace (overlays on /etc, /usr/local/bin and
+// /var/lib, the stand-in Envoy and the bootstrap template in place) and
+// says so with this variable; each case then bind-mounts the agent's
+// volumes under /etc/istio at their mountPath, as the real node would.
+const privateMountNSEnv = "SDS_INJECTOR_PRIVATE_MOUNT_NS"
+
+const absoluteAgentPathsBefore = 14
+
+func (s *suite) bindAbsoluteAgentPaths(t *testing.T, r *running) {
+	t.Helper()
+	rel := istiod.ReleaseUnderTest()
+	if rel == "" || r.spec.flavor == inject.FlavorSDSAgent {
+		return
+	}
+	v, err := inject.ParseIstioVersion(rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Minor >= absoluteAgentPathsBefore {
+		return
+	}
+	self, _ := os.Readlink("/proc/self/ns/mnt")
+	init, _ := os.Readlink("/proc/1/ns/mnt")
+	if os.Getenv(privateMountNSEnv) != "1" || self == "" || self == init {
+		t.Fatalf("Istio %s's agent uses the absolute path /etc/istio/proxy (SDS socket, Envoy bootstrap): run this release through test/istio-releases/run.sh, "+
+			"which runs it in a private mount namespace (%s=%q, mount namespace %s, init's %s)", rel, privateMountNSEnv, os.Getenv(privateMountNSEnv), self, init)
+	}
+	for _, m := range mustContainer(t, r, r.agent).VolumeMounts {
+		if !strings.HasPrefix(path.Clean(m.MountPath)+"/", "/etc/istio/") {
+			continue
+		}
+		src, err := filepath.EvalSymlinks(r.kp.HostPath(r.agent, m.MountPath))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(m.MountPath, 0o755); err != nil {
+			t.Fatalf("private mount namespace: %v", err)
+		}
+		flags := uintptr(syscall.MS_BIND)
+		if err := syscall.Mount(src, m.MountPath, "", flags, ""); err != nil {
+			t.Fatalf("bind-mounting volume %s at %s: %v", m.Name, m.MountPath, err)
+		}
+		if m.ReadOnly {
+			if err := syscall.Mount("", m.MountPath, "", flags|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+				t.Fatalf("read-only remount of %s: %v", m.MountPath, err)
+			}
+		}
+		mountPath := m.MountPath
+		t.Cleanup(func() {
+			if err := syscall.Unmount(mountPath, syscall.MNT_DETACH); err != nil {
+				t.Errorf("unmounting %s: %v", mountPath, err)
+			}
+		})
+		t.Logf("private mount namespace: volume %s bound at its mountPath %s (the agent uses that absolute path)", m.Name, m.MountPath)
+		noteCase(t, "agent run in a private mount namespace: volume "+m.Name+" bound at "+m.MountPath)
 	}
 }
 

@@ -45,14 +45,45 @@ for arg in "$@"; do
   testlog="$log_dir/flavors-$version.log"
   echo "=== Istio $version: flavor proof (log: $testlog)"
   started=$(date +%s)
-  (
-    cd "$repo" &&
-    ISTIO_BIN="$bin" ISTIO_SOURCE_DIR="$src" ISTIO_RELEASE="$version" SDS_INJECTOR_FLAVOR_RESULTS="$results" \
-      go test -count=1 -timeout "$timeout" -v -run "$run_pattern" ./test/flavors/
-  ) >"$testlog" 2>&1
-  rc=$?
+  minor=$(echo "$version" | cut -d. -f2)
+  gotest=(go test -count=1 -timeout "$timeout" -v -run "$run_pattern" ./test/flavors/)
+  export ISTIO_BIN="$bin" ISTIO_SOURCE_DIR="$src" ISTIO_RELEASE="$version" SDS_INJECTOR_FLAVOR_RESULTS="$results"
+  if [ "$minor" -lt 14 ]; then
+    # Agents before 1.14 use /etc/istio/proxy (and 1.5's /usr/local/bin/envoy
+    # and /var/lib/istio/envoy/...) by absolute path: run the suite in a
+    # private mount namespace, as a node gives each container its own root,
+    # and a private network namespace (istiod 1.5's CA listens on every
+    # interface). Nothing changes on the host.
+    echo "    Istio $version: agent paths are absolute; running in a private mount and network namespace (unshare -m -n)"
+    ov=$(mktemp -d "${TMPDIR:-/tmp}/sds-injector-ns.XXXXXX")
+    bootstrap="$src/tools/packaging/common/envoy_bootstrap.json"
+    [ -f "$bootstrap" ] || bootstrap="$src/tools/packaging/common/envoy_bootstrap_v2.json"
+    (
+      cd "$repo" &&
+      OV="$ov" BOOTSTRAP="$bootstrap" SDS_INJECTOR_PRIVATE_MOUNT_NS=1 unshare -m -n --propagation private bash -ec '
+        ip link set lo up; ip addr add 10.99.0.1/32 dev lo; ip route add default dev lo
+        for d in /etc /usr/local/bin /var/lib; do
+          mkdir -p "$OV/upper$d" "$OV/work$d"
+          mount -t overlay overlay -o "lowerdir=$d,upperdir=$OV/upper$d,workdir=$OV/work$d" "$d"
+        done
+        printf "#!/bin/sh\n# Stand-in for Envoy (test only): stays alive, serves nothing.\nexec sleep 2147483647\n" >/usr/local/bin/envoy
+        chmod 755 /usr/local/bin/envoy
+        mkdir -p /var/lib/istio/envoy
+        cp "$BOOTSTRAP" /var/lib/istio/envoy/envoy_bootstrap_tmpl.json
+        exec "$@"' bash "${gotest[@]}"
+    ) >"$testlog" 2>&1
+    rc=$?
+    rm -rf "$ov"
+  else
+    (cd "$repo" && "${gotest[@]}") >"$testlog" 2>&1
+    rc=$?
+  fi
+  unset ISTIO_BIN ISTIO_SOURCE_DIR ISTIO_RELEASE SDS_INJECTOR_FLAVOR_RESULTS
   echo "    go test exit $rc after $(( $(date +%s) - started ))s"
-  grep -E '^(--- |    --- )(FAIL|SKIP)|differs for Istio|^(ok|FAIL)\s' "$testlog" | head -60 | sed 's/^/    /'
+  grep -E '^(--- |    --- )(FAIL|SKIP)|istiod \(Istio release|differs for Istio|^(ok|FAIL)\s' "$testlog" | head -60 | sed 's/^ */    /'
+  neg_pass=$(grep -c -- '--- PASS: TestNegativeControls/' "$testlog")
+  neg_fail=$(grep -c -- '--- FAIL: TestNegativeControls/' "$testlog")
+  echo "    negative controls: $neg_pass passed, $neg_fail failed"
   if [ ! -s "$results" ]; then
     why=$(grep -m1 -E 'setting up the control plane and istiod|panic:|build failed' "$testlog" || echo "no case ran")
     printf '%s\t-\t-\t-\tfail\t-\t%s\n' "$version" "${why:0:200}" >>"$rows"
