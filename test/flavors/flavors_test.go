@@ -79,8 +79,14 @@ func (s *suite) provePositive(t *testing.T, c caseSpec) {
 	switch c.flavor {
 	case inject.FlavorIstioProxy, inject.FlavorSDSAgent:
 		socketAt, secretAt, secrets, err := r.waitSocketSecret(t, firstSecretTimeout)
+		if err != nil && c.flavor == inject.FlavorIstioProxy && strings.Contains(err.Error(), "unknown service envoy.service.secret.v3.SecretDiscoveryService") {
+			// Measured with Istio 1.5: its agent serves only the v2 SDS API.
+			// Current Envoys (the gateways' included) speak only v3.
+			noteCase(t, "incompatible: the agent serves SDS v2 only (envoy.service.discovery.v2); the gateway's Envoy and this client speak v3 only")
+			t.Skipf("%s: Istio %s's agent serves no v3 SDS: %v", expectedUnsupported, s.istiod.Release, err)
+		}
 		if err != nil {
-			t.Fatalf("no secret from the agent: %v", err)
+			t.Fatalf("no secret from the agent: %v\nistiod log since the agent started (tail):\n%s", err, tail(s.istiod.Log()[r.istiodLogFrom:], 30))
 		}
 		row.SocketAt, row.FirstSecret = socketAt, secretAt
 		recordFirstSecret(t, secretAt)

@@ -868,7 +868,9 @@ func (s *suite) reportCase(t *testing.T, c caseSpec) {
 		switch {
 		case t.Failed():
 			result = "fail"
-		case t.Skipped() && slices.ContainsFunc(notes, func(n string) bool { return strings.HasPrefix(n, "engine refuses: ") }):
+		case t.Skipped() && slices.ContainsFunc(notes, func(n string) bool {
+			return strings.HasPrefix(n, "engine refuses: ") || strings.HasPrefix(n, "incompatible: ")
+		}):
 			result = "unsupported"
 		case t.Skipped():
 			result = "skip"

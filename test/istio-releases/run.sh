@@ -66,6 +66,8 @@ for arg in "$@"; do
           mkdir -p "$OV/upper$d" "$OV/work$d"
           mount -t overlay overlay -o "lowerdir=$d,upperdir=$OV/upper$d,workdir=$OV/work$d" "$d"
         done
+        # istiod 1.5 serves its CA only under a service name (its DNS certificate).
+        echo "127.0.0.1 istiod.istio-system.svc" >>/etc/hosts
         printf "#!/bin/sh\n# Stand-in for Envoy (test only): stays alive, serves nothing.\nexec sleep 2147483647\n" >/usr/local/bin/envoy
         chmod 755 /usr/local/bin/envoy
         mkdir -p /var/lib/istio/envoy

@@ -386,8 +386,17 @@ func (i *Istiod) start(ctx context.Context, opts Options, meshFile string) error
 	i.CAAddr = net.JoinHostPort("localhost", strconv.Itoa(secureGRPCPort))
 	if i.q.istiodAddrCA {
 		// The CA and secure xDS listen on ISTIOD_ADDR's port (on every
-		// interface: istiod 1.5 takes only the port from it).
-		i.CAAddr = net.JoinHostPort("localhost", strconv.Itoa(ports[6]))
+		// interface: istiod 1.5 takes only the port from it). Its DNS
+		// certificate is for ISTIOD_ADDR's host, which must look like
+		// <service>.<namespace>[...]: "localhost" is refused.
+		// The 1.5 agent trusts istiod's root (istio-ca-root-cert) only
+		// for a CA_ADDR on port 15012, so the port is fixed: this needs
+		// a private network namespace, which run.sh provides.
+		host := "istiod." + opts.Namespace + ".svc"
+		if err := resolvesToLoopback(host); err != nil {
+			return fmt.Errorf("istiod %s serves its CA only under a service name: %w (test/istio-releases/run.sh maps it to 127.0.0.1 in a private /etc/hosts)", i.Release, err)
+		}
+		i.CAAddr = net.JoinHostPort(host, "15012")
 	}
 	i.HTTPAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort))
 	i.MonitoringAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(monitoringPort))
@@ -630,7 +639,9 @@ func quirksFor(release string) (quirks, error) {
 		q.notes = append(q.notes,
 			"Istio's CRDs converted from apiextensions.k8s.io/v1beta1 (removed in Kubernetes 1.22) to v1, schema x-kubernetes-preserve-unknown-fields",
 			"istiod flags: --secureGrpcAddr instead of --secureGRPCAddr, no --clusterID",
-			"istiod's CA starts only with ISTIOD_ADDR set (localhost:<port>; it serves the CA and secure xDS on that port on every interface) and a token of its own at ./var/run/secrets/tokens/istio-token (minted for istio-system/istiod, audience istio-ca)")
+			"istiod's CA starts only with ISTIOD_ADDR set and a token of its own at ./var/run/secrets/tokens/istio-token (minted for istio-system/istiod, audience istio-ca); "+
+				"ISTIOD_ADDR must be a service name: istiod.istio-system.svc:15012, mapped to 127.0.0.1 in the private /etc/hosts (\"localhost\" is refused), and port 15012 because the 1.5 agent trusts istiod's root only for a CA_ADDR on :15012; "+
+				"so CA_ADDR stays as injected. The CA port listens on every interface, inside the private network namespace")
 	}
 	if minor < 15 {
 		// istiod <= 1.14 lists networking.k8s.io/v1beta1 Ingress (removed in
@@ -640,6 +651,20 @@ func quirksFor(release string) (quirks, error) {
 		q.notes = append(q.notes, `istiod mesh config ingressControllerMode: "OFF" (it lists networking.k8s.io/v1beta1 Ingress, gone since Kubernetes 1.22, and never becomes ready otherwise)`)
 	}
 	return q, nil
+}
+
+// resolvesToLoopback checks that host resolves to loopback addresses only.
+func resolvesToLoopback(host string) error {
+	addrs, err := net.LookupHost(host)
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if ip := net.ParseIP(a); ip == nil || !ip.IsLoopback() {
+			return fmt.Errorf("%s resolves to %v, not only to loopback", host, addrs)
+		}
+	}
+	return nil
 }
 
 // releaseMinor parses the minor version of "1.14.6" (or "1.14").
