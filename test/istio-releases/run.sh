@@ -25,6 +25,19 @@ mkdir -p "$log_dir"
 run_pattern="${FLAVORS_RUN:-^(TestFlavors|TestNegativeControls)$/^(istio-proxy|istio-agent-files|sds-agent)$}"
 timeout="${FLAVORS_TIMEOUT:-40m}"
 rows="$log_dir/results.tsv"
+# Each suite runs in its own session (setsid: session id = its pid). The
+# control plane, istiod and the agents run in process groups of their own,
+# so an interrupted run.sh ends every process of that session by its
+# session id, then the stragglers that ignore SIGTERM, instead of leaving
+# orphans.
+suite_pid=""
+stop_suite() {
+  [ -n "$suite_pid" ] || return 0
+  pkill -TERM -s "$suite_pid" 2>/dev/null
+  for _ in $(seq 1 30); do pgrep -s "$suite_pid" >/dev/null || return 0; sleep 1; done
+  pkill -KILL -s "$suite_pid" 2>/dev/null
+}
+trap 'stop_suite; exit 130' INT TERM
 : >"$rows"
 status=0
 
@@ -60,7 +73,7 @@ for arg in "$@"; do
     [ -f "$bootstrap" ] || bootstrap="$src/tools/packaging/common/envoy_bootstrap_v2.json"
     (
       cd "$repo" &&
-      OV="$ov" BOOTSTRAP="$bootstrap" SDS_INJECTOR_PRIVATE_MOUNT_NS=1 unshare -m -n --propagation private bash -ec '
+      OV="$ov" BOOTSTRAP="$bootstrap" SDS_INJECTOR_PRIVATE_MOUNT_NS=1 exec setsid unshare -m -n --propagation private bash -ec '
         ip link set lo up; ip addr add 10.99.0.1/32 dev lo; ip route add default dev lo
         for d in /etc /usr/local/bin /var/lib; do
           mkdir -p "$OV/upper$d" "$OV/work$d"
@@ -73,12 +86,18 @@ for arg in "$@"; do
         mkdir -p /var/lib/istio/envoy
         cp "$BOOTSTRAP" /var/lib/istio/envoy/envoy_bootstrap_tmpl.json
         exec "$@"' bash "${gotest[@]}"
-    ) >"$testlog" 2>&1
+    ) >"$testlog" 2>&1 &
+    suite_pid=$!
+    wait "$suite_pid"
     rc=$?
+    suite_pid=""
     rm -rf "$ov"
   else
-    (cd "$repo" && "${gotest[@]}") >"$testlog" 2>&1
+    (cd "$repo" && exec setsid "${gotest[@]}") >"$testlog" 2>&1 &
+    suite_pid=$!
+    wait "$suite_pid"
     rc=$?
+    suite_pid=""
   fi
   unset ISTIO_BIN ISTIO_SOURCE_DIR ISTIO_RELEASE SDS_INJECTOR_FLAVOR_RESULTS
   echo "    go test exit $rc after $(( $(date +%s) - started ))s"
