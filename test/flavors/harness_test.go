@@ -46,11 +46,26 @@ const (
 // gateway is an example gateway pod from docs/examples.
 type gateway struct {
 	name, file string
+	// profile is the built-in gateway profile the pod matches, container
+	// its Envoy container.
+	profile, container string
 }
 
 var gateways = []gateway{
-	{"gloo", "gloo-gateway-proxy.yaml"},
-	{"envoy-gateway", "envoy-gateway-proxy.yaml"},
+	{"gloo", "gloo-gateway-proxy.yaml", "gloo-edge", "gateway-proxy"},
+	{"envoy-gateway", "envoy-gateway-proxy.yaml", "envoy-gateway", "envoy"},
+}
+
+// consumes reports whether the gateway's built-in profile says its gateway
+// can consume flavor f.
+func (g gateway) consumes(t *testing.T, f inject.Flavor) bool {
+	for _, p := range inject.BuiltinProfiles() {
+		if p.Name == g.profile {
+			return len(p.Flavors) == 0 || slices.Contains(p.Flavors, f)
+		}
+	}
+	t.Fatalf("no built-in gateway profile %s", g.profile)
+	return false
 }
 
 func loadPod(t *testing.T, file string) *corev1.Pod {
@@ -278,6 +293,18 @@ func (s *suite) prepare(t *testing.T, c caseSpec) (*running, error) {
 		t.Fatal(err)
 	}
 	orig := loadPod(t, c.gateway.file)
+	if !c.gateway.consumes(t, c.flavor) {
+		// The profile turns this flavor away (the gateway's configuration
+		// cannot use it, docs/gateway-wiring.md); the agent is still proven
+		// on the same pod shape, requested through the generic profile.
+		if orig.Annotations == nil {
+			orig.Annotations = map[string]string{}
+		}
+		orig.Annotations[inject.AnnotationGatewayContainer] = c.gateway.container
+		t.Logf("gateway profile %s does not consume flavor %s: requested through the generic profile (annotation %s=%s)",
+			c.gateway.profile, c.flavor, inject.AnnotationGatewayContainer, c.gateway.container)
+		noteCase(t, "generic profile (the "+c.gateway.profile+" profile does not consume this flavor)")
+	}
 	caseSeq.Lock()
 	caseSeq.n++
 	orig.Name = fmt.Sprintf("%s-%d", orig.Name, caseSeq.n)
