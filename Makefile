@@ -86,3 +86,22 @@ manifests:
 ## and cainjector the install suite runs (needs ../shared/third-party/cert-manager)
 cert-manager:
 	@test/certmanager/build-cert-manager.sh
+
+## istio-releases: the flavor proof against released Istio versions, built from
+## their release trees (slow: a build of 2-12 min per version, then ~2 min;
+## not part of make test), e.g.
+##   make istio-releases ISTIO_RELEASES="../shared/third-party/istio/istio-1.30.3.tar.gz"
+## Default: every istio-*.tar.gz in ISTIO_RELEASES_DIR. See docs/compatibility.md.
+ISTIO_RELEASES_DIR ?= ../shared/third-party/istio
+ISTIO_RELEASES     ?= $(sort $(wildcard $(ISTIO_RELEASES_DIR)/istio-*.tar.gz))
+.PHONY: istio-releases test-summary
+istio-releases:
+	@if [ -z "$(strip $(ISTIO_RELEASES))" ]; then \
+	  echo "istio-releases: no release given: set ISTIO_RELEASES=\"<istio-X.Y.Z.tar.gz or source dir> ...\" (none found in $(ISTIO_RELEASES_DIR))"; exit 2; fi
+	test/istio-releases/run.sh $(ISTIO_RELEASES)
+
+# make test ends by saying what it did not run.
+test: test-summary
+test-summary:
+	@echo "make test: the released-Istio matrix was NOT run (too slow for make test; results: docs/compatibility.md)."
+	@echo "  run it with: make istio-releases [ISTIO_RELEASES=\"<istio-X.Y.Z.tar.gz or unpacked tree> ...\"]$(if $(ISTIO_RELEASES), (found: $(notdir $(ISTIO_RELEASES))), (no istio-*.tar.gz in $(ISTIO_RELEASES_DIR)))"

@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -45,11 +46,26 @@ const (
 // gateway is an example gateway pod from docs/examples.
 type gateway struct {
 	name, file string
+	// profile is the built-in gateway profile the pod matches, container
+	// its Envoy container.
+	profile, container string
 }
 
 var gateways = []gateway{
-	{"gloo", "gloo-gateway-proxy.yaml"},
-	{"envoy-gateway", "envoy-gateway-proxy.yaml"},
+	{"gloo", "gloo-gateway-proxy.yaml", "gloo-edge", "gateway-proxy"},
+	{"envoy-gateway", "envoy-gateway-proxy.yaml", "envoy-gateway", "envoy"},
+}
+
+// consumes reports whether the gateway's built-in profile says its gateway
+// can consume flavor f.
+func (g gateway) consumes(t *testing.T, f inject.Flavor) bool {
+	for _, p := range inject.BuiltinProfiles() {
+		if p.Name == g.profile {
+			return len(p.Flavors) == 0 || slices.Contains(p.Flavors, f)
+		}
+	}
+	t.Fatalf("no built-in gateway profile %s", g.profile)
+	return false
 }
 
 func loadPod(t *testing.T, file string) *corev1.Pod {
@@ -101,7 +117,7 @@ func (s *suite) images(sdsAgentBin string) func(string) (*kubelet.Image, error) 
 				Env:        []string{imagePATH},
 				Files: []kubelet.File{
 					{Path: proxyv2PilotAgent, Source: filepath.Join(s.istiod.BinaryDir, istiod.AgentBinary), Executable: true},
-					{Path: proxyv2BootstrapTemplate, Source: filepath.Join(s.istiod.ModuleDir, "tools", "packaging", "common", "envoy_bootstrap.json")},
+					{Path: proxyv2BootstrapTemplate, Source: s.bootstrapTemplate()},
 				},
 			}, nil
 		case repo == "ghcr.io/sds-injector/sds-agent":
@@ -117,6 +133,18 @@ func (s *suite) images(sdsAgentBin string) func(string) (*kubelet.Image, error) 
 		}
 		return nil, nil
 	}
+}
+
+// bootstrapTemplate is the Envoy bootstrap template the proxyv2 image of
+// istiod's release ships (Istio 1.5 named it envoy_bootstrap_v2.json).
+func (s *suite) bootstrapTemplate() string {
+	dir := filepath.Join(s.istiod.ModuleDir, "tools", "packaging", "common")
+	for _, name := range []string{"envoy_bootstrap.json", "envoy_bootstrap_v2.json"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return filepath.Join(dir, name)
+		}
+	}
+	return filepath.Join(dir, "envoy_bootstrap.json")
 }
 
 var (
@@ -239,6 +267,10 @@ func (s *suite) prepare(t *testing.T, c caseSpec) (*running, error) {
 	cfg := inject.DefaultConfig()
 	cfg.Flavor = c.flavor
 	cfg.NativeSidecar = c.native
+	if rel := istiod.ReleaseUnderTest(); rel != "" {
+		// The agent contract of the release that runs.
+		cfg.IstioVersion = rel
+	}
 	if c.istioVersion != "" {
 		cfg.IstioVersion = c.istioVersion
 	}
@@ -246,10 +278,33 @@ func (s *suite) prepare(t *testing.T, c caseSpec) (*running, error) {
 		c.configure(&cfg)
 	}
 	settings, err := cfg.Resolve()
+	if version, verr := inject.ParseIstioVersion(cfg.IstioVersion); verr == nil {
+		if ferr := version.SupportsFlavor(c.flavor); ferr != nil {
+			// Expected to be unsupported: the engine must refuse it, for
+			// that reason, and nothing is run.
+			if err == nil || !strings.Contains(err.Error(), ferr.Error()) {
+				t.Fatalf("Istio %s cannot serve flavor %s (%v), but the engine's Resolve gave %v", cfg.IstioVersion, c.flavor, ferr, err)
+			}
+			noteCase(t, "engine refuses: "+ferr.Error())
+			t.Skipf("%s: the engine refuses the configuration as it should: %v", expectedUnsupported, err)
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	orig := loadPod(t, c.gateway.file)
+	if !c.gateway.consumes(t, c.flavor) {
+		// The profile turns this flavor away (the gateway's configuration
+		// cannot use it, docs/gateway-wiring.md); the agent is still proven
+		// on the same pod shape, requested through the generic profile.
+		if orig.Annotations == nil {
+			orig.Annotations = map[string]string{}
+		}
+		orig.Annotations[inject.AnnotationGatewayContainer] = c.gateway.container
+		t.Logf("gateway profile %s does not consume flavor %s: requested through the generic profile (annotation %s=%s)",
+			c.gateway.profile, c.flavor, inject.AnnotationGatewayContainer, c.gateway.container)
+		noteCase(t, "generic profile (the "+c.gateway.profile+" profile does not consume this flavor)")
+	}
 	caseSeq.Lock()
 	caseSeq.n++
 	orig.Name = fmt.Sprintf("%s-%d", orig.Name, caseSeq.n)
@@ -363,6 +418,7 @@ func (s *suite) start(t *testing.T, r *running) {
 		}
 		return value, ""
 	}
+	s.bindAbsoluteAgentPaths(t, r)
 	r.istiodLogFrom = len(s.istiod.Log())
 	proc, err := r.kp.Start(context.Background(), r.agent, kubelet.StartOptions{EnvRewrite: rewrite, PortMap: portMap})
 	if err != nil {
@@ -377,6 +433,69 @@ func (s *suite) start(t *testing.T, r *running) {
 	})
 	for _, rw := range proc.Rewrites {
 		t.Logf("rewrite: %s", rw)
+	}
+}
+
+// Istio agents before 1.14 reach their config directory through the
+// absolute path /etc/istio/proxy (the SDS socket /etc/istio/proxy/SDS,
+// Envoy's bootstrap), and Istio 1.5's agent execs /usr/local/bin/envoy and
+// reads /var/lib/istio/envoy/envoy_bootstrap_tmpl.json: in a container
+// those are in its own root. test/istio-releases/run.sh runs such releases
+// in a private mount namespace (overlays on /etc, /usr/local/bin and
+// /var/lib, the stand-in Envoy and the bootstrap template in place) and
+// says so with this variable; each case then bind-mounts the agent's
+// volumes under /etc/istio at their mountPath, as the real node would.
+const privateMountNSEnv = "SDS_INJECTOR_PRIVATE_MOUNT_NS"
+
+const absoluteAgentPathsBefore = 14
+
+func (s *suite) bindAbsoluteAgentPaths(t *testing.T, r *running) {
+	t.Helper()
+	rel := istiod.ReleaseUnderTest()
+	if rel == "" || r.spec.flavor == inject.FlavorSDSAgent {
+		return
+	}
+	v, err := inject.ParseIstioVersion(rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Minor >= absoluteAgentPathsBefore {
+		return
+	}
+	self, _ := os.Readlink("/proc/self/ns/mnt")
+	init, _ := os.Readlink("/proc/1/ns/mnt")
+	if os.Getenv(privateMountNSEnv) != "1" || self == "" || self == init {
+		t.Fatalf("Istio %s's agent uses the absolute path /etc/istio/proxy (SDS socket, Envoy bootstrap): run this release through test/istio-releases/run.sh, "+
+			"which runs it in a private mount namespace (%s=%q, mount namespace %s, init's %s)", rel, privateMountNSEnv, os.Getenv(privateMountNSEnv), self, init)
+	}
+	for _, m := range mustContainer(t, r, r.agent).VolumeMounts {
+		if !strings.HasPrefix(path.Clean(m.MountPath)+"/", "/etc/istio/") {
+			continue
+		}
+		src, err := filepath.EvalSymlinks(r.kp.HostPath(r.agent, m.MountPath))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(m.MountPath, 0o755); err != nil {
+			t.Fatalf("private mount namespace: %v", err)
+		}
+		flags := uintptr(syscall.MS_BIND)
+		if err := syscall.Mount(src, m.MountPath, "", flags, ""); err != nil {
+			t.Fatalf("bind-mounting volume %s at %s: %v", m.Name, m.MountPath, err)
+		}
+		if m.ReadOnly {
+			if err := syscall.Mount("", m.MountPath, "", flags|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+				t.Fatalf("read-only remount of %s: %v", m.MountPath, err)
+			}
+		}
+		mountPath := m.MountPath
+		t.Cleanup(func() {
+			if err := syscall.Unmount(mountPath, syscall.MNT_DETACH); err != nil {
+				t.Errorf("unmounting %s: %v", mountPath, err)
+			}
+		})
+		t.Logf("private mount namespace: volume %s bound at its mountPath %s (the agent uses that absolute path)", m.Name, m.MountPath)
+		noteCase(t, "agent run in a private mount namespace: volume "+m.Name+" bound at "+m.MountPath)
 	}
 }
 
@@ -724,6 +843,82 @@ func (s *suite) waitLog(r *running, re *regexp.Regexp, timeout time.Duration) (s
 		time.Sleep(50 * time.Millisecond)
 	}
 	return "", fmt.Errorf("no log line matching %q within %s", re, timeout)
+}
+
+// expectedUnsupported marks a case that cannot work with the Istio release
+// under test; the skip message after it says why.
+const expectedUnsupported = "EXPECTED-UNSUPPORTED"
+
+// Machine-readable results for test/istio-releases/run.sh: with
+// SDS_INJECTOR_FLAVOR_RESULTS set, every case appends one tab-separated
+// line: release, flavor, gateway, placement, result (pass, fail,
+// unsupported, skip), first certificate in ms ("-" if none), notes.
+const resultsEnv = "SDS_INJECTOR_FLAVOR_RESULTS"
+
+var caseNotes struct {
+	sync.Mutex
+	byTest map[string][]string
+	first  map[string]time.Duration
+}
+
+// noteCase records a note for the results line of t's case.
+func noteCase(t *testing.T, note string) {
+	caseNotes.Lock()
+	defer caseNotes.Unlock()
+	if caseNotes.byTest == nil {
+		caseNotes.byTest = map[string][]string{}
+	}
+	caseNotes.byTest[t.Name()] = append(caseNotes.byTest[t.Name()], note)
+}
+
+func recordFirstSecret(t *testing.T, d time.Duration) {
+	caseNotes.Lock()
+	defer caseNotes.Unlock()
+	if caseNotes.first == nil {
+		caseNotes.first = map[string]time.Duration{}
+	}
+	caseNotes.first[t.Name()] = d
+}
+
+// reportCase registers the results line of t's case; call it first in the
+// case so that it runs last.
+func (s *suite) reportCase(t *testing.T, c caseSpec) {
+	file := os.Getenv(resultsEnv)
+	if file == "" {
+		return
+	}
+	t.Cleanup(func() {
+		caseNotes.Lock()
+		notes, first := caseNotes.byTest[t.Name()], caseNotes.first[t.Name()]
+		caseNotes.Unlock()
+		result := "pass"
+		switch {
+		case t.Failed():
+			result = "fail"
+		case t.Skipped() && slices.ContainsFunc(notes, func(n string) bool {
+			return strings.HasPrefix(n, "engine refuses: ") || strings.HasPrefix(n, "incompatible: ")
+		}):
+			result = "unsupported"
+		case t.Skipped():
+			result = "skip"
+		}
+		ms := "-"
+		if first > 0 {
+			ms = fmt.Sprintf("%.0f", float64(first)/float64(time.Millisecond))
+		}
+		clean := strings.NewReplacer("\t", " ", "\n", " ")
+		line := strings.Join([]string{s.istiod.Release, string(c.flavor), c.gateway.name, c.placement(), result, ms,
+			clean.Replace(strings.Join(notes, "; "))}, "\t") + "\n"
+		f, err := os.OpenFile(file, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Errorf("results file: %v", err)
+			return
+		}
+		defer f.Close()
+		if _, err := f.WriteString(line); err != nil {
+			t.Errorf("results file: %v", err)
+		}
+	})
 }
 
 // timing is one row of the timings table.

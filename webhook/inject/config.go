@@ -231,6 +231,11 @@ func (c Config) Resolve() (*Settings, error) {
 	if err != nil {
 		errs = append(errs, field.Invalid(fp("istioVersion"), c.IstioVersion, err.Error()))
 	}
+	if err == nil && isFlavor(c.Flavor) {
+		if ferr := version.SupportsFlavor(c.Flavor); ferr != nil {
+			errs = append(errs, field.Invalid(fp("flavor"), c.Flavor, "with istioVersion "+c.IstioVersion+": "+ferr.Error()))
+		}
+	}
 	istioImage := c.AgentImage
 	if istioImage == "" && err == nil {
 		if version.Release == "" {

@@ -60,6 +60,9 @@ func (s *Settings) podParams(pod *corev1.Pod, match gatewayMatch) (podParams, er
 		}
 		p.native = b
 	}
+	if err := p.version.SupportsFlavor(p.flavor); err != nil {
+		return p, fmt.Errorf("%s: %w", flavorVersionSources(ann, source, prof, p), err)
+	}
 	if p.flavor == FlavorSDSAgent {
 		p.image = s.sdsAgentImage
 		p.glooDropIn = s.glooDropIn
@@ -135,4 +138,24 @@ func (e *flavorError) Error() string {
 	return fmt.Sprintf("the injector's configuration sets flavor %s for every gateway, but %s: set annotation %s: %s on the pod template, "+
 		"or leave the configuration's flavor unset so that each gateway gets its profile's default",
 		e.flavor, can, AnnotationFlavor, e.profile.defaultFlavor())
+}
+
+// flavorVersionSources says where the pod's flavor and Istio version came
+// from: its annotations, the configuration, or the gateway profile's
+// default flavor (Resolve already checked the configuration alone).
+func flavorVersionSources(ann map[string]string, flavorSource string, prof *GatewayProfile, p podParams) string {
+	var flavor string
+	switch {
+	case flavorSource == "annotation":
+		flavor = fmt.Sprintf("annotation %s=%q", AnnotationFlavor, ann[AnnotationFlavor])
+	case flavorSource == "config" || prof == nil || prof.defaultFlavor() == "":
+		flavor = fmt.Sprintf("the configuration's flavor %s", p.flavor)
+	default:
+		flavor = fmt.Sprintf("gateway profile %q's default flavor %s", prof.Name, p.flavor)
+	}
+	version := fmt.Sprintf("the configuration's istioVersion %s", p.version)
+	if v, ok := ann[AnnotationIstioVersion]; ok {
+		version = fmt.Sprintf("annotation %s=%q", AnnotationIstioVersion, v)
+	}
+	return flavor + " with " + version
 }

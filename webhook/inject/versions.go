@@ -108,3 +108,40 @@ func (v IstioVersion) Profile() IstioProfile {
 		return profileCurrent
 	}
 }
+
+// What each Istio line's agent can do for a flavor. The agent flavors run
+// the stock pilot-agent of the pod's Istio release, so a flavor that relies
+// on an agent feature is refused for releases that lack it. sds-agent is
+// this project's own agent and only needs istiod's certificate service,
+// which every supported release (1.5+) has.
+const (
+	// MinAgentFilesMinor is the first Istio 1.x minor whose pilot-agent
+	// runs without Envoy: Istio 1.11 added DISABLE_ENVOY. Before it the
+	// agent writes OUTPUT_CERTS only when an Envoy asks for the
+	// certificate over SDS, so the gateway would never get the files.
+	MinAgentFilesMinor = 11
+)
+
+// SupportsFlavor reports whether the agent of this Istio release can serve
+// flavor f; the error says why not and what to use instead.
+func (v IstioVersion) SupportsFlavor(f Flavor) error {
+	if f == FlavorIstioAgentFiles && v.Minor < MinAgentFilesMinor {
+		return fmt.Errorf("flavor %s needs Istio 1.%d or later, and the Istio version is %s: Istio 1.%d added DISABLE_ENVOY (pilot-agent without Envoy); "+
+			"an older agent writes OUTPUT_CERTS only when an Envoy asks for the certificate over SDS, so the gateway would never get the files. "+
+			"Use flavor %s or %s with this Istio",
+			FlavorIstioAgentFiles, MinAgentFilesMinor, v, MinAgentFilesMinor, FlavorIstioProxy, FlavorSDSAgent)
+	}
+	return nil
+}
+
+// SupportedFlavors lists, in documentation order, the flavors this Istio
+// release's agent supports.
+func (v IstioVersion) SupportedFlavors() []Flavor {
+	var out []Flavor
+	for _, f := range Flavors {
+		if v.SupportsFlavor(f) == nil {
+			out = append(out, f)
+		}
+	}
+	return out
+}
