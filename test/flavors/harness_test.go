@@ -148,29 +148,19 @@ func (s *suite) bootstrapTemplate() string {
 }
 
 var (
-	sdsAgentOnce    sync.Once
-	sdsAgentBin     string
-	sdsAgentMissing bool
-	sdsAgentErr     error
+	sdsAgentOnce sync.Once
+	sdsAgentBin  string
+	sdsAgentErr  error
 )
 
-// needSDSAgent builds ./cmd/sds-agent once. While the package is not in the
-// tree the sds-agent cases skip with that reason; a build failure fails.
+// needSDSAgent builds ./cmd/sds-agent once; a build failure fails the case.
 func needSDSAgent(t *testing.T, s *suite) string {
 	t.Helper()
 	sdsAgentOnce.Do(func() {
-		if _, err := os.Stat(filepath.Join(repoRoot, "cmd", "sds-agent")); os.IsNotExist(err) {
-			sdsAgentMissing = true
-			return
-		}
 		list := exec.Command("go", "list", "-f", "{{.Name}}", "./cmd/sds-agent")
 		list.Dir = repoRoot
 		out, err := list.CombinedOutput()
 		if err != nil {
-			if bytes.Contains(out, []byte("no Go files")) || bytes.Contains(out, []byte("directory not found")) {
-				sdsAgentMissing = true
-				return
-			}
 			sdsAgentErr = fmt.Errorf("go list ./cmd/sds-agent: %v\n%s", err, out)
 			return
 		}
@@ -197,9 +187,6 @@ func needSDSAgent(t *testing.T, s *suite) string {
 		}
 		sdsAgentBin = bin
 	})
-	if sdsAgentMissing {
-		t.Skip("cmd/sds-agent not in this tree yet")
-	}
 	if sdsAgentErr != nil {
 		t.Fatal(sdsAgentErr)
 	}
