@@ -7,6 +7,7 @@ FUZZTIME  ?= 10s
 # fuzzing rather than shrinking.
 FUZZMINIMIZE ?= 2s
 PKGS      := ./...
+GOTESTSUM ?= $(GO) run gotest.tools/gotestsum@v1.13.0 --format standard-quiet
 
 .PHONY: all build test unit lint fmt fuzz fuzz-smoke bench golden controlplane demo clean
 
@@ -24,9 +25,12 @@ test: lint unit fuzz-smoke
 # Unit packages run in parallel; the suites under test/ each start a real
 # control plane (and istiod, helm builds) and run one at a time so that
 # their timing-sensitive checks do not starve each other on small machines.
+# gotestsum (a maintained go test runner) prints go test's usual output and,
+# at the end of each run, every skipped test with its reason: no skip is
+# silent.
 unit:
-	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/test/')
-	$(GO) test -race -count=1 -p 1 -timeout 60m ./test/...
+	$(GOTESTSUM) -- -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/test/')
+	$(GOTESTSUM) -- -race -count=1 -p 1 -timeout 60m ./test/...
 
 ## lint: gofmt and go vet must be clean
 lint:
