@@ -356,7 +356,7 @@ func TestShippedRBACSuffices(t *testing.T) {
 	ctx := context.Background()
 	rc := shippedDiscoveryRBAC(t, "sds-injector", nil)
 	d, _ := startDiscovery(t, rc)
-	eventually(t, 15*time.Second, "discovery to sync with the shipped RBAC", func(context.Context) (bool, error) { return d.Synced(), nil })
+	eventually(t, 15*time.Second, "discovery to sync with the shipped RBAC", func(context.Context) (bool, error) { return d.Synced() && d.Snapshot() != nil, nil })
 	if _, err := d.ScanNow(ctx); err != nil {
 		t.Errorf("stale-agent scan with the shipped RBAC: %v", err)
 	}
@@ -408,7 +408,7 @@ func TestWebhooksUnreadable(t *testing.T) {
 	}
 	start := time.Now()
 	d, logs := startDiscovery(t, rc)
-	eventually(t, 10*time.Second, "discovery to sync without webhook RBAC", func(context.Context) (bool, error) { return d.Synced(), nil })
+	eventually(t, 10*time.Second, "discovery to sync without webhook RBAC", func(context.Context) (bool, error) { return d.Synced() && d.Snapshot() != nil, nil })
 	if took := time.Since(start); took >= 15*time.Second {
 		t.Errorf("synced only after the sync timeout (%s)", took)
 	}

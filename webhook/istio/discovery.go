@@ -263,6 +263,9 @@ func (d *Discovery) Start(ctx context.Context) error {
 		}
 		return nil
 	}
+	// The first snapshot exists before Synced (and readiness) says so;
+	// changes that arrived while it was built are caught by the second.
+	d.rebuild()
 	d.synced.Store(true)
 	d.metrics.synced.Set(1)
 	d.rebuild()
