@@ -829,18 +829,25 @@ func (k *checker) eachPod(ctx context.Context, fn func(*corev1.Pod)) error {
 // revision chosen ("" without discovery), or for a pod left to Istio's
 // injector the revision (or tag) that injector serves.
 func (k *checker) decide(pod *corev1.Pod) (inject.Decision, string) {
-	snap := k.snap
-	if snap == nil {
-		return inject.Inject(pod, k.settings).Decision, ""
-	}
 	var nsLabels map[string]string
 	if ns := k.ns[pod.Namespace]; ns != nil {
 		nsLabels = ns.Labels
 	}
+	snap := k.snap
+	if snap == nil {
+		if d, ok := inject.Ambient(pod, k.settings, nsLabels); ok {
+			return d, ""
+		}
+		return inject.Inject(pod, k.settings).Decision, ""
+	}
 	sel := snap.Resolve(pod, nsLabels)
+	// In the webhook's order: Istio's injector, ambient, the revision.
 	if in := snap.IstioInjection(pod, nsLabels); in != nil {
 		// The revision Istio's injector uses, for the fix.
 		return inject.LeftToIstio(pod, sel.Settings, *in), in.Revision
+	}
+	if d, ok := inject.Ambient(pod, sel.Settings, nsLabels); ok {
+		return d, ""
 	}
 	if sel.Problem != "" {
 		return inject.RevisionUnavailable(pod, sel.Settings, sel.Problem), ""

@@ -150,11 +150,16 @@ unchanged. The result is written as YAML; skipped objects are reported on stderr
 				if r == nil {
 					return inject.Inject(p, s)
 				}
-				rs, problem, istioInjects := r.resolve(cmd.Context(), p)
+				rs, problem, istioInjects, nsLabels := r.resolve(cmd.Context(), p)
+				// In the webhook's order: Istio's injector, ambient, the
+				// revision.
 				if istioInjects != nil {
-					// As the webhook: a gateway Istio's injector takes is
-					// left to it, never made a hybrid.
+					// A gateway Istio's injector takes is left to it, never
+					// made a hybrid.
 					return inject.Result{Pod: p, Decision: inject.LeftToIstio(p, rs, *istioInjects)}
+				}
+				if d, ok := inject.Ambient(p, rs, nsLabels); ok {
+					return inject.Result{Pod: p, Decision: d}
 				}
 				if problem != "" {
 					return inject.Result{Pod: p, Decision: inject.RevisionUnavailable(p, rs, problem)}

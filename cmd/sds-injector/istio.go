@@ -102,7 +102,7 @@ type offlineResolver struct {
 	c    client.Reader
 }
 
-func (r *offlineResolver) resolve(ctx context.Context, pod *corev1.Pod) (*inject.Settings, string, *inject.IstioInjection) {
+func (r *offlineResolver) resolve(ctx context.Context, pod *corev1.Pod) (*inject.Settings, string, *inject.IstioInjection, map[string]string) {
 	labels, ok := r.ns[pod.Namespace]
 	if !ok {
 		var ns corev1.Namespace
@@ -112,7 +112,7 @@ func (r *offlineResolver) resolve(ctx context.Context, pod *corev1.Pod) (*inject
 		r.ns[pod.Namespace] = labels
 	}
 	sel := r.snap.Resolve(pod, labels)
-	return sel.Settings, sel.Problem, r.snap.IstioInjection(pod, labels)
+	return sel.Settings, sel.Problem, r.snap.IstioInjection(pod, labels), labels
 }
 
 // offlineDiscovery loads the installed Istio for `inject`, or returns nil

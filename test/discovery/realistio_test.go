@@ -104,6 +104,7 @@ var labellings = []labelling{
 	{name: "namespace istio.io/rev, gateway opted out of Istio", ns: map[string]string{istio.LabelRev: "canary"}, podLabels: map[string]string{"sidecar.istio.io/inject": "false"},
 		revision: "canary", image: realImageCanary, ca: realCACanary, from: istio.SourceNsIstioRev},
 	{name: "unknown revision in our label", ns: map[string]string{inject.LabelIstioRevision: "1-99"}, warnReason: "unknown-revision"},
+	{name: "ambient namespace", ns: map[string]string{inject.LabelIstioRevision: "canary", inject.LabelDataplaneMode: inject.DataplaneModeAmbient}, warnReason: "ambient"},
 }
 
 // TestRealIstioCoexistence runs every labelling against a real Istio
@@ -174,9 +175,11 @@ func TestRealIstioCoexistence(t *testing.T) {
 	}
 
 	// Offline `inject --kubeconfig` decides as the webhook: a gateway Istio
-	// takes is left unchanged, one with our label gets the revision.
+	// takes is left unchanged, one in an ambient namespace too, one with
+	// our label gets the revision.
 	for name, labels := range map[string]map[string]string{
 		"istio": {istio.LabelRev: "canary"}, "ours": {inject.LabelIstioRevision: "canary"},
+		"ambient": {inject.LabelIstioRevision: "canary", inject.LabelDataplaneMode: inject.DataplaneModeAmbient},
 	} {
 		ns := gatewayNamespace(t, labels)
 		data, err := yaml.Marshal(gatewayPod(t, ns, "offline", nil, nil))
@@ -199,6 +202,8 @@ func TestRealIstioCoexistence(t *testing.T) {
 		switch {
 		case name == "istio" && (injectedOffline || !strings.Contains(stderr.String(), "istio-will-inject")):
 			t.Errorf("offline inject of a gateway Istio takes: injected %v, stderr %s", injectedOffline, stderr.String())
+		case name == "ambient" && (injectedOffline || !strings.Contains(stderr.String(), "ambient")):
+			t.Errorf("offline inject of a gateway in an ambient namespace: injected %v, stderr %s", injectedOffline, stderr.String())
 		case name == "ours" && (!injectedOffline || !strings.Contains(string(out), realImageCanary)):
 			t.Errorf("offline inject with our label: injected %v\n%s\n%s", injectedOffline, out, stderr.String())
 		}
