@@ -3,11 +3,9 @@ package discovery
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -209,22 +207,7 @@ func TestUpgradeWithoutRestart(t *testing.T) {
 	}
 
 	// sds-injector check lists the pod with the command that re-injects it.
-	cfgFile := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(cfgFile, []byte(zeroConfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, _ := exec.Command(injectorBin, "check", "--kubeconfig", cp.KubeconfigPath, "--config", cfgFile,
-		"--istio-namespace", ins, "-o", "json").Output()
-	var report struct {
-		Checks []struct {
-			Name, Status, Message string
-			Details               []string
-			Pods                  []struct{ Namespace, Name, Problem, Message, Command string }
-		}
-	}
-	if err := json.Unmarshal(out, &report); err != nil {
-		t.Fatalf("check output: %v\n%s", err, out)
-	}
+	report := runCheck(t, "--istio-namespace", ins)
 	found := false
 	for _, c := range report.Checks {
 		switch c.Name {
@@ -247,7 +230,7 @@ func TestUpgradeWithoutRestart(t *testing.T) {
 		}
 	}
 	if !found {
-		t.Errorf("check does not list the stale pod with its restart command:\n%s", out)
+		t.Errorf("check does not list the stale pod with its restart command: %+v", report.Checks)
 	}
 }
 

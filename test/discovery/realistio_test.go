@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/test/istiod"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 	"github.com/sds-injector/sds-injector/webhook/istio"
@@ -41,7 +42,7 @@ func installRealIstio(t *testing.T, revs ...istiod.RevisionSpec) *istiod.Install
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	helm, err := istiod.HelmBinary(ctx, repoRoot)
+	helm, err := controlplane.HelmBinary(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,14 +423,16 @@ func (r checkReport) check(name string) checkEntry {
 	return checkEntry{Name: name, Status: "missing"}
 }
 
-// runCheck runs `sds-injector check` with the zero configuration.
-func runCheck(t *testing.T) checkReport {
+// runCheck runs `sds-injector check` with the zero configuration (and
+// extra flags).
+func runCheck(t *testing.T, extra ...string) checkReport {
 	t.Helper()
 	cfgFile := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(cfgFile, []byte(zeroConfig), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, _ := exec.Command(injectorBin, "check", "--kubeconfig", cp.KubeconfigPath, "--config", cfgFile, "-o", "json").Output()
+	args := append([]string{"check", "--kubeconfig", cp.KubeconfigPath, "--config", cfgFile, "-o", "json"}, extra...)
+	out, _ := exec.Command(injectorBin, args...).Output()
 	var r checkReport
 	if err := json.Unmarshal(out, &r); err != nil {
 		t.Fatalf("check output: %v\n%s", err, out)

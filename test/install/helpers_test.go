@@ -7,11 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +22,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
+
+	"github.com/sds-injector/sds-injector/test/controlplane"
 )
 
 const (
@@ -39,12 +38,6 @@ func testingShort() bool {
 	return testing.Short()
 }
 
-var (
-	helmOnce sync.Once
-	helmPath string
-	helmErr  error
-)
-
 // helm returns the helm binary built from the Go module proxy by
 // test/helm/build-helm.sh (cached; the first build takes a few minutes).
 func helm(t *testing.T) string {
@@ -52,20 +45,13 @@ func helm(t *testing.T) string {
 	if testing.Short() {
 		t.Skip("needs the helm CLI built from the Go module proxy; run without -short")
 	}
-	helmOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "bash", filepath.Join(repoRoot, "test", "helm", "build-helm.sh"))
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, os.Stderr
-		if helmErr = cmd.Run(); helmErr == nil {
-			helmPath = strings.TrimSpace(out.String())
-		}
-	})
-	if helmErr != nil {
-		t.Fatalf("building helm: %v", helmErr)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	path, err := controlplane.HelmBinary(ctx)
+	if err != nil {
+		t.Fatalf("building helm: %v", err)
 	}
-	return helmPath
+	return path
 }
 
 // helmTemplate renders the chart as release sds-injector in namespace

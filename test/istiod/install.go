@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -259,17 +258,4 @@ func (in *Install) Uninstall(ctx context.Context) error {
 	}
 	in.objects = nil
 	return errors.Join(errs...)
-}
-
-// HelmBinary returns the helm CLI, building it with test/helm/build-helm.sh
-// when it is not cached (repoRoot is the repository's root).
-func HelmBinary(ctx context.Context, repoRoot string) (string, error) {
-	cmd := exec.CommandContext(ctx, "bash", filepath.Join(repoRoot, "test", "helm", "build-helm.sh"))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("building helm: %w", err)
-	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return strings.TrimSpace(lines[len(lines)-1]), nil
 }
