@@ -65,6 +65,9 @@ type NamespaceLabeler interface {
 type Handler struct {
 	settings *inject.Settings
 	resolver Resolver
+	// labeler is resolver as a NamespaceLabeler, asserted once (nil when
+	// it is not one).
+	labeler NamespaceLabeler
 	onError  ErrorPolicy
 	metrics  *Metrics
 	log      logr.Logger
@@ -86,6 +89,7 @@ func NewHandler(s *inject.Settings, onError ErrorPolicy, m *Metrics, log logr.Lo
 // own settings are then used only when the resolver returns none.
 func (h *Handler) WithResolver(r Resolver) *Handler {
 	h.resolver = r
+	h.labeler, _ = r.(NamespaceLabeler)
 	return h
 }
 
@@ -108,8 +112,8 @@ func (h *Handler) settingsFor(pod *corev1.Pod) (*inject.Settings, map[string]str
 		return s, nil, &d
 	}
 	var nsLabels map[string]string
-	if nl, ok := h.resolver.(NamespaceLabeler); ok {
-		nsLabels = nl.NamespaceLabels(pod.Namespace)
+	if h.labeler != nil {
+		nsLabels = h.labeler.NamespaceLabels(pod.Namespace)
 	}
 	if d, ok := inject.Ambient(pod, s, nsLabels); ok {
 		// ztunnel gives the pod its identity, whatever its revision.
