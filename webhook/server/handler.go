@@ -68,9 +68,9 @@ type Handler struct {
 	// labeler is resolver as a NamespaceLabeler, asserted once (nil when
 	// it is not one).
 	labeler NamespaceLabeler
-	onError  ErrorPolicy
-	metrics  *Metrics
-	log      logr.Logger
+	onError ErrorPolicy
+	metrics *Metrics
+	log     logr.Logger
 
 	// readTimeout bounds reading a request body (0: no bound).
 	readTimeout time.Duration
