@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the control-plane binaries the integration tests and `make demo` use
-# (kube-apiserver, etcd, and optionally kube-controller-manager and kubectl)
+# (kube-apiserver, etcd, and optionally kube-controller-manager and kubectl,
+# and the kubelet for the real-node suites)
 # from the Go module proxy, and caches them outside the repository keyed by
 # version. Nothing is downloaded from anywhere but the module proxy.
 #
-# Usage: build-binaries.sh [--with-controller-manager]
+# Usage: build-binaries.sh [--with-controller-manager] [--with-kubelet]
 # Prints the directory holding the binaries (usable as KUBEBUILDER_ASSETS).
 set -euo pipefail
 
@@ -17,6 +18,7 @@ want=(kube-apiserver etcd)
 for arg in "$@"; do
   case "$arg" in
     --with-controller-manager) want+=(kube-controller-manager kubectl) ;;
+    --with-kubelet) want+=(kube-controller-manager kubectl kubelet) ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -55,11 +57,19 @@ build_kube() {
         kube-apiserver) pkg=k8s.io/kubernetes/cmd/kube-apiserver ;;
         kube-controller-manager) pkg=k8s.io/kubernetes/cmd/kube-controller-manager ;;
         kubectl) pkg=k8s.io/kubernetes/cmd/kubectl ;;
+        kubelet) pkg=k8s.io/kubernetes/cmd/kubelet ;;
         *) continue ;;
       esac
       echo "building $b v${KUBE_VERSION} (first time takes minutes)" >&2
       go get "$pkg@v${KUBE_VERSION}" >&2 2>/dev/null || true
-      go build -trimpath -o "$BIN_DIR/$b.tmp" "$pkg" >&2
+      ldflags=""
+      if [ "$b" = kubelet ]; then
+        # The node reports this version to the apiserver; without it the
+        # kubelet says v0.0.0-master and version-gated behaviour is wrong.
+        v=k8s.io/component-base/version
+        ldflags="-X $v.gitVersion=v${KUBE_VERSION} -X $v.gitMajor=${KUBE_VERSION%%.*} -X $v.gitMinor=$(echo "$KUBE_VERSION" | cut -d. -f2)"
+      fi
+      go build -trimpath -ldflags "$ldflags" -o "$BIN_DIR/$b.tmp" "$pkg" >&2
       mv "$BIN_DIR/$b.tmp" "$BIN_DIR/$b"
     done
   )
