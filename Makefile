@@ -36,11 +36,17 @@ unit:
 	$(GOTESTSUM) -- -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/test/')
 	$(GOTESTSUM) -- -race -count=1 -p 1 -timeout 60m ./test/...
 
-## lint: gofmt and go vet must be clean
+# golangci-lint, pinned, built from the Go module proxy and cached
+# (test/tools/go-tool.sh); its configuration is .golangci.yml.
+GOLANGCI_LINT_VERSION ?= v2.15.0
+GOLANGCI_LINT ?= $(shell test/tools/go-tool.sh golangci-lint github.com/golangci/golangci-lint/v2/cmd/golangci-lint $(GOLANGCI_LINT_VERSION))
+
+## lint: gofmt, go vet and golangci-lint (.golangci.yml) must be clean
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet $(PKGS)
+	$(GOLANGCI_LINT) run $(PKGS)
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

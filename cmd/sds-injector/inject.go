@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -38,14 +37,6 @@ func (f *engineFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.trustDomain, "trust-domain", "", "mesh trust domain")
 }
 
-func (f *engineFlags) settings(cmd *cobra.Command) (*inject.Settings, error) {
-	cfg, _, err := f.config(cmd)
-	if err != nil {
-		return nil, err
-	}
-	return cfg.Resolve()
-}
-
 type ioFlags struct {
 	filename string
 	output   string
@@ -61,7 +52,7 @@ func (f *ioFlags) register(cmd *cobra.Command) {
 // standard error. Skips are informational; engine errors make the command
 // fail after all output is written, so nothing is silently half-processed.
 func (f *ioFlags) run(cmd *cobra.Command, fn kubeinject.Transform, showInjected bool) error {
-	var in io.Reader = cmd.InOrStdin()
+	in := cmd.InOrStdin()
 	if f.filename != "-" {
 		file, err := os.Open(f.filename)
 		if err != nil {

@@ -451,7 +451,7 @@ func (cp *ControlPlane) startControllerManager(ctx context.Context, attach bool,
 	err = wait.PollUntilContextCancel(waitCtx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		select {
 		case <-cp.kcmDone:
-			return false, fmt.Errorf("kube-controller-manager exited: %v", cp.kcmErr)
+			return false, fmt.Errorf("kube-controller-manager exited: %w", cp.kcmErr)
 		default:
 		}
 		err := cp.Client.Get(ctx, types.NamespacedName{Namespace: "default", Name: "default"}, &corev1.ServiceAccount{})

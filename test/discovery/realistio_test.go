@@ -77,17 +77,16 @@ func istioTouched(pod *corev1.Pod) bool {
 }
 
 type labelling struct {
-	name        string
-	ns          map[string]string
-	podLabels   map[string]string
-	podAnnots   map[string]string
-	istio       bool   // Istio's injector takes the gateway
-	cause       string // in our warning when istio
-	revision    string // ours: the revision injected
-	image, ca   string
-	from        string // ours: Status.RevisionFrom
-	warnReason  string // ours skipped with this warning
-	ourWarnings int
+	name       string
+	ns         map[string]string
+	podLabels  map[string]string
+	podAnnots  map[string]string
+	istio      bool   // Istio's injector takes the gateway
+	cause      string // in our warning when istio
+	revision   string // ours: the revision injected
+	image, ca  string
+	from       string // ours: Status.RevisionFrom
+	warnReason string // ours skipped with this warning
 }
 
 var labellings = []labelling{

@@ -173,14 +173,13 @@ func TestRBACLeastPrivilege(t *testing.T) {
 			roles := withoutDiscovery(all[*rbacv1.Role](r))
 			clusterRoles := withoutDiscovery(all[*rbacv1.ClusterRole](r))
 			sa := one[*corev1.ServiceAccount](t, r, "")
-			dep := one[*appsv1.Deployment](t, r, "")
 			if certs == "cert-manager" {
 				if len(roles)+len(clusterRoles)+len(withoutDiscovery(all[*rbacv1.RoleBinding](r)))+len(withoutDiscovery(all[*rbacv1.ClusterRoleBinding](r))) != 0 {
 					t.Error("cert-manager mode needs no RBAC")
 				}
 				r = mustRender(t, "--set", "certificates.mode="+certs, "--set", allModes, "--set", "config.istio=off")
-				sa = one[*corev1.ServiceAccount](t, r, "")
-				dep = one[*appsv1.Deployment](t, r, "")
+				sa := one[*corev1.ServiceAccount](t, r, "")
+				dep := one[*appsv1.Deployment](t, r, "")
 				if len(all[*rbacv1.Role](r))+len(all[*rbacv1.ClusterRole](r))+len(all[*rbacv1.RoleBinding](r))+len(all[*rbacv1.ClusterRoleBinding](r)) != 0 {
 					t.Error("cert-manager mode without Istio discovery needs no RBAC")
 				}

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -530,7 +531,7 @@ func runCheck(t *testing.T, args ...string) *checkOutput {
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
 	res := &checkOutput{stderr: errOut.String()}
-	if ee, ok := err.(*exec.ExitError); ok {
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 		res.exit = ee.ExitCode()
 	} else if err != nil {
 		t.Fatal(err)

@@ -479,7 +479,7 @@ func (i *Istiod) start(ctx context.Context, opts Options, meshFile string) error
 			if strings.Contains(i.LogTail(200), "address already in use") {
 				return false, errAddrInUse
 			}
-			return false, fmt.Errorf("%s exited before it was ready: %v", DiscoveryBinary, i.waitErr)
+			return false, fmt.Errorf("%s exited before it was ready: %w", DiscoveryBinary, i.waitErr)
 		default:
 		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+i.HTTPAddr+"/ready", nil)

@@ -91,7 +91,7 @@ func buildBinary(work string) (string, error) {
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/sds-injector")
 	cmd.Dir = repoRoot()
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
+		return "", fmt.Errorf("go build: %w\n%s", err, out)
 	}
 	return bin, nil
 }
@@ -315,7 +315,7 @@ func runAPIServer() error {
 	if err != nil {
 		return err
 	}
-	defer cp.Stop()
+	defer func() { _ = cp.Stop() }()
 	w := cp.WebhookInstallOptions
 	srv, err := startServer(bin, w.LocalServingHost, w.LocalServingPort, w.LocalServingCertDir)
 	if err != nil {

@@ -1,7 +1,6 @@
 package inject
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"path"
@@ -604,6 +603,3 @@ func (p GatewayProfile) validateFlavors(fp *field.Path) field.ErrorList {
 func (p *GatewayProfile) allows(f Flavor) bool {
 	return len(p.Flavors) == 0 || slices.Contains(p.Flavors, f)
 }
-
-// errInvalidOverride marks per-pod annotation errors.
-var errInvalidOverride = errors.New("invalid override")

@@ -293,7 +293,7 @@ func (d *Discovery) ReadyCheck(*http.Request) error {
 	if d.synced.Load() || d.gaveUp.Load() {
 		return nil
 	}
-	return fmt.Errorf("Istio discovery: waiting for the first list of ConfigMaps in %s (at most %s)", d.opts.Namespace, d.opts.SyncTimeout)
+	return fmt.Errorf("istio discovery: waiting for the first list of ConfigMaps in %s (at most %s)", d.opts.Namespace, d.opts.SyncTimeout)
 }
 
 // Snapshot is the current discovered state (nil before the first sync).

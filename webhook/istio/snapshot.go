@@ -426,8 +426,8 @@ func (r *Revision) settingsFrom(source string) *inject.Settings {
 
 func (s *Snapshot) problem(req, source, what string) string {
 	var b strings.Builder
-	switch {
-	case req == "" || req == DefaultRevision:
+	switch req {
+	case "", DefaultRevision:
 		fmt.Fprintf(&b, "the pod names no Istio revision and there is %s", what)
 		if len(s.Revisions) > 1 {
 			b.WriteString(" (no default tag and several revisions)")

@@ -2,6 +2,7 @@ package istio
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"sort"
@@ -230,7 +231,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
 	if err := reg.Register(c); err != nil {
-		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
+		if are := (prometheus.AlreadyRegisteredError{}); errors.As(err, &are) {
 			if existing, ok := are.ExistingCollector.(C); ok {
 				return existing, nil
 			}

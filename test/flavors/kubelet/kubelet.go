@@ -1462,8 +1462,8 @@ func (p *Pod) RunHandler(ctx context.Context, container string, h corev1.ProbeHa
 		case err = <-done:
 		case <-ctx.Done():
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-			return HandlerResult{Detail: "timed out: " + out.String(), Rewrites: rw}, nil
+			killed := <-done
+			return HandlerResult{Detail: fmt.Sprintf("timed out (%v): %s", killed, out.String()), Rewrites: rw}, nil
 		}
 		return HandlerResult{Success: err == nil, Detail: strings.TrimSpace(out.String()), Rewrites: rw}, nil
 	case h.HTTPGet != nil:

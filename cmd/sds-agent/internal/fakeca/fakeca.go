@@ -300,7 +300,7 @@ func authenticate(md metadata.MD) (ns, sa string, err error) {
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
-		return "", "", fmt.Errorf("malformed token: %v", err)
+		return "", "", fmt.Errorf("malformed token: %w", err)
 	}
 	var cl struct {
 		Aud  []string `json:"aud"`
@@ -311,7 +311,7 @@ func authenticate(md metadata.MD) (ns, sa string, err error) {
 		} `json:"kubernetes.io"`
 	}
 	if err := json.Unmarshal(payload, &cl); err != nil {
-		return "", "", fmt.Errorf("malformed token: %v", err)
+		return "", "", fmt.Errorf("malformed token: %w", err)
 	}
 	if !slices.Contains(cl.Aud, Audience) {
 		return "", "", fmt.Errorf("token audiences %q is invalid for the target audiences [%q]", cl.Aud, Audience)
