@@ -32,9 +32,14 @@ test: lint unit fuzz-smoke
 # gotestsum (a maintained go test runner) prints go test's usual output and,
 # at the end of each run, every skipped test with its reason: no skip is
 # silent.
+# Then test/tools/skipcheck fails the run if any test skipped that is not
+# listed, with its reason, in test/skips.txt.
+TESTJSON ?= _output/test-json
 unit:
-	$(GOTESTSUM) -- -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/test/')
-	$(GOTESTSUM) -- -race -count=1 -p 1 -timeout 60m ./test/...
+	@mkdir -p $(TESTJSON)
+	$(GOTESTSUM) --jsonfile $(TESTJSON)/unit.json -- -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/test/')
+	$(GOTESTSUM) --jsonfile $(TESTJSON)/suites.json -- -race -count=1 -p 1 -timeout 60m ./test/...
+	$(GO) run ./test/tools/skipcheck -allow test/skips.txt $(TESTJSON)/unit.json $(TESTJSON)/suites.json
 
 # golangci-lint, pinned, built from the Go module proxy and cached
 # (test/tools/go-tool.sh); its configuration is .golangci.yml.

@@ -102,7 +102,10 @@ func run() error {
 		return err
 	}
 	fmt.Printf("MutatingWebhookConfiguration %s: webhook %s, failurePolicy %s\n", mwc.Name, mwc.Webhooks[0].Name, *mwc.Webhooks[0].FailurePolicy)
-	time.Sleep(time.Second) // the apiserver loads webhook configurations asynchronously
+	// The apiserver loads webhook configurations asynchronously.
+	if err := cp.WaitShippedWebhooks(ctx, mwc, true, nil); err != nil {
+		return err
+	}
 
 	const ns = "gloo-system"
 	step("creating namespace %s with label %s=enabled", ns, inject.NamespaceLabel)

@@ -69,11 +69,15 @@ func run(m *testing.M) int {
 	}()
 	// The shipped namespace-mode configuration, pointed at the in-process
 	// webhook each test starts.
-	if _, err := cp.InstallMutatingWebhookFile(ctx, filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml")); err != nil {
+	mwc, err := cp.InstallMutatingWebhookFile(ctx, filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml"))
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	time.Sleep(500 * time.Millisecond)
+	if err := cp.WaitShippedWebhooks(ctx, mwc, true, nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	return m.Run()
 }
 

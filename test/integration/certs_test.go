@@ -173,7 +173,8 @@ func TestSelfManagedCertificates(t *testing.T) {
 		if n := testutil.CollectAndCount(h.metrics.RepairsCollector()); n == 0 {
 			t.Error("no caBundle repair was counted")
 		}
-		time.Sleep(time.Second)
+		// The apiserver reloads the repaired caBundle asynchronously.
+		waitInjectedDryRun(t, "the apiserver to trust the repaired caBundle", glooPod(t, enabled, "after-repair", nil, nil))
 		assertInjected(t, create(t, glooPod(t, enabled, "after-repair", nil, nil)))
 	})
 }
@@ -209,8 +210,8 @@ func TestRotationUnderLoad(t *testing.T) {
 	h := startCerts(t, injectorNS, "sds-injector-tls", []string{mwc.Name}, t.TempDir())
 	h.waitReady(t)
 	startWebhookOnDir(t, h.dir)
-	time.Sleep(time.Second)
 	ns := namespace(t, nil)
+	waitInjectedDryRun(t, "the apiserver to inject through the self-managed certificate", glooPod(t, ns, "first", map[string]string{labelInject: "true"}, nil))
 
 	load := startAdmissionLoad(t, ns, 2)
 	before := servedCert(t)
@@ -231,7 +232,8 @@ func TestRotationUnderLoad(t *testing.T) {
 	if n := bundleSize(t, getSecret(t, injectorNS, "sds-injector-tls").Data[certs.KeyCABundle]); n != 2 {
 		t.Errorf("after a CA roll the bundle should trust old and new CA, has %d", n)
 	}
-	time.Sleep(2 * time.Second)
+	// Keep the stream going on the new CA before judging it.
+	load.waitMore(t, 20, "after the CA roll")
 	load.stop(t, "during rotation", 20)
 }
 

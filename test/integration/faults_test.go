@@ -96,6 +96,12 @@ func apiserverMetric(t *testing.T, name string, fragments ...string) float64 {
 	return sum
 }
 
+// waitFor polls cond (a counter read, no error) for up to a minute.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	eventually(t, time.Minute, what, func(context.Context) (bool, error) { return cond(), nil })
+}
+
 // TestWebhookKilledMidLoad: the real binary is SIGKILLed while pods are
 // being created. The fail-open mode admits pods uninjected and the API
 // server's fail-open counter shows it; the fail-closed mode refuses them
@@ -121,7 +127,7 @@ func TestWebhookKilledMidLoad(t *testing.T) {
 	waitReady(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", health))
 	failOpenBefore := apiserverMetric(t, "apiserver_admission_webhook_fail_open_count", `name="namespace.sds-injector.io"`)
 
-	var refusedNamed, otherErrors atomic.Int64
+	var created, refusedNamed, otherErrors atomic.Int64
 	var firstOther atomic.Value
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -136,6 +142,7 @@ func TestWebhookKilledMidLoad(t *testing.T) {
 			err := cp.Client.Create(context.Background(), glooPod(t, ns, fmt.Sprintf("%s-%d", prefix, i), labels, nil))
 			switch {
 			case err == nil:
+				created.Add(1)
 			case strings.Contains(err.Error(), `failed calling webhook "object-label.sds-injector.io"`):
 				refusedNamed.Add(1)
 			default:
@@ -148,11 +155,21 @@ func TestWebhookKilledMidLoad(t *testing.T) {
 	wg.Add(2)
 	go load(openNS, nil, "open")
 	go load(closedNS, map[string]string{labelInject: "true"}, "closed")
-	time.Sleep(time.Second)
+	// Kill once both streams are admitting through the live webhook, and
+	// stop once the dead webhook has been seen from both sides: the
+	// fail-closed stream refused by name, the fail-open one counted by the
+	// apiserver.
+	waitFor(t, "admissions through the live webhook", func() bool { return created.Load() >= 20 })
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1500 * time.Millisecond)
+	eventually(t, time.Minute, "admissions while the webhook is dead", func(context.Context) (bool, error) {
+		if otherErrors.Load() != 0 {
+			return false, fmt.Errorf("a creation failed for another reason than the fail-closed webhook: %v", firstOther.Load())
+		}
+		return refusedNamed.Load() >= 5 &&
+			apiserverMetric(t, "apiserver_admission_webhook_fail_open_count", `name="namespace.sds-injector.io"`) > failOpenBefore, nil
+	})
 	close(stop)
 	wg.Wait()
 
@@ -314,17 +331,17 @@ func TestReplicaRestartUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), mwc); time.Sleep(300 * time.Millisecond) })
-	time.Sleep(time.Second)
+	t.Cleanup(func() { removeWebhooks(t, mwc) })
+	waitWebhooks(t, mwc, true)
 	ns := namespace(t, nil)
 
 	load := startAdmissionLoad(t, ns, 3)
-	time.Sleep(time.Second)
+	load.waitMore(t, 20, "before the restart")
 	r := replicas[0]
 	r.cancel()
 	<-r.done
-	time.Sleep(500 * time.Millisecond) // the replica is gone for a while
+	load.waitMore(t, 20, "while one replica is gone")
 	start(r)
-	time.Sleep(time.Second)
+	load.waitMore(t, 20, "after the replica came back")
 	load.stop(t, "while a replica restarted", 50)
 }

@@ -74,16 +74,33 @@ func installMode(t *testing.T, mode Mode) *admissionregistrationv1.MutatingWebho
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := cp.Client.Delete(context.Background(), mwc); err != nil && !apierrors.IsNotFound(err) {
-			t.Errorf("removing %s: %v", mode, err)
-		}
-		// The apiserver's webhook configuration cache updates asynchronously.
-		time.Sleep(300 * time.Millisecond)
-	})
-	// Let the apiserver pick the configuration up before pods are created.
-	time.Sleep(500 * time.Millisecond)
+	t.Cleanup(func() { removeWebhooks(t, mwc) })
+	waitWebhooks(t, mwc, true)
 	return mwc
+}
+
+// waitWebhooks waits until the apiserver, whose webhook configuration cache
+// updates asynchronously, calls (want) or no longer calls (!want) every
+// webhook of mwc. It probes each webhook with a dry-run Gloo pod that the
+// webhook selects, so it works whether or not a webhook server is running.
+func waitWebhooks(t *testing.T, mwc *admissionregistrationv1.MutatingWebhookConfiguration, want bool) {
+	t.Helper()
+	// The suite's relabel webhook copies the namespace mode's selection.
+	aliases := map[string]string{"relabel.test.sds-injector.io": "namespace.sds-injector.io"}
+	if err := cp.WaitShippedWebhooks(context.Background(), mwc, want, aliases); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// removeWebhooks deletes mwc and waits until the apiserver stops calling
+// its webhooks, so that the next test starts from a clean apiserver.
+func removeWebhooks(t *testing.T, mwc *admissionregistrationv1.MutatingWebhookConfiguration) {
+	t.Helper()
+	if err := cp.Client.Delete(context.Background(), mwc); err != nil && !apierrors.IsNotFound(err) {
+		t.Errorf("removing %s: %v", mwc.Name, err)
+		return
+	}
+	waitWebhooks(t, mwc, false)
 }
 
 var nsCounter int
@@ -268,6 +285,32 @@ func startAdmissionLoad(t *testing.T, ns string, workers int) *admissionLoad {
 		}(w)
 	}
 	return l
+}
+
+// waitMore waits until the load has made n more successful admissions than
+// when it was called: the load, not a clock, measures "a while".
+func (l *admissionLoad) waitMore(t *testing.T, n int64, what string) {
+	t.Helper()
+	target := l.ok.Load() + n
+	eventually(t, time.Minute, fmt.Sprintf("%d more admissions %s", n, what), func(context.Context) (bool, error) {
+		if l.failed.Load() != 0 {
+			return false, fmt.Errorf("an admission failed %s: %v", what, l.firstErr.Load())
+		}
+		return l.ok.Load() >= target, nil
+	})
+}
+
+// waitInjectedDryRun waits until a dry-run create of pod comes back injected
+// (for example once the apiserver trusts a new caBundle).
+func waitInjectedDryRun(t *testing.T, what string, pod *corev1.Pod) {
+	t.Helper()
+	eventually(t, time.Minute, what, func(ctx context.Context) (bool, error) {
+		p := pod.DeepCopy()
+		if err := cp.Client.Create(ctx, p, client.DryRunAll); err != nil {
+			return false, nil
+		}
+		return p.Annotations[inject.AnnotationStatus] != "", nil
+	})
 }
 
 // stop ends the load and fails the test on any failed admission or when

@@ -227,8 +227,8 @@ func TestReinvocation(t *testing.T) {
 	if err := cp.Client.Create(context.Background(), other); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cp.Client.Delete(context.Background(), other) })
-	time.Sleep(500 * time.Millisecond)
+	t.Cleanup(func() { removeWebhooks(t, other) })
+	waitWebhooks(t, other, true)
 
 	ns := namespace(t, map[string]string{nsLabel: "enabled"})
 	before := requestsFor(t, "skipped", "already-injected")

@@ -375,7 +375,10 @@ func runAPIServer() error {
 	if err != nil {
 		return err
 	}
-	time.Sleep(time.Second)
+	// The apiserver loads webhook configurations asynchronously.
+	if err := cp.WaitShippedWebhooks(ctx, mwc, true, nil); err != nil {
+		return err
+	}
 	before, err := scrapeHistogram(cp, mwc.Webhooks[0].Name)
 	if err != nil {
 		return err
