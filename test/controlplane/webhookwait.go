@@ -118,10 +118,41 @@ func ShippedOptIn(webhook string) (o OptIn, ok bool) {
 	return OptIn{}, false
 }
 
+// Probe namespaces: a namespace-mode probe needs a namespace labelled for
+// injection, which `sds-injector check` then (rightly) lists among the
+// opted-in namespaces; suites that run check remove them with
+// RemoveProbeNamespaces.
+const (
+	probeNamespacePlain    = "webhook-probe-plain"
+	probeNamespaceLabelled = "webhook-probe-labelled"
+)
+
+// RemoveProbeNamespaces deletes the namespaces ShippedProbe created and,
+// where a controller-manager finalizes namespaces, waits until they are gone.
+func (cp *ControlPlane) RemoveProbeNamespaces(ctx context.Context) error {
+	for _, name := range []string{probeNamespacePlain, probeNamespaceLabelled} {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		if err := cp.Client.Delete(ctx, ns); err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+		if cp.KubectlPath == "" { // no controller-manager: nothing finalizes it
+			continue
+		}
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			err := cp.Client.Get(ctx, client.ObjectKeyFromObject(ns), &corev1.Namespace{})
+			return apierrors.IsNotFound(err), nil
+		})
+		if err != nil {
+			return fmt.Errorf("probe namespace %s not gone: %w", name, err)
+		}
+	}
+	return nil
+}
+
 // ShippedProbe returns a probe for WaitWebhook that one of sds-injector's
 // shipped webhooks selects: a dry-run create of the Gloo Edge example pod
 // (docs/examples/gloo-gateway-proxy.yaml) with the webhook's opt-in, in a
-// probe namespace it creates on first use (and leaves for the run).
+// probe namespace it creates when missing (see RemoveProbeNamespaces).
 func (cp *ControlPlane) ShippedProbe(ctx context.Context, webhook string) (func(context.Context) error, error) {
 	opt, ok := ShippedOptIn(webhook)
 	if !ok {
@@ -142,9 +173,9 @@ func (cp *ControlPlane) ShippedProbe(ctx context.Context, webhook string) (func(
 	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
 		return nil, fmt.Errorf("%s: %w", example, err)
 	}
-	ns := "webhook-probe-plain"
+	ns := probeNamespacePlain
 	if len(opt.NamespaceLabels) > 0 {
-		ns = "webhook-probe-labelled"
+		ns = probeNamespaceLabelled
 	}
 	err = cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: opt.NamespaceLabels}})
 	if err != nil && !apierrors.IsAlreadyExists(err) {

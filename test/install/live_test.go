@@ -105,6 +105,10 @@ func deleteManifest(t *testing.T, file string, r *rendered) {
 			t.Error(err)
 		}
 	}
+	// check, which this suite runs, would list the labelled probe namespace.
+	if err := cp.RemoveProbeNamespaces(ctx); err != nil {
+		t.Error(err)
+	}
 }
 
 // TestManifestsApply: every plain manifest applies cleanly to the API
