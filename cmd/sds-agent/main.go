@@ -264,10 +264,11 @@ func waitSocket(args []string, getenv func(string) string, stdout, stderr io.Wri
 			fmt.Fprintf(stderr, "sds-agent wait-socket: not yet: %v\n", err)
 		}
 		lastErr = err
-		if time.Now().Add(*period).After(deadline) {
+		left := time.Until(deadline)
+		if left <= 0 {
 			break
 		}
-		time.Sleep(*period)
+		time.Sleep(min(*period, left))
 	}
 	fmt.Fprintf(stderr, "sds-agent wait-socket: timed out after %s: the SDS socket %s never served %s (last error: %v); "+
 		"is the SPIRE agent running on this node and its socket directory mounted?\n", *timeout, *socket, *name, lastErr)

@@ -201,6 +201,36 @@ spec:
 		}
 	})
 
+	t.Run("docs-clusterspiffeid", func(t *testing.T) {
+		// The ClusterSPIFFEID of docs/spire.md is accepted by the real CRD's
+		// schema, which does reject a spec without its required template.
+		data, err := os.ReadFile("../../docs/spire.md")
+		if err != nil {
+			t.Fatal(err)
+		}
+		const marker = "```yaml\n# kubernetes: ClusterSPIFFEID\n"
+		i := strings.Index(string(data), marker)
+		if i < 0 {
+			t.Fatal("docs/spire.md has no ClusterSPIFFEID block")
+		}
+		block := string(data)[i+len(marker):]
+		block = block[:strings.Index(block, "```")]
+		var u unstructured.Unstructured
+		if err := yaml.Unmarshal([]byte(block), &u.Object); err != nil {
+			t.Fatal(err)
+		}
+		bad := u.DeepCopy()
+		bad.SetName("no-template")
+		unstructured.RemoveNestedField(bad.Object, "spec", "spiffeIDTemplate")
+		if err := c.Create(ctx, bad); err == nil || !strings.Contains(err.Error(), "spiffeIDTemplate") {
+			t.Fatalf("the CRD schema accepted a ClusterSPIFFEID without spiffeIDTemplate: %v", err)
+		}
+		u.SetName("docs-" + u.GetName()) // beside this test's own edge-gateways
+		if err := c.Create(ctx, &u); err != nil {
+			t.Fatalf("the docs' ClusterSPIFFEID: %v", err)
+		}
+	})
+
 	t.Run("forbidden", func(t *testing.T) {
 		// A user that may read pods and namespaces but not ClusterSPIFFEIDs.
 		user, err := cp.Env.AddUser(envtest.User{Name: "auditor"}, cp.Config)
