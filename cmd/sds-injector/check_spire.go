@@ -43,6 +43,29 @@ type clusterSPIFFEIDSpec struct {
 	PodSelector       *metav1.LabelSelector `json:"podSelector,omitempty"`
 }
 
+// unreadableClusterSPIFFEIDs says, in order, what a failed list means; all
+// are warnings: without the list the check cannot tell, and entries may
+// have been created another way.
+var unreadableClusterSPIFFEIDs = []struct {
+	is  func(error) bool
+	why func(error) string
+	fix string
+}{
+	{
+		is:  func(err error) bool { return meta.IsNoMatchError(err) || apierrors.IsNotFound(err) },
+		why: func(error) string { return "the ClusterSPIFFEID CRD (spire-controller-manager) is not installed" },
+	},
+	{
+		is:  apierrors.IsForbidden,
+		why: func(error) string { return "reading ClusterSPIFFEIDs is forbidden" },
+		fix: "grant list on clusterspiffeids.spire.spiffe.io to the identity running check",
+	},
+	{
+		is:  func(error) bool { return true },
+		why: func(err error) string { return "listing ClusterSPIFFEIDs failed (" + err.Error() + ")" },
+	},
+}
+
 func asSelector(s *metav1.LabelSelector) (labels.Selector, error) {
 	if s == nil {
 		return labels.Everything(), nil
@@ -82,14 +105,14 @@ func (k *checker) checkSPIRERegistration(ctx context.Context) checkResult {
 	list.SetGroupVersionKind(clusterSPIFFEIDList)
 	if err := k.c.List(ctx, &list); err != nil {
 		res.Status = statusWarn
-		switch {
-		case meta.IsNoMatchError(err) || apierrors.IsNotFound(err):
-			res.Message = fmt.Sprintf("%d gateway pod(s) use the spire flavor, but the ClusterSPIFFEID CRD (spire-controller-manager) is not installed: cannot tell whether SPIRE has registered them", len(pods))
-		case apierrors.IsForbidden(err):
-			res.Message = fmt.Sprintf("%d gateway pod(s) use the spire flavor, but reading ClusterSPIFFEIDs is forbidden: cannot tell whether SPIRE has registered them", len(pods))
-			res.Fix = append(res.Fix, "grant list on clusterspiffeids.spire.spiffe.io to the identity running check")
-		default:
-			res.Message = fmt.Sprintf("%d gateway pod(s) use the spire flavor; listing ClusterSPIFFEIDs failed: %v", len(pods), err)
+		for _, u := range unreadableClusterSPIFFEIDs {
+			if u.is(err) {
+				res.Message = fmt.Sprintf("%d gateway pod(s) use the spire flavor, but %s: cannot tell whether SPIRE has registered them", len(pods), u.why(err))
+				if u.fix != "" {
+					res.Fix = append(res.Fix, u.fix)
+				}
+				break
+			}
 		}
 		res.Fix = append(res.Fix, "make sure SPIRE has an entry for each gateway (ClusterSPIFFEID, or spire-server entry create): docs/spire.md#registration")
 		return res
