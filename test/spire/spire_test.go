@@ -299,7 +299,8 @@ func spiffeBundle(t *testing.T, sec *tlsv3.Secret) []byte {
 
 func TestSPIREFlavor(t *testing.T) {
 	needRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	// A cold SPIRE build takes ~20 minutes on a loaded 2-core machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
 	defer cancel()
 	bins, err := Build(ctx)
 	if err != nil {

@@ -120,3 +120,11 @@ func TestSPIREDocs(t *testing.T) {
 		}
 	}
 }
+
+// The spire flavor's socket is where the socket flavors' agents serve since
+// Istio 1.14, so a gateway wired for them needs no change.
+func TestSPIRESocketPathIsTheSocketFlavorsPath(t *testing.T) {
+	if got, want := SPIRESocketPath, (IstioVersion{Minor: 30}).Profile().SocketPath(); got != want {
+		t.Errorf("spire socket %s, socket flavors' %s", got, want)
+	}
+}
