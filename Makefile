@@ -99,6 +99,13 @@ helm:
 manifests:
 	test/helm/render-manifests.sh deploy
 
+.PHONY: spire
+
+## spire: build (or find cached) SPIRE v1.13.3 spire-server and spire-agent
+## that test/spire runs (cgo; ~20 min cold); prints their directory
+spire:
+	@test/spire/build-spire.sh
+
 .PHONY: cert-manager
 
 ## cert-manager: build (or find cached) the real cert-manager v1.21.2 controller

@@ -6,6 +6,7 @@
 //	sds-agent [flags]        run the agent (the image's entrypoint, no arguments)
 //	sds-agent probe          exit 0 if the agent serves a valid certificate (readiness/startup probe)
 //	sds-agent wait           block until probe succeeds (classic placement's postStart hook)
+//	sds-agent wait-socket    block until an SDS socket (a SPIRE agent's) serves ROOTCA (spire flavor's init container)
 //	sds-agent version
 package main
 
@@ -45,6 +46,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return probe(args, getenv, stdout, stderr)
 	case "wait":
 		return wait(args, getenv, stdout, stderr)
+	case "wait-socket":
+		return waitSocket(args, getenv, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return 0
@@ -62,6 +65,8 @@ func usage(w io.Writer) {
   sds-agent [flags]   run the agent (flags: sds-agent -h)
   sds-agent probe     exit 0 if the agent serves a valid certificate on its socket
   sds-agent wait      wait until probe succeeds
+  sds-agent wait-socket
+                      wait until an SDS socket (e.g. a SPIRE agent's) answers: serves ROOTCA
   sds-agent version
 `)
 }
@@ -192,5 +197,80 @@ func wait(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 		time.Sleep(*period)
 	}
 	fmt.Fprintf(stderr, "sds-agent wait: gave up after %s: %v\n", *timeout, lastErr)
+	return 1
+}
+
+// answersOnce asks the SDS server on socket for name (ROOTCA: a SPIRE agent
+// serves it to every caller, registered or not) and reports whether it came.
+func answersOnce(ctx context.Context, socket, name string) error {
+	if fi, err := os.Stat(socket); err != nil {
+		return fmt.Errorf("no SDS socket: %w", err)
+	} else if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s is not a socket", socket)
+	}
+	c, err := net.DialTimeout("unix", socket, time.Second)
+	if err != nil {
+		return err
+	}
+	_ = c.Close()
+	abs, err := filepath.Abs(socket)
+	if err != nil {
+		return err
+	}
+	secrets, err := sds.Fetch(ctx, "unix://"+abs, sds.ProbeNodeID, name)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("the socket accepts connections but served no %s in time", name)
+		}
+		return err
+	}
+	if secrets[name] == nil {
+		return fmt.Errorf("the answer holds no secret %s", name)
+	}
+	return nil
+}
+
+// waitSocket holds the spire flavor's gateway back (as its init container)
+// until the identity provider's socket answers SDS, or fails after the
+// timeout with a line saying what it waited for.
+func waitSocket(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	fs, socket, timeout := probeFlags("wait-socket", getenv, stderr, 60*time.Second)
+	period := fs.Duration("period", 500*time.Millisecond, "time between attempts")
+	name := fs.String("secret", sds.RootCA, "the SDS secret whose arrival counts as an answer")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sds-agent wait-socket: unexpected arguments %v\n", fs.Args())
+		return 2
+	}
+	start := time.Now()
+	deadline := start.Add(*timeout)
+	fmt.Fprintf(stderr, "sds-agent wait-socket: waiting up to %s for the SDS socket %s to serve %s\n", *timeout, *socket, *name)
+	var lastErr error
+	for {
+		attempt := time.Now().Add(2 * time.Second)
+		if attempt.After(deadline) {
+			attempt = deadline
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), attempt)
+		err := answersOnce(ctx, *socket, *name)
+		cancel()
+		if err == nil {
+			fmt.Fprintf(stdout, "sds-agent wait-socket: %s answers: served %s after %s\n", *socket, *name, time.Since(start).Round(time.Millisecond))
+			return 0
+		}
+		if lastErr == nil || err.Error() != lastErr.Error() {
+			fmt.Fprintf(stderr, "sds-agent wait-socket: not yet: %v\n", err)
+		}
+		lastErr = err
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		time.Sleep(min(*period, left))
+	}
+	fmt.Fprintf(stderr, "sds-agent wait-socket: timed out after %s: the SDS socket %s never served %s (last error: %v); "+
+		"is the SPIRE agent running on this node and its socket directory mounted?\n", *timeout, *socket, *name, lastErr)
 	return 1
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -206,5 +207,129 @@ func TestUsage(t *testing.T) {
 	out.Reset()
 	if code := run([]string{"version"}, func(string) string { return "" }, &out, &errb); code != 0 || strings.TrimSpace(out.String()) != version {
 		t.Errorf("version: %d %q", code, out.String())
+	}
+}
+
+// TestSPIREWaitContract: the engine's spire-wait init container runs this
+// binary's wait-socket mode with arguments it accepts.
+func TestSPIREWaitContract(t *testing.T) {
+	c := inject.DefaultConfig()
+	c.Flavor, c.IdentityProvider.SPIRE = inject.FlavorSPIRE, &inject.SPIREConfig{CSIDriver: inject.DefaultSPIRECSIDriver}
+	pod := readPod(t, "../../docs/examples/envoy-gateway-proxy.yaml")
+	res := inject.Inject(pod, c.MustResolve())
+	if res.Decision.Outcome != inject.OutcomeInjected {
+		t.Fatalf("%+v", res.Decision)
+	}
+	ctr := res.Pod.Spec.InitContainers[0]
+	if ctr.Name != inject.SPIREWaitContainer || len(ctr.Command) != 0 || len(ctr.Args) == 0 || ctr.Args[0] != "wait-socket" {
+		t.Fatalf("first init container %s: command %v args %v", ctr.Name, ctr.Command, ctr.Args)
+	}
+	if !slices.Contains(ctr.Args, "--socket-path="+inject.SPIRESocketPath) || !slices.Contains(ctr.Args, "--timeout=60s") {
+		t.Errorf("args %v", ctr.Args)
+	}
+	// The same arguments, with a socket that does not exist here and a
+	// short timeout laid over: the mode runs (exit 1, its timeout line),
+	// rather than rejecting them as usage errors (exit 2).
+	dir := t.TempDir()
+	args := append(slices.Clone(ctr.Args), "--socket-path="+filepath.Join(dir, "socket"), "--timeout=300ms", "--period=100ms")
+	var out, errb bytes.Buffer
+	if code := run(args, func(string) string { return "" }, &out, &errb); code != 1 || !strings.Contains(errb.String(), "timed out after 300ms") {
+		t.Fatalf("wait-socket %v: %d %q", args, code, errb.String())
+	}
+}
+
+func TestWaitSocket(t *testing.T) {
+	ca, err := fakeca.New("cluster.local", "Kubernetes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "sdsw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	socket := filepath.Join(dir, "socket")
+	getenv := func(string) string { return "" }
+	wait := func(timeout string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := run([]string{"wait-socket", "--socket-path=" + socket, "--timeout=" + timeout, "--period=50ms"}, getenv, &out, &errb)
+		return code, out.String(), errb.String()
+	}
+
+	// Nothing there: the timeout line names the socket and what it waited for.
+	code, _, errs := wait("300ms")
+	if code != 1 || !strings.Contains(errs, "timed out after 300ms: the SDS socket "+socket+" never served ROOTCA") || !strings.Contains(errs, "no SDS socket") {
+		t.Fatalf("no socket: %d %q", code, errs)
+	}
+	// A socket that accepts connections but speaks no SDS is no answer.
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	code, _, errs = wait("1s")
+	l.Close()
+	if code != 1 || !strings.Contains(errs, "timed out after 1s") {
+		t.Fatalf("silent socket: %d %q", code, errs)
+	}
+	_ = os.Remove(socket)
+
+	// A real SDS server (this agent; its CA down, so it has no
+	// certificate yet but serves its root): wait-socket returns once it
+	// answers, and not before the agent is started.
+	write := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("token", []byte(fakeca.Token("gw", "gateway", time.Now().Add(time.Hour))))
+	write("root.pem", ca.RootPEM())
+	cfg, err := agent.Load(flag.NewFlagSet("t", flag.ContinueOnError), []string{
+		"--ca-addr=127.0.0.1:1", "--namespace=gw", "--service-account=gateway", "--token-path=" + filepath.Join(dir, "token"),
+		"--root-cert-path=" + filepath.Join(dir, "root.pem"), "--socket-path=" + socket, "--backoff-initial=50ms", "--backoff-max=200ms",
+	}, getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		code     int
+		out, err string
+		at       time.Time
+	}
+	waited := make(chan result, 1)
+	go func() {
+		code, out, errs := wait("60s")
+		waited <- result{code, out, errs, time.Now()}
+	}()
+	// The waiter must still be waiting while no server runs.
+	select {
+	case r := <-waited:
+		t.Fatalf("wait-socket returned before any server ran: %+v", r)
+	case <-time.After(300 * time.Millisecond):
+	}
+	a := agent.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	started := time.Now()
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case r := <-waited:
+		if r.code != 0 || !strings.Contains(r.out, socket+" answers: served ROOTCA after") || r.at.Before(started) {
+			t.Fatalf("wait-socket: %+v", r)
+		}
+		if !strings.Contains(r.err, "waiting up to 1m0s for the SDS socket "+socket+" to serve ROOTCA") {
+			t.Errorf("no start line: %q", r.err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("wait-socket did not return once the agent served its socket")
 	}
 }

@@ -131,6 +131,9 @@ func newCheckCommand() *cobra.Command {
                           what each injects (image, CA address, trust domain)
   stale-agents            with istio: auto, injected pods whose agent no longer matches their installed
                           revision (after an Istio upgrade), with the command that re-injects them
+  spire-registration      with identityProvider.spire, gateway pods injected with the spire flavor that no
+                          ClusterSPIFFEID (spire-controller-manager) selects; a warning when the CRD is absent
+                          or unreadable
 
 The serving certificate is read from the Secret the pods serve it from (the cert-manager Certificate
 named by cert-manager.io/inject-ca-from, else --cert-secret), because a Service's address is usually not
@@ -239,6 +242,9 @@ func (k *checker) run(ctx context.Context) *checkReport {
 	add(pods)
 	for _, res := range k.checkIstio(ctx) {
 		add(res)
+	}
+	if k.settings != nil && k.settings.SPIREEnabled() {
+		add(k.checkSPIRERegistration(ctx))
 	}
 
 	r.OK = true

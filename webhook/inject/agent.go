@@ -48,8 +48,11 @@ const (
 
 // agentContainerName is the injected container's name per flavor.
 func agentContainerName(f Flavor) string {
-	if f == FlavorSDSAgent {
+	switch f {
+	case FlavorSDSAgent:
 		return "sds-agent"
+	case FlavorSPIRE:
+		return SPIREWaitContainer
 	}
 	return "istio-proxy"
 }
@@ -85,6 +88,12 @@ func (s *Settings) volumesFor(p podParams) []wantedVolume {
 	var out []wantedVolume
 	prof := p.profile
 	add := func(v wantedVolume) { out = append(out, v) }
+	if p.flavor == FlavorSPIRE {
+		// Only the SPIRE agent's socket directory: no token, no istiod root.
+		add(wantedVolume{volume: s.spire.volume(), agentPath: pathWorkloadSocketDir, agentRO: true,
+			gatewayPath: pathWorkloadSocketDir, gatewayRO: true})
+		return out
+	}
 
 	if prof.SocketVolume == VolumeWorkloadSocket {
 		gw := ""
@@ -233,6 +242,14 @@ func waitCommand(f Flavor) []string {
 	default:
 		return []string{"sds-agent", "wait"}
 	}
+}
+
+// container is the container the flavor injects.
+func (s *Settings) container(p podParams, vols []wantedVolume, workload string) corev1.Container {
+	if p.flavor == FlavorSPIRE {
+		return s.spireWaitContainer(p)
+	}
+	return s.agentContainer(p, vols, workload)
 }
 
 func (s *Settings) agentContainer(p podParams, vols []wantedVolume, workload string) corev1.Container {

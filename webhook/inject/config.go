@@ -33,10 +33,25 @@ const (
 	// FlavorSDSAgent runs the project's own slim agent, which serves SDS on
 	// the workload socket without an idle Envoy.
 	FlavorSDSAgent Flavor = "sds-agent"
+	// FlavorSPIRE injects no agent: the gateway's Envoy gets the SPIRE
+	// agent's Workload API socket (which serves SDS with Istio's names)
+	// through the SPIFFE CSI driver or a hostPath, and a run-to-completion
+	// init container of the sds-agent image holds the gateway back until
+	// the socket answers. It needs identityProvider.spire (docs/spire.md).
+	FlavorSPIRE Flavor = "spire"
 )
 
-// Flavors lists the supported flavors in documentation order.
+// Flavors lists the agent flavors (an Istio certificate agent fed by
+// istiod) in documentation order.
 var Flavors = []Flavor{FlavorIstioProxy, FlavorIstioAgentFiles, FlavorSDSAgent}
+
+// ProviderFlavors are the flavors that inject no agent and take the identity
+// from another provider, enabled by the configuration's identityProvider
+// section: spire.
+var ProviderFlavors = []Flavor{FlavorSPIRE}
+
+// AllFlavors lists every flavor, agent flavors first.
+func AllFlavors() []Flavor { return append(append([]Flavor(nil), Flavors...), ProviderFlavors...) }
 
 // Built-in defaults: everything works with no configuration file.
 const (
@@ -113,6 +128,11 @@ type Config struct {
 	// DisableBuiltinProfiles leaves only GatewayProfiles (and the generic
 	// sds-injector.io/gateway-container annotation) in effect.
 	DisableBuiltinProfiles bool `json:"disableBuiltinProfiles,omitempty"`
+
+	// IdentityProvider configures identity providers other than istiod
+	// that a flavor can consume; today SPIRE (the spire flavor). Absent,
+	// the spire flavor is disabled and pods asking for it are skipped.
+	IdentityProvider IdentityProviderConfig `json:"identityProvider,omitempty"`
 
 	// Istio is "auto" to follow the installed Istio (its revisions, image,
 	// CA address, trust domain; see docs/discovery.md) where this
@@ -192,6 +212,8 @@ type Settings struct {
 	proxyConfigJSON   string
 	cache             *encodedCache
 	hints             *hints
+	// spire is the validated identityProvider.spire; nil: disabled.
+	spire *spireSettings
 	// revision is the Istio revision these settings were discovered for
 	// (recorded in the status annotation); empty without discovery.
 	revision string
@@ -283,6 +305,11 @@ func (c Config) Resolve() (*Settings, error) {
 	}
 	errs = append(errs, validateResources(fp("agentResources"), c.AgentResources)...)
 	errs = append(errs, validateIstioMode(fp("istio"), c.Istio)...)
+	spire, serrs := c.IdentityProvider.resolve(fp("identityProvider"))
+	errs = append(errs, serrs...)
+	if c.Flavor == FlavorSPIRE && spire == nil && len(serrs) == 0 {
+		errs = append(errs, field.Invalid(fp("flavor"), c.Flavor, "the spire flavor needs identityProvider.spire with a socket source: "+spireSourceHint))
+	}
 	for i, ns := range c.ExcludedNamespaces {
 		if msgs := validation.IsDNS1123Label(ns); len(msgs) > 0 {
 			errs = append(errs, field.Invalid(fp("excludedNamespaces").Index(i), ns, strings.Join(msgs, "; ")))
@@ -356,6 +383,7 @@ func (c Config) Resolve() (*Settings, error) {
 		proxyConfigJSON:   `{"discoveryAddress":"` + discovery + `"}`,
 		cache:             &encodedCache{},
 		hints:             &hints{},
+		spire:             spire,
 	}, nil
 }
 
@@ -374,7 +402,7 @@ func proxyImage(hub, release string) string {
 }
 
 func isFlavor(f Flavor) bool {
-	for _, x := range Flavors {
+	for _, x := range AllFlavors() {
 		if f == x {
 			return true
 		}
@@ -383,8 +411,9 @@ func isFlavor(f Flavor) bool {
 }
 
 func flavorStrings() []string {
-	out := make([]string, len(Flavors))
-	for i, f := range Flavors {
+	all := AllFlavors()
+	out := make([]string, len(all))
+	for i, f := range all {
 		out[i] = string(f)
 	}
 	return out

@@ -5,7 +5,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
@@ -57,6 +59,22 @@ func TestResolveErrors(t *testing.T) {
 			c.GatewayProfiles = []GatewayProfile{p, p}
 		}, []string{"gatewayProfiles[1].name", "Duplicate"}},
 		"several problems at once": {func(c *Config) { c.Flavor = "x"; c.ClusterID = "" }, []string{"flavor", "clusterID"}},
+		"spire flavor without provider": {func(c *Config) { c.Flavor = FlavorSPIRE }, []string{
+			"flavor", `"spire"`, "identityProvider.spire.csiDriver", "identityProvider.spire.hostPath"}},
+		"spire without socket source": {func(c *Config) { c.IdentityProvider.SPIRE = &SPIREConfig{} }, []string{
+			"identityProvider.spire", "Required", "identityProvider.spire.csiDriver", "identityProvider.spire.hostPath"}},
+		"spire flavor without socket source": {func(c *Config) { c.Flavor, c.IdentityProvider.SPIRE = FlavorSPIRE, &SPIREConfig{} }, []string{
+			"identityProvider.spire", "identityProvider.spire.csiDriver", "identityProvider.spire.hostPath"}},
+		"spire both socket sources": {func(c *Config) {
+			c.IdentityProvider.SPIRE = &SPIREConfig{CSIDriver: DefaultSPIRECSIDriver, HostPath: "/run/spire/sockets"}
+		}, []string{"identityProvider.spire", "only one socket source"}},
+		"spire relative host path": {func(c *Config) { c.IdentityProvider.SPIRE = &SPIREConfig{HostPath: "run/spire"} }, []string{
+			"identityProvider.spire.hostPath", "clean absolute"}},
+		"spire bad csi driver": {func(c *Config) { c.IdentityProvider.SPIRE = &SPIREConfig{CSIDriver: "CSI Spiffe"} }, []string{
+			"identityProvider.spire.csiDriver"}},
+		"spire short timeout": {func(c *Config) {
+			c.IdentityProvider.SPIRE = &SPIREConfig{CSIDriver: DefaultSPIRECSIDriver, StartupTimeout: &metav1.Duration{Duration: 500 * time.Millisecond}}
+		}, []string{"identityProvider.spire.startupTimeout", "at least 1s"}},
 		"profile names no flavor": {func(c *Config) {
 			c.GatewayProfiles = []GatewayProfile{{Name: "edge", Selector: labelSelector("a", "b"), Containers: []string{"envoy"}, Flavors: []Flavor{}}}
 		}, []string{"gatewayProfiles[0].flavors", `"edge"`, "names no flavor"}},

@@ -50,6 +50,9 @@ const (
 	// ReasonAmbient: the pod is enrolled in Istio ambient (pod or namespace
 	// label istio.io/dataplane-mode=ambient); ztunnel provides its identity.
 	ReasonAmbient Reason = "ambient"
+	// ReasonSPIREDisabled: the pod asks for the spire flavor and the
+	// configuration has no identityProvider.spire.
+	ReasonSPIREDisabled Reason = "spire-disabled"
 )
 
 // Decision explains what the engine did and why.

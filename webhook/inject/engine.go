@@ -227,6 +227,10 @@ func (s *Settings) plan(pod *corev1.Pod) (Decision, *plan) {
 	if errors.As(err, &ferr) {
 		return warned(ReasonFlavorUnsupported, match.profile, err.Error()), nil
 	}
+	var serr *spireDisabledError
+	if errors.As(err, &serr) {
+		return warned(ReasonSPIREDisabled, match.profile, err.Error()), nil
+	}
 	if err != nil {
 		return warned(ReasonInvalidOverride, match.profile, err.Error()), nil
 	}
@@ -247,6 +251,10 @@ func (s *Settings) plan(pod *corev1.Pod) (Decision, *plan) {
 	}
 	msg := fmt.Sprintf("injected %s (%s, Istio %s, %s) for gateway container %q",
 		agentContainerName(params.flavor), params.flavor, params.version, p.status.Placement, match.container)
+	if params.flavor == FlavorSPIRE {
+		msg = fmt.Sprintf("injected %s (%s, %s, %s) for gateway container %q",
+			agentContainerName(params.flavor), params.flavor, s.spire.describe(), p.status.Placement, match.container)
+	}
 	if pod.Spec.HostNetwork && pod.Labels[LabelDataplaneMode] == DataplaneModeAmbient {
 		msg += "; note: " + ambientHostNetworkCaveat(pod.Labels)
 	}
@@ -298,7 +306,9 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 		}
 	}
 
-	p := &plan{gatewayIndex: gwIndex, native: params.native, settings: s, params: params}
+	// The spire flavor's wait container is a run-to-completion init
+	// container in either placement: it goes first in initContainers.
+	p := &plan{gatewayIndex: gwIndex, native: params.native || params.flavor == FlavorSPIRE, settings: s, params: params}
 	pkey := params.cacheKey()
 	wanted := s.cache.wantedVolumes(pkey, func() []wantedVolume { return s.volumesFor(params) })
 	p.wanted = wanted
@@ -352,7 +362,7 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 	p.workload = workloadName(pod)
 	p.containerName = agentContainerName(params.flavor)
 	p.containerJSON = s.cache.get(pkey+"|container|"+p.workload, func() any {
-		c := s.agentContainer(params, wanted, p.workload)
+		c := s.container(params, wanted, p.workload)
 		return &c
 	})
 	p.status = Status{
@@ -367,7 +377,13 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 		GatewayProfile:   match.profile,
 		GatewayContainer: gw.Name,
 	}
-	if params.native {
+	if params.flavor == FlavorSPIRE {
+		p.status.IstioVersion, p.status.IstioProfile = "", ""
+		p.status.IdentityProvider = IdentityProviderSPIRE
+		p.status.SocketSource = s.spire.source()
+		p.status.Placement = PlacementInit
+		p.status.InitContainers = []string{p.containerName}
+	} else if params.native {
 		p.status.Placement = PlacementNative
 		p.status.InitContainers = []string{p.containerName}
 	} else {
@@ -408,7 +424,7 @@ func (p *plan) apply(orig *corev1.Pod) *corev1.Pod {
 		// The plan's volumes come from a cache shared by every pod.
 		pod.Spec.Volumes = append(pod.Spec.Volumes, *p.volumes[i].DeepCopy())
 	}
-	agent := p.settings.agentContainer(p.params, p.wanted, p.workload)
+	agent := p.settings.container(p.params, p.wanted, p.workload)
 	if p.native {
 		pod.Spec.InitContainers = slices.Insert(pod.Spec.InitContainers, 0, agent)
 	} else {
@@ -519,6 +535,10 @@ func compatibleVolume(existing, wanted *corev1.Volume) bool {
 		}
 		et, wt := e.Projected.Sources[0].ServiceAccountToken, w.Projected.Sources[0].ServiceAccountToken
 		return et.Audience == wt.Audience && et.Path == wt.Path
+	case w.CSI != nil:
+		return e.CSI != nil && e.CSI.Driver == w.CSI.Driver && len(e.CSI.VolumeAttributes) == 0
+	case w.HostPath != nil:
+		return e.HostPath != nil && e.HostPath.Path == w.HostPath.Path
 	case w.DownwardAPI != nil:
 		if e.DownwardAPI == nil || len(e.DownwardAPI.Items) != len(w.DownwardAPI.Items) {
 			return false

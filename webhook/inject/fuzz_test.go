@@ -13,6 +13,11 @@ import (
 // first byte, covering every flavor, profile and placement.
 func fuzzSettings() []*Settings {
 	var out []*Settings
+	for _, src := range []SPIREConfig{{CSIDriver: DefaultSPIRECSIDriver}, {HostPath: "/run/spire/agent-sockets"}} {
+		c := DefaultConfig()
+		c.Flavor, c.IdentityProvider.SPIRE = FlavorSPIRE, &src
+		out = append(out, c.MustResolve())
+	}
 	for _, f := range Flavors {
 		for _, v := range matrixVersions {
 			for _, native := range []bool{false, true} {

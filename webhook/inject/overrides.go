@@ -27,16 +27,19 @@ func (s *Settings) podParams(pod *corev1.Pod, match gatewayMatch) (podParams, er
 	if v, ok := ann[AnnotationFlavor]; ok {
 		f := Flavor(v)
 		if !isFlavor(f) {
-			return p, fmt.Errorf("annotation %s=%q is invalid: use one of %v", AnnotationFlavor, v, flavorStrings())
+			return p, fmt.Errorf("annotation %s=%q is invalid: use one of %v", AnnotationFlavor, v, s.enabledFlavors())
 		}
 		p.flavor, source = f, "annotation"
 	} else if s.flavorSet {
 		source = "config"
 	} else if prof != nil && prof.defaultFlavor() != "" {
-		p.flavor = prof.defaultFlavor()
+		p.flavor, source = prof.defaultFlavor(), "profile"
+	}
+	if p.flavor == FlavorSPIRE && s.spire == nil {
+		return p, &spireDisabledError{source: source}
 	}
 	if prof != nil && !prof.allows(p.flavor) {
-		return p, &flavorError{profile: prof, flavor: p.flavor, source: source}
+		return p, &flavorError{profile: prof, flavor: p.flavor, source: source, can: s.enabledOf(prof.Flavors)}
 	}
 	if v, ok := ann[AnnotationIstioVersion]; ok {
 		ver, err := ParseIstioVersion(v)
@@ -63,9 +66,13 @@ func (s *Settings) podParams(pod *corev1.Pod, match gatewayMatch) (podParams, er
 	if err := p.version.SupportsFlavor(p.flavor); err != nil {
 		return p, fmt.Errorf("%s: %w", flavorVersionSources(ann, source, prof, p), err)
 	}
-	if p.flavor == FlavorSDSAgent {
+	switch p.flavor {
+	case FlavorSDSAgent:
 		p.image = s.sdsAgentImage
 		p.glooDropIn = s.glooDropIn
+	case FlavorSPIRE:
+		// The wait container runs the sds-agent image.
+		p.image = s.sdsAgentImage
 	}
 	if v, ok := ann[AnnotationGlooDropIn]; ok {
 		if v != "true" && v != "false" {
@@ -125,15 +132,17 @@ func (s *Settings) podParams(pod *corev1.Pod, match gatewayMatch) (podParams, er
 type flavorError struct {
 	profile *GatewayProfile
 	flavor  Flavor
-	source  string // "annotation" or "config"
+	source  string // "annotation", "config" or "profile"
+	// can: the profile's flavors this installation enables.
+	can []Flavor
 }
 
 func (e *flavorError) Error() string {
 	can := fmt.Sprintf("gateway profile %q says its gateway can consume only %v (docs/gateway-wiring.md), so an agent of flavor %s would be of no use to it",
-		e.profile.Name, e.profile.Flavors, e.flavor)
+		e.profile.Name, e.can, e.flavor)
 	if e.source == "annotation" {
 		return fmt.Sprintf("annotation %s=%s asks for flavor %s, but %s: remove the annotation to get the gateway's default %s, or choose one of %v",
-			AnnotationFlavor, e.flavor, e.flavor, can, e.profile.defaultFlavor(), e.profile.Flavors)
+			AnnotationFlavor, e.flavor, e.flavor, can, e.profile.defaultFlavor(), e.can)
 	}
 	return fmt.Sprintf("the injector's configuration sets flavor %s for every gateway, but %s: set annotation %s: %s on the pod template, "+
 		"or leave the configuration's flavor unset so that each gateway gets its profile's default",

@@ -15,7 +15,9 @@ const ProfileGeneric = "generic"
 
 // socketFlavors are the flavors that serve SDS on the workload socket, the
 // only thing a gateway whose configuration names an SDS cluster can use.
-var socketFlavors = []Flavor{FlavorIstioProxy, FlavorSDSAgent}
+// spire is one of them (the SPIRE agent's socket serves SDS) but is only
+// offered where the configuration enables it (Settings.enabledOf).
+var socketFlavors = []Flavor{FlavorIstioProxy, FlavorSDSAgent, FlavorSPIRE}
 
 // EnvEmissaryCertsDir is where Emissary-ingress looks for the Istio
 // certificate files (its default is /etc/istio-certs).

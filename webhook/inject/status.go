@@ -22,9 +22,13 @@ type Status struct {
 	// RevisionFrom says what chose the revision, e.g. "namespace label
 	// sds-injector.io/istio-revision" (discovery only; empty for the
 	// default revision).
-	RevisionFrom   string `json:"revisionFrom,omitempty"`
-	Placement      string `json:"placement"`
-	GatewayProfile string `json:"gatewayProfile"`
+	RevisionFrom string `json:"revisionFrom,omitempty"`
+	// IdentityProvider is "spire" for the spire flavor (empty: istiod),
+	// and SocketSource where its socket comes from ("csi", "hostPath").
+	IdentityProvider string `json:"identityProvider,omitempty"`
+	SocketSource     string `json:"socketSource,omitempty"`
+	Placement        string `json:"placement"`
+	GatewayProfile   string `json:"gatewayProfile"`
 	// GatewayContainer is the container that received the mounts and env.
 	GatewayContainer string   `json:"gatewayContainer"`
 	Containers       []string `json:"containers,omitempty"`
@@ -47,6 +51,8 @@ type MountRef struct {
 const (
 	PlacementNative  = "native"
 	PlacementClassic = "classic"
+	// PlacementInit: a run-to-completion init container (spire flavor).
+	PlacementInit = "init"
 )
 
 // ParseStatus decodes a status annotation value.

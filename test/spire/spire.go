@@ -1,0 +1,299 @@
+// Package spire runs a real SPIRE server and agent (v1.13.3, built from the
+// Go module proxy and cached, see build-spire.sh) on loopback with private
+// paths: join_token node attestation, unix workload attestation, sqlite in
+// the run's directory. The agent's Workload API socket serves Envoy SDS
+// (default, ROOTCA), which the spire flavor wires gateways to.
+package spire
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Version is the SPIRE release the tests run.
+const Version = "1.13.3"
+
+// TrustDomain is the trust domain of the test server (Istio's default).
+const TrustDomain = "cluster.local"
+
+// Binaries are the built spire-server and spire-agent.
+type Binaries struct {
+	Server, Agent string
+	// Built is how long the build took (zero when cached).
+	Built time.Duration
+}
+
+// Build returns the cached binaries, building them first when missing
+// (about 15 minutes cold).
+func Build(ctx context.Context) (Binaries, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return Binaries{}, errors.New("cannot locate build-spire.sh")
+	}
+	script := filepath.Join(filepath.Dir(file), "build-spire.sh")
+	started := time.Now()
+	cmd := exec.CommandContext(ctx, script)
+	cmd.Env = append(os.Environ(), "SPIRE_VERSION="+Version)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return Binaries{}, fmt.Errorf("%s: %w\n%s", script, err, stderr.String())
+	}
+	dir := strings.TrimSpace(string(out))
+	b := Binaries{Server: filepath.Join(dir, "spire-server"), Agent: filepath.Join(dir, "spire-agent")}
+	if strings.Contains(stderr.String(), "building ") {
+		b.Built = time.Since(started)
+	}
+	return b, nil
+}
+
+// process is a running SPIRE binary with its output kept for errors.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func start(name, bin string, args ...string) (*process, error) {
+	p := &process{name: name, out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	// Its own process group, ended by its pid only.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+func (p *process) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// healthy polls `<bin> healthcheck -socketPath socket` until it succeeds,
+// the process exits or ctx ends.
+func (p *process) healthy(ctx context.Context, bin, socket string) error {
+	for {
+		hc := exec.CommandContext(ctx, bin, "healthcheck", "-socketPath", socket)
+		out, err := hc.CombinedOutput()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited (%v) before it was healthy:\n%s", p.name, p.err, p.out.String())
+		case <-ctx.Done():
+			return fmt.Errorf("%s not healthy: %s (%w)\n%s", p.name, strings.TrimSpace(string(out)), ctx.Err(), p.out.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Server is a running spire-server.
+type Server struct {
+	bin    string
+	Socket string
+	Port   int
+	proc   *process
+}
+
+// freePort picks a loopback port nobody listens on.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// StartServer starts spire-server with its state in dir and waits until it
+// is healthy.
+func StartServer(ctx context.Context, b Binaries, dir string) (*Server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{bin: b.Server, Socket: filepath.Join(dir, "server.sock"), Port: port}
+	conf := fmt.Sprintf(`server {
+  bind_address = "127.0.0.1"
+  bind_port = "%d"
+  socket_path = %q
+  trust_domain = %q
+  data_dir = %q
+  log_level = "INFO"
+}
+plugins {
+  DataStore "sql" {
+    plugin_data {
+      database_type = "sqlite3"
+      connection_string = %q
+    }
+  }
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+}
+`, port, s.Socket, TrustDomain, filepath.Join(dir, "server-data"), filepath.Join(dir, "datastore.sqlite3"))
+	confPath := filepath.Join(dir, "server.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	if s.proc, err = start("spire-server", b.Server, "run", "-config", confPath); err != nil {
+		return nil, err
+	}
+	hctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := s.proc.healthy(hctx, b.Server, s.Socket); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// CLI runs `spire-server <command...> -socketPath <socket> <flags...>`.
+func (s *Server) CLI(ctx context.Context, command []string, flags ...string) (string, error) {
+	args := append(append(append([]string(nil), command...), "-socketPath", s.Socket), flags...)
+	out, err := exec.CommandContext(ctx, s.bin, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("spire-server %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+var tokenRE = regexp.MustCompile(`(?m)^Token: (\S+)$`)
+
+// JoinToken generates a join token (valid once, for 10 minutes).
+func (s *Server) JoinToken(ctx context.Context) (string, error) {
+	out, err := s.CLI(ctx, []string{"token", "generate"}, "-ttl", "600")
+	if err != nil {
+		return "", err
+	}
+	m := tokenRE.FindStringSubmatch(out)
+	if m == nil {
+		return "", fmt.Errorf("no token in %q", out)
+	}
+	return m[1], nil
+}
+
+// AgentID is the SPIFFE ID of the agent attested with token.
+func AgentID(token string) string {
+	return "spiffe://" + TrustDomain + "/spire/agent/join_token/" + token
+}
+
+// RegisterUID registers spiffeID for processes of uid under the agent,
+// with X.509 SVIDs of the given TTL.
+func (s *Server) RegisterUID(ctx context.Context, parentID, spiffeID string, uid int, svidTTL time.Duration) error {
+	_, err := s.CLI(ctx, []string{"entry", "create"}, "-parentID", parentID, "-spiffeID", spiffeID,
+		"-selector", "unix:uid:"+strconv.Itoa(uid), "-x509SVIDTTL", strconv.Itoa(int(svidTTL/time.Second)))
+	return err
+}
+
+// Stop ends the server.
+func (s *Server) Stop() { s.proc.stop() }
+
+// Log is the server's output so far.
+func (s *Server) Log() string { return s.proc.out.String() }
+
+// Agent is a running spire-agent.
+type Agent struct {
+	// Socket is the Workload API socket, <socketDir>/socket.
+	Socket string
+	proc   *process
+}
+
+// StartAgent starts spire-agent attested with token, its Workload API
+// socket at <socketDir>/socket, and waits until it is healthy.
+func StartAgent(ctx context.Context, b Binaries, dir, socketDir string, srv *Server, token string) (*Agent, error) {
+	a := &Agent{Socket: filepath.Join(socketDir, "socket")}
+	conf := fmt.Sprintf(`agent {
+  data_dir = %q
+  log_level = "INFO"
+  server_address = "127.0.0.1"
+  server_port = "%d"
+  socket_path = %q
+  insecure_bootstrap = true
+  trust_domain = %q
+}
+plugins {
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+  WorkloadAttestor "unix" {
+    plugin_data {}
+  }
+}
+`, filepath.Join(dir, "agent-data"), srv.Port, a.Socket, TrustDomain)
+	confPath := filepath.Join(dir, "agent.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	var err error
+	if a.proc, err = start("spire-agent", b.Agent, "run", "-config", confPath, "-joinToken", token); err != nil {
+		return nil, err
+	}
+	hctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := a.proc.healthy(hctx, b.Agent, a.Socket); err != nil {
+		a.Stop()
+		return nil, err
+	}
+	return a, nil
+}
+
+// Stop ends the agent.
+func (a *Agent) Stop() { a.proc.stop() }
+
+// Log is the agent's output so far.
+func (a *Agent) Log() string { return a.proc.out.String() }
