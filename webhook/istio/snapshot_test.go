@@ -247,6 +247,50 @@ func TestStale(t *testing.T) {
 	}
 }
 
+// TestStaleIgnoresOtherIdentityProviders: a gateway injected with the spire
+// flavor has no Istio agent, so neither an Istio upgrade nor a removed
+// revision makes it stale.
+func TestStaleIgnoresOtherIdentityProviders(t *testing.T) {
+	cfg := inject.DefaultConfig()
+	cfg.IdentityProvider.SPIRE = &inject.SPIREConfig{CSIDriver: inject.DefaultSPIRECSIDriver}
+	old := build(t, cfg, nil, fixture(t, "1.21.6"))
+	pod := gatewayPod()
+	pod.Labels[LabelRev] = "1-21"
+	pod.Annotations = map[string]string{inject.AnnotationFlavor: string(inject.FlavorSPIRE)}
+	res := inject.Inject(pod, old.Revisions["1-21"].Settings)
+	st := injectedStatusOf(t, res.Pod)
+	if st.IdentityProvider == "" {
+		t.Fatalf("the spire pod was not injected as such: %+v (%+v)", st, res.Decision)
+	}
+	cms := fixture(t, "1.21.6")
+	for _, cm := range cms {
+		if v, ok := cm.Data["values"]; ok {
+			cm.Data["values"] = strings.Replace(v, `"tag": "1.21.6"`, `"tag": "1.21.7"`, 1)
+		}
+	}
+	for name, s := range map[string]*Snapshot{
+		"upgraded": build(t, cfg, nil, cms),
+		"gone":     build(t, cfg, nil, fixture(t, "1.28.10")),
+	} {
+		if sa, stale := s.Stale(&res.Pod.ObjectMeta, nil); stale {
+			t.Errorf("%s: spire pod reported stale: %+v", name, sa)
+		}
+	}
+}
+
+func injectedStatusOf(t *testing.T, pod *corev1.Pod) *inject.Status {
+	t.Helper()
+	if pod == nil || pod.Annotations[inject.AnnotationStatus] == "" {
+		t.Fatal("pod not injected")
+		return nil
+	}
+	st, err := inject.ParseStatus(pod.Annotations[inject.AnnotationStatus])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 func TestRevisionUnavailableSparesNonGateways(t *testing.T) {
 	s := inject.DefaultConfig().MustResolve()
 	app := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: "apps"},

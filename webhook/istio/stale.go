@@ -44,6 +44,11 @@ func (s *Snapshot) Stale(meta *metav1.ObjectMeta, nsLabels map[string]string) (S
 	if err != nil {
 		return StaleAgent{}, false
 	}
+	if st.IdentityProvider != "" {
+		// Its identity comes from another provider (SPIRE): Istio's
+		// revisions and agent images do not concern it.
+		return StaleAgent{}, false
+	}
 	out := StaleAgent{Namespace: meta.Namespace, Name: meta.Name, Revision: st.Revision, Image: st.Image}
 	sel := s.Select(meta.Labels, meta.Annotations, nsLabels)
 	if sel.Problem != "" {
