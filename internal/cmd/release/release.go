@@ -109,11 +109,27 @@ func releaseVersion(moduleDir string) (string, error) {
 	return string(m[1]), nil
 }
 
+var defaultAgentImageRE = regexp.MustCompile(`(?m)^\s*DefaultSDSAgentImage\s*=\s*"[^"]*:([^":]*)"`)
+
+// engineAgentTag reads the tag of webhook/inject's DefaultSDSAgentImage
+// (the engine's own default, used without the CLI or the chart).
+func engineAgentTag(moduleDir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(moduleDir, "webhook", "inject", "config.go"))
+	if err != nil {
+		return "", err
+	}
+	m := defaultAgentImageRE.FindSubmatch(b)
+	if m == nil {
+		return "", errors.New("webhook/inject/config.go: no DefaultSDSAgentImage with a tag")
+	}
+	return string(m[1]), nil
+}
+
 var semverTag = regexp.MustCompile(`^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?$`)
 
 // checkVersion refuses a version the tree is not stamped with: every place
 // a release bump touches must say the same (RELEASING.md lists them).
-func checkVersion(version string, c chartMeta, rv string) error {
+func checkVersion(version string, c chartMeta, rv, engineTag string) error {
 	var errs []error
 	if !semverTag.MatchString(version) {
 		errs = append(errs, fmt.Errorf("version %q is not a release tag vMAJOR.MINOR.PATCH[-PRERELEASE]", version))
@@ -126,6 +142,9 @@ func checkVersion(version string, c chartMeta, rv string) error {
 	}
 	if rv != version {
 		errs = append(errs, fmt.Errorf("cmd/sds-injector/images.go releaseVersion is %q", rv))
+	}
+	if engineTag != version {
+		errs = append(errs, fmt.Errorf("webhook/inject/config.go DefaultSDSAgentImage tag is %q", engineTag))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("the tree is not version %s (see RELEASING.md): %w", version, err)
@@ -161,10 +180,14 @@ func dryRun(ctx context.Context, o options) (files []string, err error) {
 	if err != nil {
 		return nil, err
 	}
+	et, err := engineAgentTag(o.moduleDir)
+	if err != nil {
+		return nil, err
+	}
 	if o.version == "" {
 		o.version = c.AppVersion
 	}
-	if err := checkVersion(o.version, c, rv); err != nil {
+	if err := checkVersion(o.version, c, rv, et); err != nil {
 		return nil, err
 	}
 	if o.revision == "" {

@@ -63,31 +63,36 @@ func TestTheTreeIsOneVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := checkVersion(c.AppVersion, c, rv); err != nil {
+	et, err := engineAgentTag(mod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkVersion(c.AppVersion, c, rv, et); err != nil {
 		t.Fatalf("the tree's own version is refused: %v", err)
 	}
 }
 
 func TestCheckVersionRefusesMismatches(t *testing.T) {
 	c := chartMeta{Name: "sds-injector", Version: "1.2.3", AppVersion: "v1.2.3"}
-	if err := checkVersion("v1.2.3", c, "v1.2.3"); err != nil {
+	if err := checkVersion("v1.2.3", c, "v1.2.3", "v1.2.3"); err != nil {
 		t.Fatal(err)
 	}
 	cases := map[string]struct {
 		version string
 		chart   chartMeta
-		rv      string
+		rv, et  string
 		want    []string
 	}{
-		"tag ahead of the tree": {"v1.2.4", c, "v1.2.3", []string{"appVersion is \"v1.2.3\"", "version is \"1.2.3\", want \"1.2.4\"", "releaseVersion is \"v1.2.3\""}},
-		"releaseVersion behind": {"v1.2.3", c, "v1.2.2", []string{"releaseVersion is \"v1.2.2\""}},
-		"chart version behind":  {"v1.2.3", chartMeta{Version: "1.2.2", AppVersion: "v1.2.3"}, "v1.2.3", []string{"want \"1.2.3\""}},
-		"not a tag":             {"1.2.3", chartMeta{Version: "1.2.3", AppVersion: "1.2.3"}, "1.2.3", []string{"not a release tag"}},
-		"a commit":              {"a9588f0-dirty", chartMeta{Version: "a9588f0-dirty", AppVersion: "a9588f0-dirty"}, "a9588f0-dirty", []string{"not a release tag"}},
+		"tag ahead of the tree": {"v1.2.4", c, "v1.2.3", "v1.2.3", []string{"appVersion is \"v1.2.3\"", "version is \"1.2.3\", want \"1.2.4\"", "releaseVersion is \"v1.2.3\"", "DefaultSDSAgentImage tag is \"v1.2.3\""}},
+		"releaseVersion behind": {"v1.2.3", c, "v1.2.2", "v1.2.3", []string{"releaseVersion is \"v1.2.2\""}},
+		"engine default behind": {"v1.2.3", c, "v1.2.3", "v1.2.2", []string{"DefaultSDSAgentImage tag is \"v1.2.2\""}},
+		"chart version behind":  {"v1.2.3", chartMeta{Version: "1.2.2", AppVersion: "v1.2.3"}, "v1.2.3", "v1.2.3", []string{"want \"1.2.3\""}},
+		"not a tag":             {"1.2.3", chartMeta{Version: "1.2.3", AppVersion: "1.2.3"}, "1.2.3", "1.2.3", []string{"not a release tag"}},
+		"a commit":              {"a9588f0-dirty", chartMeta{Version: "a9588f0-dirty", AppVersion: "a9588f0-dirty"}, "a9588f0-dirty", "a9588f0-dirty", []string{"not a release tag"}},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			err := checkVersion(tc.version, tc.chart, tc.rv)
+			err := checkVersion(tc.version, tc.chart, tc.rv, tc.et)
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -98,7 +103,7 @@ func TestCheckVersionRefusesMismatches(t *testing.T) {
 			}
 		})
 	}
-	if err := checkVersion("v2.0.0-rc.1", chartMeta{Version: "2.0.0-rc.1", AppVersion: "v2.0.0-rc.1"}, "v2.0.0-rc.1"); err != nil {
+	if err := checkVersion("v2.0.0-rc.1", chartMeta{Version: "2.0.0-rc.1", AppVersion: "v2.0.0-rc.1"}, "v2.0.0-rc.1", "v2.0.0-rc.1"); err != nil {
 		t.Errorf("a pre-release: %v", err)
 	}
 }
