@@ -86,7 +86,7 @@ demo:
 	$(GO) run ./test/demo
 
 clean:
-	rm -rf bin/
+	rm -rf bin/ _output/
 
 .PHONY: helm manifests
 
@@ -131,3 +131,28 @@ test: test-summary
 test-summary:
 	@echo "make test: the released-Istio matrix was NOT run (too slow for make test; results: docs/compatibility.md)."
 	@echo "  run it with: make istio-releases [ISTIO_RELEASES=\"<istio-X.Y.Z.tar.gz or unpacked tree> ...\"]$(if $(ISTIO_RELEASES), (found: $(notdir $(ISTIO_RELEASES))), (no istio-*.tar.gz in $(ISTIO_RELEASES_DIR)))"
+
+.PHONY: images release-dry-run actionlint
+IMAGE_TAG       ?= $(VERSION)
+IMAGE_REGISTRY  ?= ghcr.io/sds-injector
+IMAGE_PLATFORMS ?= linux/amd64,linux/arm64
+
+## images: the sds-injector and sds-agent images for IMAGE_PLATFORMS, built
+## without Docker or a registry, reproducibly (internal/imagebuild), into
+## _output/images: <name>/ OCI layouts (crane push, skopeo copy) and <name>.tar
+## (ctr -n k8s.io images import, kind load image-archive), tagged IMAGE_TAG
+images:
+	$(GO) run ./internal/cmd/build-images -o _output/images -version '$(VERSION)' -tag '$(IMAGE_TAG)' -registry '$(IMAGE_REGISTRY)' -platforms '$(IMAGE_PLATFORMS)'
+
+## release-dry-run: every artifact a release publishes, in _output/release,
+## nothing pushed: images (OCI layouts + tars), CLI binaries, SHA256SUMS, the
+## packaged chart. RELEASE_VERSION defaults to the chart's appVersion and must
+## match it (RELEASING.md)
+RELEASE_VERSION ?=
+release-dry-run:
+	$(GO) run ./internal/cmd/release -o _output/release $(if $(RELEASE_VERSION),-version '$(RELEASE_VERSION)')
+
+## actionlint: lint .github/workflows (actionlint built from the Go module proxy, cached); part of lint
+actionlint:
+	@.github/actionlint.sh
+lint: actionlint
