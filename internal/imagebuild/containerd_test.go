@@ -195,11 +195,11 @@ func ensureContainerd(t *testing.T) {
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		return cmd.CombinedOutput()
 	}
-	if out, err := install(); err != nil {
+	if _, err := install(); err != nil {
 		if uout, uerr := exec.Command("apt-get", "update").CombinedOutput(); uerr != nil {
 			t.Fatalf("apt-get update: %v\n%s", uerr, uout)
 		}
-		if out, err = install(); err != nil {
+		if out, err := install(); err != nil {
 			t.Fatalf("apt-get install containerd runc: %v\n%s", err, out)
 		}
 	}

@@ -146,21 +146,21 @@ func (s Spec) env() []string {
 func (s Spec) validate() error {
 	var errs []error
 	if s.Binary == "" {
-		errs = append(errs, errors.New("Binary is empty"))
+		errs = append(errs, errors.New("spec.Binary is empty"))
 	}
 	if !path.IsAbs(s.Path) || path.Clean(s.Path) != s.Path || s.Path == "/" {
-		errs = append(errs, fmt.Errorf("Path %q must be an absolute, clean file path", s.Path))
+		errs = append(errs, fmt.Errorf("spec.Path %q must be an absolute, clean file path", s.Path))
 	}
 	if err := checkUser(s.User); err != nil {
 		errs = append(errs, err)
 	}
 	if s.Platform.OS == "" || s.Platform.Architecture == "" {
-		errs = append(errs, fmt.Errorf("Platform %q needs an OS and an architecture", s.Platform.String()))
+		errs = append(errs, fmt.Errorf("spec.Platform %q needs an OS and an architecture", s.Platform.String()))
 	}
 	if s.Created.IsZero() {
-		errs = append(errs, errors.New("Created is zero (use the commit time or SOURCE_DATE_EPOCH)"))
+		errs = append(errs, errors.New("spec.Created is zero (use the commit time or SOURCE_DATE_EPOCH)"))
 	} else if s.Created.Before(time.Unix(0, 0)) {
-		errs = append(errs, fmt.Errorf("Created %s is before 1970", s.Created))
+		errs = append(errs, fmt.Errorf("spec.Created %s is before 1970", s.Created))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("imagebuild: invalid spec: %w", err)
@@ -171,19 +171,19 @@ func (s Spec) validate() error {
 // checkUser accepts a numeric "uid" or "uid:gid", neither 0.
 func checkUser(u string) error {
 	if u == "" {
-		return errors.New("User is empty (a numeric non-root uid:gid is required)")
+		return errors.New("spec.User is empty (a numeric non-root uid:gid is required)")
 	}
 	parts := strings.Split(u, ":")
 	if len(parts) > 2 {
-		return fmt.Errorf("User %q is not uid or uid:gid", u)
+		return fmt.Errorf("spec.User %q is not uid or uid:gid", u)
 	}
 	for _, p := range parts {
 		var n uint64
 		if _, err := fmt.Sscan(p, &n); err != nil || fmt.Sprint(n) != p {
-			return fmt.Errorf("User %q is not numeric (no /etc/passwd in the image to resolve names)", u)
+			return fmt.Errorf("spec.User %q is not numeric (no /etc/passwd in the image to resolve names)", u)
 		}
 		if n == 0 {
-			return fmt.Errorf("User %q is root", u)
+			return fmt.Errorf("spec.User %q is root", u)
 		}
 	}
 	return nil

@@ -165,7 +165,7 @@ func checkReleaseImage(t *testing.T, r ReleaseResult, ri ReleaseImage, wantRef, 
 					t.Errorf("label org.opencontainers.image.%s is empty", k)
 				}
 			}
-			if !cf.Created.Time.Equal(testCreated) {
+			if !cf.Created.Equal(testCreated) {
 				t.Errorf("created %v", cf.Created.Time)
 			}
 			entries, contents := layerEntries(t, img)
