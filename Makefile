@@ -156,3 +156,11 @@ release-dry-run:
 actionlint:
 	@.github/actionlint.sh
 lint: actionlint
+
+# Envoy Gateway's own translator on the guide's Envoy Gateway recipe, in its
+# own Go module (test/envoygateway) so the product does not depend on Envoy
+# Gateway. Part of make test (unit).
+.PHONY: envoygateway
+unit: envoygateway
+envoygateway:
+	cd test/envoygateway && $(GOTESTSUM) -- -race -count=1 -timeout 20m ./...
