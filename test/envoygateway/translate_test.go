@@ -442,6 +442,29 @@ func TestSDSRecipeNegativeControls(t *testing.T) {
 			t.Errorf("without subjectAltNames the cluster pins %v, want only the hostname as a DNS SAN", got)
 		}
 	})
+	t.Run("without the ALPN patch", func(t *testing.T) {
+		tr := translateRecipe(t, func(docs []string) []string {
+			var out []string
+			for _, d := range docs {
+				if !strings.Contains(d, "kind: EnvoyPatchPolicy") {
+					out = append(out, d)
+				}
+			}
+			if len(out) != len(docs)-1 {
+				t.Fatalf("want exactly 1 EnvoyPatchPolicy in the recipe, found %d", len(docs)-len(out))
+			}
+			return out
+		})
+		c := tr.clusters[routeCluster]
+		if c == nil {
+			t.Fatalf("no cluster %s", routeCluster)
+		}
+		if got := upstreamTLS(t, c).GetCommonTlsContext().GetAlpnProtocols(); slices.Contains(got, "istio") {
+			t.Errorf("without the EnvoyPatchPolicy the cluster still offers ALPN %v", got)
+		} else {
+			t.Logf("without the patch Envoy Gateway offers ALPN %v", got)
+		}
+	})
 	t.Run("bare socket path", func(t *testing.T) {
 		tr := translateRecipe(t, func(docs []string) []string {
 			return replaceIn(t, docs, "url: unix://"+agentSocket, "url: "+agentSocket)
@@ -523,6 +546,7 @@ func checkSDSSource(t *testing.T, clusters map[string]*clusterv3.Cluster, what s
 	if sc.GetType() != clusterv3.Cluster_STATIC {
 		t.Errorf("%s: SDS cluster %s is %v, want STATIC", what, name, sc.GetType())
 	}
+	//nolint:staticcheck // Envoy Gateway v1.9.1 builds its SDS cluster with the deprecated http2_protocol_options (internal/xds/translator/sds.go).
 	if sc.GetHttp2ProtocolOptions() == nil && sc.GetTypedExtensionProtocolOptions() == nil {
 		t.Errorf("%s: SDS cluster %s does not speak HTTP/2 (gRPC)", what, name)
 	}
