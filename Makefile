@@ -39,7 +39,7 @@ unit:
 	@mkdir -p $(TESTJSON)
 	$(GOTESTSUM) --jsonfile $(TESTJSON)/unit.json -- -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/test/')
 	$(GOTESTSUM) --jsonfile $(TESTJSON)/suites.json -- -race -count=1 -p 1 -timeout 60m ./test/...
-	$(GO) run ./test/tools/skipcheck -allow test/skips.txt $(TESTJSON)/unit.json $(TESTJSON)/suites.json
+	$(GO) run ./test/tools/skipcheck -allow test/skips.txt $(TESTJSON)/unit.json $(TESTJSON)/suites.json $(TESTJSON)/envoygateway.json
 
 # golangci-lint, pinned, built from the Go module proxy and cached
 # (test/tools/go-tool.sh); its configuration is .golangci.yml.
@@ -164,4 +164,5 @@ lint: actionlint
 unit: envoygateway
 envoygateway:
 	cd test/envoygateway && $(GO) vet ./... && $(GOLANGCI_LINT) run --config ../../.golangci.yml ./...
-	cd test/envoygateway && $(GOTESTSUM) -- -race -count=1 -timeout 20m ./...
+	@mkdir -p $(TESTJSON)
+	cd test/envoygateway && $(GOTESTSUM) --jsonfile $(CURDIR)/$(TESTJSON)/envoygateway.json -- -race -count=1 -timeout 20m ./...
