@@ -43,7 +43,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.draining != nil && h.draining() {
 		w.Header().Set("Connection", "close")
 	}
-	o := &observation{apiVersion: admissionV1, result: inject.OutcomeError, reason: inject.ReasonInvalidInput}
+	// On the stack: only controller-runtime's path needs it in the heap.
+	o := observation{apiVersion: admissionV1, result: inject.OutcomeError, reason: inject.ReasonInvalidInput}
 	defer func() {
 		// After the answer is written: the histogram covers reading the
 		// body, decoding, the engine, encoding and writing.
@@ -68,23 +69,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	body := buf.Bytes()
 	if h.fast.Load() {
-		if out, ok := h.serveFast(o, body); ok {
+		if out, ok := h.serveFast(&o, body); ok {
 			_, _ = w.Write(out)
 			return
 		}
 	}
-	if v, ok := checkEnvelope(o, body); !ok {
+	if v, ok := checkEnvelope(&o, body); !ok {
 		o.record(v)
 		_, _ = w.Write(encodeReview(o.apiVersion, o.uid, v))
 		return
 	}
 	// controller-runtime's path: it reads the body again, from memory, and
 	// wants exactly "application/json" (parameters were accepted above).
-	cr := r.WithContext(context.WithValue(r.Context(), observationKey{}, o))
+	ho := new(observation)
+	*ho = o
+	cr := r.WithContext(context.WithValue(r.Context(), observationKey{}, ho))
 	cr.Header = r.Header.Clone()
 	cr.Header.Set("Content-Type", "application/json")
 	cr.Body, cr.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 	h.webhook.ServeHTTP(w, cr)
+	o = *ho
 }
 
 var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}

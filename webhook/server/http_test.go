@@ -61,7 +61,6 @@ func TestPanicIsRecovered(t *testing.T) {
 				}
 			}
 			p.fast.WithResolver(nil)
-			p.fast.resolver, p.fast.labeler = nil, nil
 			if a := serve(t, p.fast, "application/json", gloo); a.patch == nil {
 				t.Fatalf("not serving after a panic: %s", a.raw)
 			}
