@@ -8,6 +8,7 @@ package server
 
 import (
 	"fmt"
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -88,7 +89,7 @@ type Handler struct {
 
 	// webhook is controller-runtime's admission.Webhook around h: it
 	// decodes the AdmissionReviews the fast path does not take.
-	webhook *admission.Webhook
+	webhook http.Handler
 	// fast enables the fast path (fast.go); the differential tests turn
 	// it off to get controller-runtime's answer for the same request.
 	fast atomic.Bool

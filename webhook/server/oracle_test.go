@@ -2,7 +2,6 @@ package server
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -17,7 +16,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
-	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
@@ -45,10 +44,10 @@ func newPair(t testing.TB, s *inject.Settings, policy ErrorPolicy) *pair {
 		*h = NewHandler(s, policy, m, logr.Discard())
 	}
 	p.cr.fast.Store(false)
-	inner := p.fast.webhook.Handler
-	p.fast.webhook.Handler = admission.HandlerFunc(func(ctx context.Context, r admission.Request) admission.Response {
+	inner := p.fast.webhook
+	p.fast.webhook = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.fallbacks.Add(1)
-		return inner.Handle(ctx, r)
+		inner.ServeHTTP(w, r)
 	})
 	return p
 }
@@ -275,9 +274,36 @@ func TestFastPathOracleEdgeCases(t *testing.T) {
 		for _, policy := range []ErrorPolicy{ErrorPolicyDeny, ErrorPolicyAllow} {
 			t.Run(name+"/"+string(policy), func(t *testing.T) {
 				p := newPair(t, inject.DefaultConfig().MustResolve(), policy)
-				p.compare(t, "application/json", body)
+				_, fellBack := p.compare(t, "application/json", body)
 				p.compare(t, "application/json; charset=utf-8", body)
+				// The path counter itself is checked on two known cases.
+				if want, known := map[string]bool{"gateway": false, "plain app": false, "no object": true, "userInfo of the wrong type": true}[name]; known && fellBack != want {
+					t.Errorf("fell back to controller-runtime: %t, want %t", fellBack, want)
+				}
 			})
+		}
+	}
+}
+
+// TestFastPathTakesAPIServerReviews: reviews shaped as kube-apiserver sends
+// them (request kinds, user info with extra, dryRun, CreateOptions) are
+// answered by the fast path itself, the same as controller-runtime would.
+func TestFastPathTakesAPIServerReviews(t *testing.T) {
+	p := newPair(t, inject.DefaultConfig().MustResolve(), ErrorPolicyDeny)
+	for _, name := range []string{"gloo-gateway-proxy.yaml", "plain-app.yaml"} {
+		for _, v := range []string{admissionV1, admissionV1beta1} {
+			body := review(t, v, examplePodJSON(t, name), func(r *admissionv1.AdmissionRequest) {
+				r.RequestKind, r.RequestResource = ptrTo(metaGVK("", "v1", "Pod")), ptrTo(metaGVR("", "v1", "pods"))
+				r.UserInfo.Username = "system:serviceaccount:kube-system:replicaset-controller"
+				r.UserInfo.UID = "0a6c6e2c-6f3b-4a8e-9d52-1f5b0c0e7a11"
+				r.UserInfo.Groups = []string{"system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"}
+				r.UserInfo.Extra = map[string]authenticationv1.ExtraValue{"authentication.kubernetes.io/credential-id": {"JTI=4f1c"}}
+				r.DryRun = ptrTo(false)
+				r.Options.Raw = []byte(`{"kind":"CreateOptions","apiVersion":"meta.k8s.io/v1"}`)
+			})
+			if _, fellBack := p.compare(t, "application/json", body); fellBack {
+				t.Errorf("%s as %s: the fast path left an API server's review to controller-runtime", name, v)
+			}
 		}
 	}
 }
