@@ -1,6 +1,6 @@
 // Package server is the admission webhook: a controller-runtime
 // admission.Handler that runs the injection engine on the pod and answers
-// with its JSON Patch (handler.go), served through controller-runtime's
+// with its JSON Patch (admit.go), served through controller-runtime's
 // admission.Webhook behind a few transport checks (http.go), with a fast
 // path for the common request that must answer exactly as that path does
 // (fast.go); plus the HTTPS, metrics and health servers around it.

@@ -342,11 +342,16 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 	h := NewHandler(inject.DefaultConfig().MustResolve(), ErrorPolicyDeny, m, log)
 	const secret = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2Vu.c2lnbmF0dXJl"
 	pod := withAnnotations(t, examplePodJSON(t, "gloo-gateway-proxy.yaml"), map[string]string{"token": secret}, nil)
-	for _, body := range [][]byte{
-		review(t, "admission.k8s.io/v1", pod, nil),
-		review(t, "admission.k8s.io/v1", withAnnotations(t, pod, nil, map[string]string{inject.LabelInject: secret[:20]}), nil),
-	} {
-		post(t, h, "application/json", body)
+	// Both paths: controller-runtime's admission.Webhook logs requests and
+	// responses (messages included) at V(5), which the handler drops.
+	for _, fast := range []bool{true, false} {
+		h.fast.Store(fast)
+		for _, body := range [][]byte{
+			review(t, "admission.k8s.io/v1", pod, nil),
+			review(t, "admission.k8s.io/v1", withAnnotations(t, pod, nil, map[string]string{inject.LabelInject: secret[:20]}), nil),
+		} {
+			post(t, h, "application/json", body)
+		}
 	}
 	if logs.Len() == 0 {
 		t.Fatal("no debug logs were written; the test would prove nothing")
