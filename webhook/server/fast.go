@@ -17,17 +17,23 @@ import (
 // goes to controller-runtime, so error messages come from one place.
 //
 // It must answer exactly as controller-runtime's admission.Webhook and
-// Handle would: the same allowed, status code and message, patch
-// operations and warnings. TestFastPathOracle (every golden case, as v1 and
-// v1beta1 reviews, and every table case) and the fuzz targets FuzzReview
-// and FuzzPodDecoding check that. Where it could differ, it is built to
+// Handle would: the same HTTP status, apiVersion and kind, allowed, status
+// code and message, patch operations and warnings. The differential tests
+// check that: TestFastPathOracle (every golden case of the engine, as v1
+// and v1beta1 reviews), TestFastPathOracleEdgeCases,
+// TestFastPathTakesAPIServerReviews, TestHandler and TestBadInputBattery
+// (each case through both paths), and the fuzz targets FuzzReview and
+// FuzzPodDecoding on every input. Where it could differ, it is built to
 // agree:
 //   - the request's fields other than the object are decoded with their
 //     API types (admissionv1.AdmissionRequest), so a request
 //     controller-runtime would refuse is not answered here either;
+//   - apiVersion and kind are matched case-insensitively, as the API
+//     machinery finds them (see envelopeOptions);
 //   - jsonv2 is stricter than controller-runtime's decoder (duplicate
-//     names, invalid UTF-8), never laxer on the fields read: what it
-//     refuses, controller-runtime's path answers;
+//     names, invalid UTF-8): what it refuses, controller-runtime's path
+//     answers. Where it would be laxer, the oracle shows a disagreement;
+//     none is known;
 //   - a pod without any gateway hint is screened from a partial decode,
 //     exactly as admitRaw does; the body holds the object, so no hint in
 //     the body means none in the object either.
