@@ -37,9 +37,10 @@ func Inject(pod *corev1.Pod, s *Settings) Result {
 	return Result{Pod: p.apply(pod), Decision: d, Patch: p.operations(pod)}
 }
 
-// InjectPatch is Inject without building the mutated pod: the decision and
-// the patch, which is all an admission response needs.
-func InjectPatch(pod *corev1.Pod, s *Settings) (Decision, []jsonpatch.Operation) {
+// injectPatch is Inject without building the mutated pod: the decision and
+// the patch, which is all an admission response needs (the webhook reaches
+// it through webhook/internal/fastpath).
+func injectPatch(pod *corev1.Pod, s *Settings) (Decision, []jsonpatch.Operation) {
 	if pod == nil || s == nil {
 		return failed(ReasonInvalidInput, "no pod or no settings given"), nil
 	}
@@ -99,7 +100,7 @@ func agentPresent(pod *corev1.Pod) string {
 }
 
 // screen runs the selection that needs only the pod's metadata and its
-// containers' names and images (see Screen). final reports a decision that
+// containers' names and images (see screenFields). final reports a decision that
 // the rest of the pod cannot change.
 func (s *Settings) screen(pod *corev1.Pod) (d Decision, match gatewayMatch, gwIndex int, final bool) {
 	return s.screenFor(pod, nil)
@@ -200,13 +201,13 @@ func envoyContainerOf(pod *corev1.Pod) (name, problem string) {
 		strings.Join(envoys, ", "), AnnotationGatewayContainer)
 }
 
-// Screen decides from the fields a cheap partial decode provides: metadata
-// (namespace, labels, annotations), spec.hostNetwork, and each container's
-// and init container's name and image. When final is true the decision is the one
-// Inject would reach for the full pod, and the rest of the pod need not be
-// decoded; otherwise only Inject can decide. The webhook screens every
-// request so that non-gateway pods never pay for a full decode.
-func Screen(pod *corev1.Pod, s *Settings) (d Decision, final bool) {
+// screenFields decides from the fields a cheap partial decode provides:
+// metadata (namespace, labels, annotations), spec.hostNetwork, and each
+// container's and init container's name and image. When final is true the
+// decision is the one Inject would reach for the full pod, and the rest of
+// the pod need not be decoded; otherwise only Inject can decide. It is not
+// exported: the webhook reaches it through webhook/internal/fastpath.
+func screenFields(pod *corev1.Pod, s *Settings) (d Decision, final bool) {
 	if pod == nil || s == nil {
 		return failed(ReasonInvalidInput, "no pod or no settings given"), true
 	}

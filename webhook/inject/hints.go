@@ -9,7 +9,7 @@ import (
 )
 
 // hints are byte strings at least one of which appears in the compact JSON
-// of any pod Screen might not settle: a profile's "label":"value" pairs (or
+// of any pod screenFields might not settle: a profile's "label":"value" pairs (or
 // the label key where the selector does not pin a value) and this project's
 // own prefix. A webhook uses them only to choose the order of its decoding
 // work (partial decode first, or straight to the full pod); decisions never
@@ -19,10 +19,10 @@ type hints struct {
 	list [][]byte
 }
 
-// MayBeGateway reports whether raw (a pod or a review holding one, as the
+// mayBeGateway reports whether raw (a pod or a review holding one, as the
 // API server encodes it) contains any hint. False means the pod is
 // certainly not a gateway candidate; true means it may be.
-func (s *Settings) MayBeGateway(raw []byte) bool {
+func (s *Settings) mayBeGateway(raw []byte) bool {
 	if s.hints == nil {
 		return true
 	}

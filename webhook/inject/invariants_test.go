@@ -10,6 +10,8 @@ import (
 	gomodpatch "gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+
+	"github.com/sds-injector/sds-injector/webhook/internal/fastpath"
 )
 
 // mustJSON marshals a pod; typed marshalling makes nil and empty lists the
@@ -71,8 +73,8 @@ func checkInvariants(t testing.TB, pod *corev1.Pod, s *Settings) Result {
 	checkHints(t, pod, s)
 	// Screening a pod reduced to what a partial decode provides must agree
 	// with the full decision whenever it claims to be final.
-	if d, final := Screen(screenable(pod), s); final && d != res.Decision {
-		t.Fatalf("Screen decided %+v on the partial pod, Inject %+v", d, res.Decision)
+	if d, final := screenFields(screenable(pod), s); final && d != res.Decision {
+		t.Fatalf("screenFields decided %+v on the partial pod, Inject %+v", d, res.Decision)
 	}
 	if res.Decision.Outcome != OutcomeInjected {
 		if res.Pod != pod || res.Patch != nil {
@@ -87,15 +89,15 @@ func checkInvariants(t testing.TB, pod *corev1.Pod, s *Settings) Result {
 	if patched := normalise(t, applyPatch(t, before, res.Patch)); !bytes.Equal(patched, injected) {
 		t.Fatalf("patch applied to the original differs from the injected pod\npatched:  %s\ninjected: %s", patched, injected)
 	}
-	fast, err := MarshalPatch(res.Patch)
+	fast, err := fastpath.MarshalPatch(res.Patch)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if patched := normalise(t, applyPatch(t, before, nil, fast)); !bytes.Equal(patched, injected) {
-		t.Fatalf("MarshalPatch encodes a different patch")
+		t.Fatalf("fastpath.MarshalPatch encodes a different patch")
 	}
-	if d, ops := InjectPatch(pod, s); d != res.Decision || !bytes.Equal(mustJSON(t, ops), mustJSON(t, res.Patch)) {
-		t.Fatalf("InjectPatch disagrees with Inject")
+	if d, ops := injectPatch(pod, s); d != res.Decision || !bytes.Equal(mustJSON(t, ops), mustJSON(t, res.Patch)) {
+		t.Fatalf("injectPatch disagrees with Inject")
 	}
 	for _, op := range res.Patch {
 		if op.Operation != "add" {
@@ -234,10 +236,10 @@ func screenable(p *corev1.Pod) *corev1.Pod {
 // answer, but the hints would be lying).
 func checkHints(t testing.TB, pod *corev1.Pod, s *Settings) {
 	t.Helper()
-	if _, final := Screen(screenable(pod), s); final {
+	if _, final := screenFields(screenable(pod), s); final {
 		return
 	}
-	if !s.MayBeGateway(mustJSON(t, pod)) {
+	if !s.mayBeGateway(mustJSON(t, pod)) {
 		t.Fatalf("pod %s is a gateway candidate but contains no hint", pod.Name)
 	}
 }

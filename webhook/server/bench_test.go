@@ -18,11 +18,18 @@ import (
 // Figures are recorded in docs/performance.md (make bench).
 
 func benchHandler(b *testing.B, body []byte, wantPatch bool) {
+	benchPath(b, body, wantPatch, true)
+}
+
+// benchPath runs the handler with the fast path on or off (off:
+// controller-runtime's admission.Webhook decodes and encodes the review).
+func benchPath(b *testing.B, body []byte, wantPatch, fast bool) {
 	m, err := NewMetrics(prometheus.NewRegistry())
 	if err != nil {
 		b.Fatal(err)
 	}
 	h := NewHandler(inject.DefaultConfig().MustResolve(), ErrorPolicyDeny, m, logr.Discard())
+	h.fast.Store(fast)
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -61,4 +68,16 @@ func BenchmarkReviewLargePod(b *testing.B) {
 	raw, _ := json.Marshal(&pod)
 	t := &testing.T{}
 	benchHandler(b, review(t, "admission.k8s.io/v1", raw, nil), true)
+}
+
+// The same reviews through controller-runtime's path: the fast path is
+// kept only while it is measurably faster than these.
+func BenchmarkReviewGlooControllerRuntime(b *testing.B) {
+	t := &testing.T{}
+	benchPath(b, review(t, "admission.k8s.io/v1", examplePodJSONB(b, "gloo-gateway-proxy.yaml"), nil), true, false)
+}
+
+func BenchmarkReviewSkipNotAGatewayControllerRuntime(b *testing.B) {
+	t := &testing.T{}
+	benchPath(b, review(t, "admission.k8s.io/v1", examplePodJSONB(b, "plain-app.yaml"), nil), false, false)
 }

@@ -3,8 +3,6 @@ package server
 import (
 	"bytes"
 	"encoding/json"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,9 +10,6 @@ import (
 
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
-	"github.com/go-logr/logr"
-	"github.com/prometheus/client_golang/prometheus"
-	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
@@ -41,16 +36,21 @@ func podSeeds(f *testing.F) [][]byte {
 	return out
 }
 
-// FuzzPodDecoding is a differential test of the handler's decoder against
+// FuzzPodDecoding is a differential test of the fast path's decoder against
 // the API server's own (sigs.k8s.io/json, case-sensitive): whatever both
-// accept must decode to the same pod, and the handler may only refuse what
-// is not valid JSON by RFC 8259's stricter reading (duplicate names,
-// invalid UTF-8).
+// accept must decode to the same pod, and the fast path may only refuse
+// what is not valid JSON by RFC 8259's stricter reading (duplicate names,
+// invalid UTF-8). The input, as the object of a review, then gets the same
+// answer from the fast path as from controller-runtime's path.
 func FuzzPodDecoding(f *testing.F) {
 	for _, s := range podSeeds(f) {
 		f.Add(s)
 	}
+	p := newPair(f, inject.DefaultConfig().MustResolve(), ErrorPolicyDeny)
 	f.Fuzz(func(t *testing.T, data []byte) {
+		if body := podInReview(data); body != nil {
+			p.compare(t, "application/json", body)
+		}
 		var ref, got corev1.Pod
 		refErr := kjson.UnmarshalCaseSensitivePreserveInts(data, &ref)
 		gotErr := jsonv2.Unmarshal(data, &got)
@@ -69,8 +69,9 @@ func FuzzPodDecoding(f *testing.F) {
 	})
 }
 
-// FuzzReview sends arbitrary bodies to the handler: it must never panic and
-// must always answer with a well-formed AdmissionReview.
+// FuzzReview sends arbitrary bodies to the handler: it must never panic,
+// must always answer with a well-formed AdmissionReview, and the fast path
+// must answer as controller-runtime's path does (the differential oracle).
 func FuzzReview(f *testing.F) {
 	t := &testing.T{}
 	for _, s := range podSeeds(f) {
@@ -78,22 +79,28 @@ func FuzzReview(f *testing.F) {
 	}
 	f.Add([]byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x","resource":{"resource":"pods"},"operation":"CREATE","object":null}}`))
 	f.Add([]byte(`{}`))
-	m, err := NewMetrics(prometheus.NewRegistry())
-	if err != nil {
-		f.Fatal(err)
-	}
-	h := NewHandler(inject.DefaultConfig().MustResolve(), ErrorPolicyDeny, m, logr.Discard())
+	p := newPair(f, inject.DefaultConfig().MustResolve(), ErrorPolicyDeny)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		r := httptest.NewRequest(http.MethodPost, InjectPath, bytes.NewReader(body))
-		r.Header.Set("Content-Type", "application/json")
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, r)
-		var ar admissionv1.AdmissionReview
-		if err := json.Unmarshal(w.Body.Bytes(), &ar); err != nil || ar.Response == nil {
-			t.Fatalf("malformed answer %q: %v", w.Body.String(), err)
-		}
-		if len(ar.Response.Patch) > 0 && !ar.Response.Allowed {
+		// compare fails on an answer that is not an AdmissionReview with
+		// a response, and on any difference between the two paths.
+		a, _ := p.compare(t, "application/json", body)
+		if a.patch != nil && !a.resp.Allowed {
 			t.Fatal("a patch on a rejected request")
 		}
 	})
+}
+
+// podInReview wraps data as the object of a v1 pod CREATE review, or
+// returns nil when data is not one JSON value (it would not be an object
+// field then, but a different review).
+func podInReview(data []byte) []byte {
+	if !jsontext.Value(data).IsValid(jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true)) {
+		return nil
+	}
+	var b bytes.Buffer
+	b.WriteString(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"fuzz","kind":{"group":"","version":"v1","kind":"Pod"},` +
+		`"resource":{"group":"","version":"v1","resource":"pods"},"namespace":"gloo-system","operation":"CREATE","userInfo":{},"object":`)
+	b.Write(data)
+	b.WriteString(`}}`)
+	return b.Bytes()
 }

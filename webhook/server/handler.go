@@ -1,14 +1,20 @@
-// Package server is the admission webhook: a thin handler that decodes the
-// pod once, runs the injection engine and answers with its JSON Patch, plus
-// the HTTPS, metrics and health servers around it.
+// Package server is the admission webhook: a controller-runtime
+// admission.Handler that runs the injection engine on the pod and answers
+// with its JSON Patch (admit.go), served through controller-runtime's
+// admission.Webhook behind a few transport checks (http.go), with a fast
+// path for the common request that must answer exactly as that path does
+// (fast.go); plus the HTTPS, metrics and health servers around it.
 package server
 
 import (
 	"fmt"
+	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
@@ -61,7 +67,9 @@ type NamespaceLabeler interface {
 	NamespaceLabels(namespace string) map[string]string
 }
 
-// Handler answers AdmissionReviews for pod creation (an http.Handler).
+// Handler answers AdmissionReviews for pod creation. It is a
+// controller-runtime admission.Handler (Handle) and, with the transport
+// checks and the fast path, an http.Handler (ServeHTTP).
 type Handler struct {
 	settings *inject.Settings
 	resolver Resolver
@@ -78,11 +86,38 @@ type Handler struct {
 	// the client to close the connection, so keep-alive connections move to
 	// other replicas instead of failing when this one stops.
 	draining func() bool
+
+	// webhook is controller-runtime's admission.Webhook around h: it
+	// decodes the AdmissionReviews the fast path does not take.
+	webhook http.Handler
+	// fast enables the fast path (fast.go); the differential tests turn
+	// it off to get controller-runtime's answer for the same request.
+	fast atomic.Bool
+	// now is the clock of the duration histogram (a test replaces it).
+	now func() time.Time
 }
+
+var _ admission.Handler = (*Handler)(nil)
 
 // NewHandler returns the admission handler for the given settings.
 func NewHandler(s *inject.Settings, onError ErrorPolicy, m *Metrics, log logr.Logger) *Handler {
-	return &Handler{settings: s, onError: onError, metrics: m, log: log}
+	h := &Handler{settings: s, onError: onError, metrics: m, log: log, now: time.Now}
+	h.fast.Store(true)
+	h.webhook = &admission.Webhook{
+		Handler: h,
+		// The handler recovers its own panics (with the error policy and a
+		// clear message); this is the net under controller-runtime's code.
+		RecoverPanic: &[]bool{true}[0],
+		// controller-runtime logs requests and responses at V(5), messages
+		// included, which can quote pod content; only its errors are kept.
+		LogConstructor: func(_ logr.Logger, _ *admission.Request) logr.Logger {
+			if h.log.GetSink() == nil {
+				return logr.Discard()
+			}
+			return logr.New(errorsOnly{h.log.WithName("admission").GetSink()})
+		},
+	}
+	return h
 }
 
 // WithResolver makes the handler choose settings per pod; the handler's

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -220,59 +221,63 @@ func TestHandler(t *testing.T) {
 		},
 		"body over the size limit": {
 			body: review(t, "admission.k8s.io/v1", withAnnotations(t, gloo, map[string]string{"big": strings.Repeat("x", MaxRequestBytes)}, nil), nil),
-			want: want{allowed: false, code: http.StatusRequestEntityTooLarge, message: "larger than the 7340032-byte limit", result: inject.OutcomeError, reason: inject.ReasonInvalidInput},
+			want: want{allowed: false, code: http.StatusRequestEntityTooLarge, message: "reaches the 7340032-byte limit", result: inject.OutcomeError, reason: inject.ReasonInvalidInput},
 		},
 	}
-	for name, tc := range cases {
-		t.Run(name, func(t *testing.T) {
-			policy := tc.policy
-			if policy == "" {
-				policy = ErrorPolicyDeny
-			}
-			h, m := newTestHandler(t, policy)
-			ct := tc.contentType
-			if ct == "" {
-				ct = "application/json"
-			}
-			got := post(t, h, ct, tc.body)
-			r := got.resp
-			if r.Allowed != tc.want.allowed {
-				t.Errorf("allowed = %t, want %t: %s", r.Allowed, tc.want.allowed, got.raw)
-			}
-			if (len(r.Patch) > 0) != tc.want.patched {
-				t.Errorf("patched = %t, want %t", len(r.Patch) > 0, tc.want.patched)
-			}
-			if tc.want.patched && (r.PatchType == nil || *r.PatchType != admissionv1.PatchTypeJSONPatch) {
-				t.Errorf("patch type %v", r.PatchType)
-			}
-			if tc.want.code != 0 && (r.Result == nil || r.Result.Code != tc.want.code) {
-				t.Errorf("result %+v, want code %d", r.Result, tc.want.code)
-			}
-			if tc.want.message != "" && (r.Result == nil || !strings.Contains(r.Result.Message, tc.want.message)) {
-				t.Errorf("result %+v, want message containing %q", r.Result, tc.want.message)
-			}
-			if tc.want.warning != "" && !strings.Contains(strings.Join(r.Warnings, "\n"), tc.want.warning) {
-				t.Errorf("warnings %q, want one containing %q", r.Warnings, tc.want.warning)
-			}
-			if tc.want.warning == "" && len(r.Warnings) > 0 {
-				t.Errorf("unexpected warnings %q", r.Warnings)
-			}
-			undecodable := tc.want.code == http.StatusUnsupportedMediaType || tc.want.code == http.StatusRequestEntityTooLarge ||
-				(tc.want.code == http.StatusBadRequest && strings.Contains(tc.want.message, "AdmissionReview"))
-			if r.UID != "3b3b1f0e-0000-4000-8000-000000000001" && !undecodable {
-				t.Errorf("response UID %q does not echo the request", r.UID)
-			}
-			series := testutil.CollectAndCount(m.requests)
-			if tc.want.noMetric {
-				if series != 0 {
-					t.Errorf("a request that never reached the handler was counted")
+	// Every case through the fast path and through controller-runtime's.
+	for _, fast := range []bool{true, false} {
+		for name, tc := range cases {
+			t.Run(fmt.Sprintf("%s/fast=%t", name, fast), func(t *testing.T) {
+				policy := tc.policy
+				if policy == "" {
+					policy = ErrorPolicyDeny
 				}
-				return
-			}
-			if n := testutil.ToFloat64(m.requests.WithLabelValues(string(tc.want.result), string(tc.want.reason))); n != 1 || series != 1 {
-				t.Errorf("metric %s/%s = %v (%d series), want 1 in 1", tc.want.result, tc.want.reason, n, series)
-			}
-		})
+				h, m := newTestHandler(t, policy)
+				h.(*Handler).fast.Store(fast)
+				ct := tc.contentType
+				if ct == "" {
+					ct = "application/json"
+				}
+				got := post(t, h, ct, tc.body)
+				r := got.resp
+				if r.Allowed != tc.want.allowed {
+					t.Errorf("allowed = %t, want %t: %s", r.Allowed, tc.want.allowed, got.raw)
+				}
+				if (len(r.Patch) > 0) != tc.want.patched {
+					t.Errorf("patched = %t, want %t", len(r.Patch) > 0, tc.want.patched)
+				}
+				if tc.want.patched && (r.PatchType == nil || *r.PatchType != admissionv1.PatchTypeJSONPatch) {
+					t.Errorf("patch type %v", r.PatchType)
+				}
+				if tc.want.code != 0 && (r.Result == nil || r.Result.Code != tc.want.code) {
+					t.Errorf("result %+v, want code %d", r.Result, tc.want.code)
+				}
+				if tc.want.message != "" && (r.Result == nil || !strings.Contains(r.Result.Message, tc.want.message)) {
+					t.Errorf("result %+v, want message containing %q", r.Result, tc.want.message)
+				}
+				if tc.want.warning != "" && !strings.Contains(strings.Join(r.Warnings, "\n"), tc.want.warning) {
+					t.Errorf("warnings %q, want one containing %q", r.Warnings, tc.want.warning)
+				}
+				if tc.want.warning == "" && len(r.Warnings) > 0 {
+					t.Errorf("unexpected warnings %q", r.Warnings)
+				}
+				undecodable := tc.want.code == http.StatusUnsupportedMediaType || tc.want.code == http.StatusRequestEntityTooLarge ||
+					(tc.want.code == http.StatusBadRequest && strings.Contains(tc.want.message, "AdmissionReview"))
+				if r.UID != "3b3b1f0e-0000-4000-8000-000000000001" && !undecodable {
+					t.Errorf("response UID %q does not echo the request", r.UID)
+				}
+				series := testutil.CollectAndCount(m.requests)
+				if tc.want.noMetric {
+					if series != 0 {
+						t.Errorf("a request that never reached the handler was counted")
+					}
+					return
+				}
+				if n := testutil.ToFloat64(m.requests.WithLabelValues(string(tc.want.result), string(tc.want.reason))); n != 1 || series != 1 {
+					t.Errorf("metric %s/%s = %v (%d series), want 1 in 1", tc.want.result, tc.want.reason, n, series)
+				}
+			})
+		}
 	}
 }
 
@@ -337,11 +342,16 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 	h := NewHandler(inject.DefaultConfig().MustResolve(), ErrorPolicyDeny, m, log)
 	const secret = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2Vu.c2lnbmF0dXJl"
 	pod := withAnnotations(t, examplePodJSON(t, "gloo-gateway-proxy.yaml"), map[string]string{"token": secret}, nil)
-	for _, body := range [][]byte{
-		review(t, "admission.k8s.io/v1", pod, nil),
-		review(t, "admission.k8s.io/v1", withAnnotations(t, pod, nil, map[string]string{inject.LabelInject: secret[:20]}), nil),
-	} {
-		post(t, h, "application/json", body)
+	// Both paths: controller-runtime's admission.Webhook logs requests and
+	// responses (messages included) at V(5), which the handler drops.
+	for _, fast := range []bool{true, false} {
+		h.fast.Store(fast)
+		for _, body := range [][]byte{
+			review(t, "admission.k8s.io/v1", pod, nil),
+			review(t, "admission.k8s.io/v1", withAnnotations(t, pod, nil, map[string]string{inject.LabelInject: secret[:20]}), nil),
+		} {
+			post(t, h, "application/json", body)
+		}
 	}
 	if logs.Len() == 0 {
 		t.Fatal("no debug logs were written; the test would prove nothing")

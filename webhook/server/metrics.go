@@ -9,6 +9,11 @@ import (
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 
+// durationHelp says what the histogram measures: ServeHTTP starts the
+// clock when it is called (the request's headers have been read) and
+// stops it after the response is written.
+const durationHelp = "Time from receiving an admission request's headers to writing the response: reading and decoding the body, the engine, encoding and writing the answer, by result."
+
 // Metrics are the webhook's own Prometheus series. controller-runtime's
 // controller_runtime_webhook_* series count HTTP status codes, which are 200
 // for injections, skips and denials alike; these say what happened.
@@ -26,7 +31,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}, []string{"result", "reason"})
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "sds_injector_admission_duration_seconds",
-		Help: "Time spent handling one admission request after it is decoded, by result.",
+		Help: durationHelp,
 		// Injection costs tens of microseconds; the buckets resolve that
 		// and still show a pathological request.
 		Buckets: []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3, 1},

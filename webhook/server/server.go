@@ -74,6 +74,7 @@ type Server struct {
 	opts     Options
 	draining atomic.Bool
 	webhook  webhook.Server
+	handler  *Handler
 	metrics  metricsserver.Server
 	health   *http.Server
 	healthL  net.Listener
@@ -124,6 +125,7 @@ func New(o Options) (*Server, error) {
 	}
 	h.readTimeout = o.RequestReadTimeout
 	h.draining = s.draining.Load
+	s.handler = h
 	s.webhook.Register(InjectPath, h)
 
 	if o.MetricsAddr != "0" {

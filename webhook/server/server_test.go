@@ -249,43 +249,48 @@ func TestBadInputBattery(t *testing.T) {
 	if !bytes.Contains(maxNames, []byte(longName)) || !bytes.Contains(maxNames, []byte(strings.Repeat("g", 63))) {
 		t.Fatal("maximum-length names were not applied")
 	}
-	for name, tc := range cases {
-		t.Run(name, func(t *testing.T) {
-			ct := tc.contentType
-			switch ct {
-			case "":
-				ct = "application/json"
-			case "-":
-				ct = ""
-			}
-			status, resp, raw := ts.send(t, ct, tc.body)
-			wantStatus := tc.want.status
-			if wantStatus == 0 {
-				wantStatus = http.StatusOK
-			}
-			if status != wantStatus {
-				t.Fatalf("HTTP %d, want %d: %.300s", status, wantStatus, raw)
-			}
-			if resp.Allowed != tc.want.allowed {
-				t.Fatalf("allowed=%t, want %t: %.300s", resp.Allowed, tc.want.allowed, raw)
-			}
-			if (len(resp.Patch) > 0) != tc.want.patched {
-				t.Fatalf("patched=%t, want %t", len(resp.Patch) > 0, tc.want.patched)
-			}
-			if !tc.want.allowed {
-				if resp.Result == nil || resp.Result.Code != tc.want.code || resp.Result.Message == "" {
-					t.Fatalf("rejection %+v, want code %d with a message", resp.Result, tc.want.code)
+	// Every case through the fast path and through controller-runtime's.
+	for _, fast := range []bool{true, false} {
+		ts.srv.handler.fast.Store(fast)
+		for name, tc := range cases {
+			t.Run(fmt.Sprintf("%s/fast=%t", name, fast), func(t *testing.T) {
+				ct := tc.contentType
+				switch ct {
+				case "":
+					ct = "application/json"
+				case "-":
+					ct = ""
 				}
-				if !strings.Contains(resp.Result.Message, tc.want.text) {
-					t.Fatalf("message %q does not say %q", resp.Result.Message, tc.want.text)
+				status, resp, raw := ts.send(t, ct, tc.body)
+				wantStatus := tc.want.status
+				if wantStatus == 0 {
+					wantStatus = http.StatusOK
 				}
-			}
-			// The server still serves a normal review after each case.
-			if _, ok, _ := ts.send(t, "application/json", rev(gloo, nil)); !ok.Allowed || len(ok.Patch) == 0 {
-				t.Fatal("the server stopped injecting after this input")
-			}
-		})
+				if status != wantStatus {
+					t.Fatalf("HTTP %d, want %d: %.300s", status, wantStatus, raw)
+				}
+				if resp.Allowed != tc.want.allowed {
+					t.Fatalf("allowed=%t, want %t: %.300s", resp.Allowed, tc.want.allowed, raw)
+				}
+				if (len(resp.Patch) > 0) != tc.want.patched {
+					t.Fatalf("patched=%t, want %t", len(resp.Patch) > 0, tc.want.patched)
+				}
+				if !tc.want.allowed {
+					if resp.Result == nil || resp.Result.Code != tc.want.code || resp.Result.Message == "" {
+						t.Fatalf("rejection %+v, want code %d with a message", resp.Result, tc.want.code)
+					}
+					if !strings.Contains(resp.Result.Message, tc.want.text) {
+						t.Fatalf("message %q does not say %q", resp.Result.Message, tc.want.text)
+					}
+				}
+				// The server still serves a normal review after each case.
+				if _, ok, _ := ts.send(t, "application/json", rev(gloo, nil)); !ok.Allowed || len(ok.Patch) == 0 {
+					t.Fatal("the server stopped injecting after this input")
+				}
+			})
+		}
 	}
+	ts.srv.handler.fast.Store(true)
 	t.Run("GET is refused", func(t *testing.T) {
 		resp, err := ts.client.Get(ts.url)
 		if err != nil {
