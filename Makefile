@@ -13,7 +13,7 @@ FUZZMINIMIZE ?= 2s
 PKGS      := ./...
 GOTESTSUM ?= $(GO) run gotest.tools/gotestsum@v1.13.0 --format standard-quiet
 
-.PHONY: all build test unit lint fmt fuzz fuzz-smoke bench golden controlplane demo clean
+.PHONY: all build test unit lint fmt fuzz fuzz-smoke fuzz-corpus bench golden controlplane demo clean
 
 all: lint test build
 
@@ -63,6 +63,17 @@ fuzz-smoke:
 	$(GO) test ./webhook/kubeinject -run '^$$' -fuzz '^FuzzProcess$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./webhook/server -run '^$$' -fuzz '^FuzzPodDecoding$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 	$(GO) test ./webhook/server -run '^$$' -fuzz '^FuzzReview$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
+
+## fuzz-corpus: copy the inputs fuzzing found interesting (Go keeps them in
+## $(go env GOCACHE)/fuzz) into testdata/fuzz, where every go test runs them
+## as seeds; commit the new files
+fuzz-corpus:
+	@cache=$$($(GO) env GOCACHE)/fuzz/$$($(GO) list -m); \
+	for d in $$cache/webhook/*/Fuzz*; do \
+	  [ -d "$$d" ] || continue; pkg=$$(basename $$(dirname $$d)); t=$$(basename $$d); \
+	  mkdir -p webhook/$$pkg/testdata/fuzz/$$t && cp -n $$d/* webhook/$$pkg/testdata/fuzz/$$t/; \
+	  echo "webhook/$$pkg $$t: $$(ls webhook/$$pkg/testdata/fuzz/$$t | wc -l) inputs"; \
+	done
 
 ## fuzz: longer fuzzing on demand, e.g. make fuzz FUZZTIME=10m
 fuzz: FUZZTIME = 5m
