@@ -22,6 +22,7 @@ import (
 const (
 	NodeIP     = "10.213.0.1"
 	nodeCIDR   = NodeIP + "/24"
+	nodeSubnet = "10.213.0.0/24"
 	nodeLink   = "sdsnode0"
 	nodePeer   = "sdsnode1"
 	podSubnet  = "10.214.0.0/24"

@@ -211,9 +211,10 @@ func (n *Node) startContainerd(ctx context.Context, timeout time.Duration) error
 	}
 	n.ctrdSock = filepath.Join(d, "containerd.sock")
 	// containerd reports the network ready (and the kubelet the node Ready)
-	// only with a conflist; hostNetwork pods never use it.
-	conflist := fmt.Sprintf(`{"cniVersion":"0.4.0","name":"sdsnode","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"dataDir":%q}},{"type":"loopback"}]}`,
-		podSubnet, filepath.Join(n.dir, "cni-ipam"))
+	// only with a conflist. Pod-network pods get a route to the node's
+	// subnet through the bridge and no default route.
+	conflist := fmt.Sprintf(`{"cniVersion":"0.4.0","name":"sdsnode","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"routes":[{"dst":%q}],"dataDir":%q}},{"type":"loopback"}]}`,
+		podSubnet, nodeSubnet, filepath.Join(n.dir, "cni-ipam"))
 	if err := os.WriteFile(filepath.Join(cni, "10-sdsnode.conflist"), []byte(conflist), 0o644); err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -137,6 +138,11 @@ func inside(m *testing.M) (int, error) {
 			fmt.Fprintln(os.Stderr, "realnode: stopping istiod:", err)
 		}
 	}()
+	stopRelay, err := relayCA(ctx)
+	if err != nil {
+		return 1, err
+	}
+	defer stopRelay()
 	stop, err := startWebhook(ctx)
 	if err != nil {
 		return 1, err
@@ -157,7 +163,8 @@ func startWebhook(ctx context.Context) (func(), error) {
 	if _, err := n.CP.InstallMutatingWebhookFile(ctx, filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml")); err != nil {
 		return nil, err
 	}
-	cfg := fmt.Sprintf("caAddress: %s\nagentImage: %s\nsdsAgentImage: %s\nimagePullPolicy: Never\n", ist.CAAddr, proxyv2Ref, sdsAgentRef)
+	// caAddress stays the default, istiod.istio-system.svc:15012 (see relayCA).
+	cfg := fmt.Sprintf("agentImage: %s\nsdsAgentImage: %s\nimagePullPolicy: Never\n", proxyv2Ref, sdsAgentRef)
 	cfgFile := filepath.Join(prepared.Dir, "sds-injector.yaml")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -192,4 +199,59 @@ func startWebhook(ctx context.Context) (func(), error) {
 	}
 	serveReady = time.Since(started)
 	return stop, nil
+}
+
+// istiodHost is the engine's default CA host; the pods reach it at the node IP.
+const istiodHost = "istiod.istio-system.svc"
+
+// relayCA makes istiod's CA reachable from the pods at the engine's default
+// address, istiod.istio-system.svc:15012: a TCP relay on the node IP
+// (inside the namespace) forwards to istiod's secure gRPC port on loopback,
+// so TLS is end to end with istiod (its certificate carries that DNS name).
+// Pod-network pods resolve the name through hostAliases (test-owned), and
+// host-network pods through the namespace's private /etc/hosts.
+func relayCA(ctx context.Context) (func(), error) {
+	_, port, err := net.SplitHostPort(ist.CAAddr)
+	if err != nil {
+		return nil, err
+	}
+	target := net.JoinHostPort("127.0.0.1", port)
+	l, err := net.Listen("tcp", net.JoinHostPort(node.NodeIP, "15012"))
+	if err != nil {
+		return nil, fmt.Errorf("CA relay: %w", err)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(u, c); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(c, u); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	f, err := os.OpenFile(filepath.Join(prepared.Dir, "hosts"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	_, err = fmt.Fprintf(f, "%s\t%s\n", node.NodeIP, istiodHost)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	return func() { l.Close() }, nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -171,7 +172,15 @@ func runCase(t *testing.T, flavor inject.Flavor, gw gateway, native bool) {
 		pod.Annotations[inject.AnnotationGatewayContainer] = gw.container
 		t.Logf("profile %s does not consume %s: requested through the generic profile (%s=%s)", gw.profile, flavor, inject.AnnotationGatewayContainer, gw.container)
 	}
-	pod.Spec.NodeName, pod.Spec.HostNetwork = n.Name, true
+	// sds-agent gateways run on the host network (test pods prefer it);
+	// the stock agents bind TCP ports, which the webhook refuses on the
+	// host network, so they run on the pod network (CNI bridge inside the
+	// namespace) and resolve istiod's name with a hostAlias.
+	hostNet := flavor == inject.FlavorSDSAgent
+	pod.Spec.NodeName, pod.Spec.HostNetwork = n.Name, hostNet
+	if !hostNet {
+		pod.Spec.HostAliases = append(pod.Spec.HostAliases, corev1.HostAlias{IP: node.NodeIP, Hostnames: []string{istiodHost}})
+	}
 	grace := int64(1)
 	pod.Spec.TerminationGracePeriodSeconds = &grace
 	mode, path := "sds", "/var/run/secrets/workload-spiffe-uds/socket"
@@ -214,6 +223,11 @@ func runCase(t *testing.T, flavor inject.Flavor, gw gateway, native bool) {
 		t.Fatalf("injected %s/%s into %s, want %s/%s into %s", st.Flavor, st.Placement, st.GatewayContainer, flavor, placement, gw.container)
 	}
 	agent := agentName(st)
+	if hostNet {
+		row.Case += " (host network)"
+	} else {
+		row.Case += " (pod network)"
+	}
 	t.Logf("injected by the webhook: flavor %s, placement %s, profile %s, agent container %s, image %s", st.Flavor, st.Placement, st.GatewayProfile, agent, st.Image)
 
 	ready, err := waitPod(ctx, nsName, "gw", 2*time.Minute, func(p *corev1.Pod) bool { return podReady(p) })
@@ -221,6 +235,14 @@ func runCase(t *testing.T, flavor inject.Flavor, gw gateway, native bool) {
 		t.Fatalf("pod not Ready: %v\n%s", err, describe(ready))
 	}
 	row.PodReady = time.Since(created)
+	if !hostNet {
+		// Probes go to the pod IP: the route must stay inside the namespace.
+		out, err := exec.CommandContext(ctx, "ip", "route", "get", ready.Status.PodIP).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "dev cni0") {
+			t.Fatalf("ip route get %s: %v: %s (want dev cni0, inside the node's namespace)", ready.Status.PodIP, err, out)
+		}
+		t.Logf("pod IP %s; %s", ready.Status.PodIP, strings.TrimSpace(strings.Split(string(out), "\n")[0]))
+	}
 	as := containerStatus(ready, agent)
 	if as == nil || !as.Ready {
 		t.Fatalf("agent container %s not reported ready by the kubelet: %+v", agent, as)
