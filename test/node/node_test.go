@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"testing"
@@ -17,6 +18,11 @@ import (
 var n *node.Node
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// Every test skips with the reason (skipShort).
+		os.Exit(m.Run())
+	}
 	os.Exit(node.Main(nil, func(p *node.Prepared) int {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
@@ -42,6 +48,9 @@ func TestMain(m *testing.M) {
 // is run by the real kubelet and reported Running and Ready; the namespace
 // still has no route out.
 func TestNodeRunsAPod(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: needs root and starts a real node (kubelet, containerd, control plane built on first use) in a private network namespace")
+	}
 	ctx := context.Background()
 	if err := node.CheckNoRouteOut(); err != nil {
 		t.Fatal(err)

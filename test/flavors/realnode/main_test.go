@@ -13,6 +13,7 @@ package realnode
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -35,7 +36,7 @@ import (
 
 // Test images (written by prepare, imported into the node's containerd).
 const (
-	proxyv2Ref = "sds-injector.test/proxyv2:1.31-dev"
+	proxyv2Ref  = "sds-injector.test/proxyv2:1.31-dev"
 	sdsAgentRef = "sds-injector.test/sds-agent:dev"
 	checkerRef  = "sds-injector.test/gateway-checker:1"
 	// certTTL is the lifetime the agent images ask istiod for (image ENV
@@ -54,6 +55,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// Every test skips with the reason (skipShort).
+		os.Exit(m.Run())
+	}
 	os.Exit(node.Main(prepare, func(p *node.Prepared) int {
 		prepared = p
 		code, err := inside(m)

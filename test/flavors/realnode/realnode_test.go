@@ -91,6 +91,9 @@ var (
 )
 
 func TestFlavorsOnRealNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: needs root and starts a real node (kubelet, containerd, control plane built on first use) and istiod in a private network namespace")
+	}
 	t.Cleanup(func() {
 		var b strings.Builder
 		fmt.Fprintf(&b, "| case | agent start → gateway start | gateway start → first cert | create → PodReady | agent SIGKILL → cert again | rotation (cert → next cert) |\n|---|---|---|---|---|---|\n")
