@@ -26,8 +26,10 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/test/istiod"
@@ -163,16 +165,30 @@ func inside(m *testing.M) (int, error) {
 
 // startWebhook installs the shipped namespace-mode webhook configuration
 // (pointed at the local serving address) and runs `sds-injector serve`
-// there, configured for this node: istiod's CA address and the local images.
+// there, configured for this node: the local images (the CA address stays
+// the default, see relayCA).
 func startWebhook(ctx context.Context) (func(), error) {
 	w := n.CP.WebhookInstallOptions
 	if _, err := n.CP.InstallMutatingWebhookFile(ctx, filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml")); err != nil {
 		return nil, err
 	}
-	// caAddress stays the default, istiod.istio-system.svc:15012 (see relayCA).
-	cfg := fmt.Sprintf("agentImage: %s\nsdsAgentImage: %s\nimagePullPolicy: Never\n", proxyv2Ref, sdsAgentRef)
-	cfgFile := filepath.Join(prepared.Dir, "sds-injector.yaml")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+	started := time.Now()
+	stop, err := serve(ctx, "main", w.LocalServingPort, "")
+	serveReady = time.Since(started)
+	return stop, err
+}
+
+// baseConfig is the injector configuration of every webhook here.
+func baseConfig() string {
+	return fmt.Sprintf("agentImage: %s\nsdsAgentImage: %s\nimagePullPolicy: Never\n", proxyv2Ref, sdsAgentRef)
+}
+
+// serve runs `sds-injector serve` on 127.0.0.1:port with baseConfig plus
+// extra (YAML lines) and waits until it is ready.
+func serve(ctx context.Context, name string, port int, extra string) (func(), error) {
+	w := n.CP.WebhookInstallOptions
+	cfgFile := filepath.Join(prepared.Dir, "sds-injector-"+name+".yaml")
+	if err := os.WriteFile(cfgFile, []byte(baseConfig()+extra), 0o644); err != nil {
 		return nil, err
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -182,9 +198,8 @@ func startWebhook(ctx context.Context) (func(), error) {
 	health := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	var out bytes.Buffer
-	started := time.Now()
 	cmd := exec.Command(prepared.Values["sds-injector"], "serve", "--config", cfgFile,
-		"--host", w.LocalServingHost, "--port", strconv.Itoa(w.LocalServingPort), "--cert-dir", w.LocalServingCertDir,
+		"--host", w.LocalServingHost, "--port", strconv.Itoa(port), "--cert-dir", w.LocalServingCertDir,
 		"--metrics-bind-address", "0", "--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(health))
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -201,10 +216,60 @@ func startWebhook(ctx context.Context) (func(), error) {
 	})
 	if err != nil {
 		stop()
-		return nil, fmt.Errorf("sds-injector serve not ready: %w\n%s", err, out.String())
+		return nil, fmt.Errorf("sds-injector serve (%s) not ready: %w\n%s", name, err, out.String())
 	}
-	serveReady = time.Since(started)
 	return stop, nil
+}
+
+// extraWebhook runs a second, differently configured injector for the
+// namespaces labelled sds-injection=<label>: the shipped namespace-mode
+// configuration with that label value and its own name, pointed at its own
+// port.
+func extraWebhook(ctx context.Context, label, extra string) (func(), error) {
+	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict(data, &mwc); err != nil {
+		return nil, err
+	}
+	mwc.Name += "-" + label
+	for i := range mwc.Webhooks {
+		mwc.Webhooks[i].Name = label + "." + mwc.Webhooks[i].Name
+		for j, e := range mwc.Webhooks[i].NamespaceSelector.MatchExpressions {
+			if e.Key == "sds-injection" {
+				mwc.Webhooks[i].NamespaceSelector.MatchExpressions[j].Values = []string{label}
+			}
+		}
+	}
+	out, err := yaml.Marshal(&mwc)
+	if err != nil {
+		return nil, err
+	}
+	file := filepath.Join(prepared.Dir, "webhook-"+label+".yaml")
+	if err := os.WriteFile(file, out, 0o644); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	stop, err := serve(ctx, label, port, extra)
+	if err != nil {
+		return nil, err
+	}
+	installed, err := n.CP.InstallMutatingWebhookFileAt(ctx, file, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	return func() {
+		_ = n.CP.Client.Delete(context.Background(), installed)
+		stop()
+	}, nil
 }
 
 // istiodHost is the engine's default CA host; the pods reach it at the node IP.

@@ -143,74 +143,9 @@ func runCase(t *testing.T, flavor inject.Flavor, gw gateway, native bool) {
 	nsName := strings.ReplaceAll(fmt.Sprintf("%s-%s-%s", flavor, gw.name, placement), "_", "-")
 	row := result{Case: fmt.Sprintf("%s / %s / %s", flavor, gw.name, placement)}
 
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName,
-		Labels: map[string]string{"sds-injection": "enabled"}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	pod := gw.pod(t)
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
-	if _, err := cs.CoreV1().ServiceAccounts(nsName).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	root, err := ist.RootCert(ctx, nsName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spiffe := fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", ist.TrustDomain, nsName, sa)
-
-	// The pod as the gateway's controller writes it, with test-owned
-	// changes: run on this node on the host network; the gateway container
-	// runs gateway-checker (same name, user, mounts) without Envoy's probes,
-	// hooks and ports; other containers run pause.
-	pod.ObjectMeta = metav1.ObjectMeta{Name: "gw", Namespace: nsName, Labels: pod.Labels, Annotations: pod.Annotations}
-	if pod.Annotations == nil {
-		pod.Annotations = map[string]string{}
-	}
-	pod.Annotations[inject.AnnotationFlavor] = string(flavor)
-	pod.Annotations[inject.AnnotationNativeSidecar] = fmt.Sprint(native)
-	if !gw.consumes(flavor) {
-		pod.Annotations[inject.AnnotationGatewayContainer] = gw.container
-		t.Logf("profile %s does not consume %s: requested through the generic profile (%s=%s)", gw.profile, flavor, inject.AnnotationGatewayContainer, gw.container)
-	}
-	// sds-agent gateways run on the host network (test pods prefer it);
-	// the stock agents bind TCP ports, which the webhook refuses on the
-	// host network, so they run on the pod network (CNI bridge inside the
-	// namespace) and resolve istiod's name with a hostAlias.
-	hostNet := flavor == inject.FlavorSDSAgent
-	pod.Spec.NodeName, pod.Spec.HostNetwork = n.Name, hostNet
-	if !hostNet {
-		pod.Spec.HostAliases = append(pod.Spec.HostAliases, corev1.HostAlias{IP: node.NodeIP, Hostnames: []string{istiodHost}})
-	}
-	grace := int64(1)
-	pod.Spec.TerminationGracePeriodSeconds = &grace
-	mode, path := "sds", "/var/run/secrets/workload-spiffe-uds/socket"
-	if flavor == inject.FlavorIstioAgentFiles {
-		mode, path = "files", inject.DefaultCertsDir
-	}
-	gwUID := int64(-1)
-	for i := range pod.Spec.Containers {
-		c := &pod.Spec.Containers[i]
-		c.ReadinessProbe, c.LivenessProbe, c.StartupProbe, c.Lifecycle, c.Ports = nil, nil, nil, nil, nil
-		c.Command, c.Args, c.ImagePullPolicy = nil, nil, corev1.PullNever
-		if c.Name != gw.container {
-			c.Image, c.Command = node.PauseRef, []string{"/pause"}
-			continue
-		}
-		c.Image = checkerRef
-		c.Env = append(c.Env,
-			corev1.EnvVar{Name: "CHECK_MODE", Value: mode}, corev1.EnvVar{Name: "CHECK_PATH", Value: path},
-			corev1.EnvVar{Name: "CHECK_SPIFFE", Value: spiffe}, corev1.EnvVar{Name: "CHECK_ROOT", Value: string(root)},
-			corev1.EnvVar{Name: "CHECK_NODE", Value: "router~" + n.IP + "~gw." + nsName + "~" + nsName + ".svc.cluster.local"})
-		if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
-			gwUID = *c.SecurityContext.RunAsUser
-		} else if pod.Spec.SecurityContext != nil && pod.Spec.SecurityContext.RunAsUser != nil {
-			gwUID = *pod.Spec.SecurityContext.RunAsUser
-		}
-	}
-	createVolumeSources(ctx, t, pod)
+	cp := preparePod(ctx, t, nsName, "enabled", flavor, gw, native)
+	pod, mode, path, gwUID, hostNet := cp.pod, cp.mode, cp.path, cp.gwUID, cp.hostNet
+	spiffe := cp.spiffe
 
 	created := time.Now()
 	got, err := cs.CoreV1().Pods(nsName).Create(ctx, pod, metav1.CreateOptions{})
@@ -615,4 +550,88 @@ func rotatedAfter(evs []event, prev *event) *event {
 		}
 	}
 	return nil
+}
+
+// casePod is a gateway pod ready to be created, with what the checks need.
+type casePod struct {
+	pod                *corev1.Pod
+	spiffe, mode, path string
+	gwUID              int64
+	hostNet            bool
+}
+
+// preparePod creates the namespace (labelled sds-injection=<label>), the
+// ServiceAccount and the placeholder volume sources, and returns the pod.
+func preparePod(ctx context.Context, t *testing.T, nsName, label string, flavor inject.Flavor, gw gateway, native bool) casePod {
+	t.Helper()
+	cs := n.Clientset
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName,
+		Labels: map[string]string{"sds-injection": label}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := gw.pod(t)
+	sa := pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	if _, err := cs.CoreV1().ServiceAccounts(nsName).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	root, err := ist.RootCert(ctx, nsName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spiffe := fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", ist.TrustDomain, nsName, sa)
+
+	// The pod as the gateway's controller writes it, with test-owned
+	// changes: run on this node on the host network; the gateway container
+	// runs gateway-checker (same name, user, mounts) without Envoy's probes,
+	// hooks and ports; other containers run pause.
+	pod.ObjectMeta = metav1.ObjectMeta{Name: "gw", Namespace: nsName, Labels: pod.Labels, Annotations: pod.Annotations}
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
+	}
+	pod.Annotations[inject.AnnotationFlavor] = string(flavor)
+	pod.Annotations[inject.AnnotationNativeSidecar] = fmt.Sprint(native)
+	if !gw.consumes(flavor) {
+		pod.Annotations[inject.AnnotationGatewayContainer] = gw.container
+		t.Logf("profile %s does not consume %s: requested through the generic profile (%s=%s)", gw.profile, flavor, inject.AnnotationGatewayContainer, gw.container)
+	}
+	// sds-agent gateways run on the host network (test pods prefer it);
+	// the stock agents bind TCP ports, which the webhook refuses on the
+	// host network, so they run on the pod network (CNI bridge inside the
+	// namespace) and resolve istiod's name with a hostAlias.
+	hostNet := flavor == inject.FlavorSDSAgent
+	pod.Spec.NodeName, pod.Spec.HostNetwork = n.Name, hostNet
+	if !hostNet {
+		pod.Spec.HostAliases = append(pod.Spec.HostAliases, corev1.HostAlias{IP: node.NodeIP, Hostnames: []string{istiodHost}})
+	}
+	grace := int64(1)
+	pod.Spec.TerminationGracePeriodSeconds = &grace
+	mode, path := "sds", "/var/run/secrets/workload-spiffe-uds/socket"
+	if flavor == inject.FlavorIstioAgentFiles {
+		mode, path = "files", inject.DefaultCertsDir
+	}
+	gwUID := int64(-1)
+	for i := range pod.Spec.Containers {
+		c := &pod.Spec.Containers[i]
+		c.ReadinessProbe, c.LivenessProbe, c.StartupProbe, c.Lifecycle, c.Ports = nil, nil, nil, nil, nil
+		c.Command, c.Args, c.ImagePullPolicy = nil, nil, corev1.PullNever
+		if c.Name != gw.container {
+			c.Image, c.Command = node.PauseRef, []string{"/pause"}
+			continue
+		}
+		c.Image = checkerRef
+		c.Env = append(c.Env,
+			corev1.EnvVar{Name: "CHECK_MODE", Value: mode}, corev1.EnvVar{Name: "CHECK_PATH", Value: path},
+			corev1.EnvVar{Name: "CHECK_SPIFFE", Value: spiffe}, corev1.EnvVar{Name: "CHECK_ROOT", Value: string(root)},
+			corev1.EnvVar{Name: "CHECK_NODE", Value: "router~" + n.IP + "~gw." + nsName + "~" + nsName + ".svc.cluster.local"})
+		if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+			gwUID = *c.SecurityContext.RunAsUser
+		} else if pod.Spec.SecurityContext != nil && pod.Spec.SecurityContext.RunAsUser != nil {
+			gwUID = *pod.Spec.SecurityContext.RunAsUser
+		}
+	}
+	createVolumeSources(ctx, t, pod)
+	return casePod{pod: pod, spiffe: spiffe, mode: mode, path: path, gwUID: gwUID, hostNet: hostNet}
 }
