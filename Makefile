@@ -13,7 +13,7 @@ FUZZMINIMIZE ?= 2s
 PKGS      := ./...
 GOTESTSUM ?= $(GO) run gotest.tools/gotestsum@v1.13.0 --format standard-quiet
 
-.PHONY: all build test unit lint fmt fuzz fuzz-smoke fuzz-corpus bench golden controlplane demo clean
+.PHONY: all build test unit lint fmt fuzz fuzz-smoke fuzz-corpus bench golden controlplane node demo clean
 
 all: lint test build
 
@@ -91,6 +91,12 @@ golden:
 ## controlplane: build (or find cached) kube-apiserver, etcd, kube-controller-manager, kubectl
 controlplane:
 	test/controlplane/build-binaries.sh --with-controller-manager
+
+## node: the real-node suites alone (root: kubelet + containerd + runc in a
+## private network namespace; the node harness smoke test and the flavor proof)
+node:
+	test/controlplane/build-binaries.sh --with-kubelet >/dev/null
+	$(GO) test -race -count=1 -p 1 -timeout 40m -v ./test/node/ ./test/flavors/realnode/
 
 ## demo: local control plane + sds-injector serve + an injected Gloo pod and an untouched app pod
 demo:

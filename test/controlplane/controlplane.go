@@ -52,6 +52,7 @@ const (
 	EtcdBinary              = "etcd"
 	ControllerManagerBinary = "kube-controller-manager"
 	KubectlBinary           = "kubectl"
+	KubeletBinary           = "kubelet"
 )
 
 // ControllerManagerControllers are the kube-controller-manager controllers
@@ -100,8 +101,32 @@ func isExecutable(path string) bool {
 // stderr. Concurrent callers, in this or other processes, wait for a single
 // build.
 func BinaryDir(ctx context.Context, withControllerManager bool) (string, error) {
+	var flags []string
+	if withControllerManager {
+		flags = append(flags, "--with-controller-manager")
+	}
+	return binaryDir(ctx, flags, requiredBinaries(withControllerManager))
+}
+
+// NodeBinaryDir is BinaryDir for a real node: the directory also holds the
+// kubelet (build-binaries.sh --with-kubelet, version-stamped), besides
+// kube-apiserver, etcd, kube-controller-manager and kubectl.
+func NodeBinaryDir(ctx context.Context) (string, error) {
+	return binaryDir(ctx, []string{"--with-kubelet"}, append(requiredBinaries(true), KubeletBinary))
+}
+
+func binaryDir(ctx context.Context, flags, required []string) (string, error) {
+	missingIn := func(dir string) []string {
+		var missing []string
+		for _, b := range required {
+			if !isExecutable(filepath.Join(dir, b)) {
+				missing = append(missing, b)
+			}
+		}
+		return missing
+	}
 	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
-		missing := missingBinaries(dir, withControllerManager)
+		missing := missingIn(dir)
 		if len(missing) == 0 {
 			return dir, nil
 		}
@@ -113,11 +138,8 @@ func BinaryDir(ctx context.Context, withControllerManager bool) (string, error) 
 	if err != nil {
 		return "", err
 	}
-	args := []string{script}
-	if withControllerManager {
-		args = append(args, "--with-controller-manager")
-	}
-	fmt.Fprintf(os.Stderr, "controlplane: running %s (builds the binaries on first use, about 15 minutes)\n", script)
+	args := append([]string{script}, flags...)
+	fmt.Fprintf(os.Stderr, "controlplane: running %s (builds the binaries on first use, about 15 minutes)\n", strings.Join(args, " "))
 	var stdout bytes.Buffer
 	cmd := exec.CommandContext(ctx, "bash", args...)
 	cmd.Stdout = &stdout
@@ -135,7 +157,7 @@ func BinaryDir(ctx context.Context, withControllerManager bool) (string, error) 
 	if dir == "" {
 		return "", fmt.Errorf("%s printed no directory", script)
 	}
-	if missing := missingBinaries(dir, withControllerManager); len(missing) > 0 {
+	if missing := missingIn(dir); len(missing) > 0 {
 		return "", fmt.Errorf("%s returned %s, which lacks %s", script, dir, strings.Join(missing, ", "))
 	}
 	return dir, nil

@@ -123,3 +123,57 @@ func fetchOne(ctx context.Context, client secretv3.SecretDiscoveryServiceClient,
 	}
 	return nil, fmt.Errorf("response (version %q) has no secret %q among %d resources", resp.GetVersionInfo(), name, len(resp.GetResources()))
 }
+
+// Watch keeps one StreamSecrets stream for name open on the Unix socket at
+// socketPath, as Envoy does, and calls fn with every secret the server
+// pushes (the first response and each later push, e.g. a rotation), ACKing
+// each one. It returns when ctx ends or the stream fails; fn returning an
+// error ends it too.
+func Watch(ctx context.Context, socketPath, node, name string, fn func(*Secret) error) error {
+	conn, err := grpc.NewClient("unix:"+socketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := secretv3.NewSecretDiscoveryServiceClient(conn)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := client.StreamSecrets(ctx, grpc.WaitForReady(true))
+	if err != nil {
+		return err
+	}
+	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: SecretTypeURL, ResourceNames: []string{name}}
+	for {
+		if err := stream.Send(req); err != nil {
+			return err
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		req = &discoveryv3.DiscoveryRequest{VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce(), TypeUrl: SecretTypeURL, ResourceNames: []string{name}}
+		if resp.GetTypeUrl() != SecretTypeURL {
+			return fmt.Errorf("response type %q, want %q", resp.GetTypeUrl(), SecretTypeURL)
+		}
+		for _, res := range resp.GetResources() {
+			var sec tlsv3.Secret
+			if err := res.UnmarshalTo(&sec); err != nil {
+				return fmt.Errorf("decoding resource: %w", err)
+			}
+			if sec.GetName() != name {
+				continue
+			}
+			s := &Secret{Name: name, Version: resp.GetVersionInfo()}
+			if tc := sec.GetTlsCertificate(); tc != nil {
+				s.CertificateChain = tc.GetCertificateChain().GetInlineBytes()
+				s.PrivateKey = tc.GetPrivateKey().GetInlineBytes()
+			}
+			if vc := sec.GetValidationContext(); vc != nil {
+				s.TrustedCA = vc.GetTrustedCa().GetInlineBytes()
+			}
+			if err := fn(s); err != nil {
+				return err
+			}
+		}
+	}
+}

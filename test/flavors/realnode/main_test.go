@@ -1,0 +1,328 @@
+// Package realnode is the flavor proof on a real node: gateway pods from
+// docs/examples are created through the real kube-apiserver, injected by the
+// real webhook (`sds-injector serve`, reached through the shipped
+// MutatingWebhookConfiguration), and run by a real kubelet with containerd
+// and runc (package node) against a real istiod (package istiod), all inside
+// a network namespace of the test's own with no route out. The agent
+// containers run the real agent binaries from images written locally; the
+// gateway container runs gateway-checker as the gateway's user.
+//
+// See docs/flavor-proof.md.
+package realnode
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/test/istiod"
+	"github.com/sds-injector/sds-injector/test/node"
+)
+
+// Test images (written by prepare, imported into the node's containerd).
+const (
+	proxyv2Ref  = "sds-injector.test/proxyv2:1.31-dev"
+	sdsAgentRef = "sds-injector.test/sds-agent:dev"
+	checkerRef  = "sds-injector.test/gateway-checker:1"
+	// certTTL is the lifetime the agent images ask istiod for (image ENV
+	// CERT_TTL for sds-agent, SECRET_TTL for pilot-agent; the injected env
+	// sets neither), short so that a rotation happens within a case.
+	certTTL = 20 * time.Second
+)
+
+var (
+	n        *node.Node
+	ist      *istiod.Istiod
+	prepared *node.Prepared
+	repoRoot string
+	// startup figures for the report
+	serveReady time.Duration
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// Every test skips with the reason (skipShort).
+		os.Exit(m.Run())
+	}
+	os.Exit(node.Main(prepare, func(p *node.Prepared) int {
+		prepared = p
+		code, err := inside(m)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "realnode: FAIL:", err)
+			return 1
+		}
+		return code
+	}))
+}
+
+// prepare runs outside the namespace: it builds the binaries and images.
+func prepare(ctx context.Context, p *node.Prepared) error {
+	bins := map[string]string{}
+	for _, pkg := range []string{"./cmd/sds-agent", "./cmd/sds-injector", "./test/node/cmd/gateway-checker", "./test/node/cmd/stand-in-envoy"} {
+		b, err := node.BuildStatic(ctx, p.Dir, pkg, "-X main.version=realnode-test")
+		if err != nil {
+			return err
+		}
+		bins[filepath.Base(pkg)] = b
+	}
+	p.Values["sds-injector"] = bins["sds-injector"]
+	path := []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	// proxyv2 as Istio's Dockerfile.proxyv2 lays it out: pilot-agent as
+	// ENTRYPOINT, the bootstrap template, Envoy at /usr/local/bin/envoy --
+	// here the STAND-IN (test/node/cmd/stand-in-envoy), not Envoy.
+	if err := p.AddImage(&node.Image{Ref: proxyv2Ref,
+		Files: map[string]string{
+			"/usr/local/bin/pilot-agent":                     filepath.Join(p.IstioBinDir, istiod.AgentBinary),
+			"/usr/local/bin/envoy":                           bins["stand-in-envoy"],
+			"/var/lib/istio/envoy/envoy_bootstrap_tmpl.json": filepath.Join(p.IstioModuleDir, "tools", "packaging", "common", "envoy_bootstrap.json"),
+		},
+		Executable: []string{"/usr/local/bin/pilot-agent", "/usr/local/bin/envoy"},
+		Config: v1.Config{Entrypoint: []string{"/usr/local/bin/pilot-agent"}, WorkingDir: "/", User: "1337:1337",
+			Env: append(path, "SECRET_TTL="+certTTL.String())},
+	}); err != nil {
+		return err
+	}
+	// sds-agent as this repository's Dockerfile builds it (distroless
+	// static nonroot: WORKDIR /home/nonroot, uid 65532).
+	if err := p.AddImage(&node.Image{Ref: sdsAgentRef,
+		Files:      map[string]string{"/usr/local/bin/sds-agent": bins["sds-agent"]},
+		Executable: []string{"/usr/local/bin/sds-agent"},
+		Dirs:       []string{"/home/nonroot"},
+		Config: v1.Config{Entrypoint: []string{"/usr/local/bin/sds-agent"}, WorkingDir: "/home/nonroot", User: "65532:65532",
+			Env: append(path, "CERT_TTL="+certTTL.String())},
+	}); err != nil {
+		return err
+	}
+	return p.AddImage(&node.Image{Ref: checkerRef,
+		Files:      map[string]string{"/usr/local/bin/gateway-checker": bins["gateway-checker"]},
+		Executable: []string{"/usr/local/bin/gateway-checker"},
+		Config:     v1.Config{Entrypoint: []string{"/usr/local/bin/gateway-checker"}, WorkingDir: "/", Env: path},
+	})
+}
+
+func inside(m *testing.M) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var err error
+	if repoRoot, err = node.RepoRoot(); err != nil {
+		return 1, err
+	}
+	n, err = node.Start(ctx, prepared, node.Options{ControlPlane: controlplane.Options{
+		WebhookInstallOptions: envtest.WebhookInstallOptions{LocalServingHost: "127.0.0.1"},
+	}})
+	if err != nil {
+		return 1, fmt.Errorf("starting the node: %w", err)
+	}
+	defer func() {
+		if err := n.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "realnode: FAIL: stopping the node:", err)
+		}
+	}()
+	started := time.Now()
+	if ist, err = istiod.Start(ctx, n.CP, istiod.Options{}); err != nil {
+		return 1, err
+	}
+	istiodStart := time.Since(started)
+	defer func() {
+		if err := ist.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "realnode: stopping istiod:", err)
+		}
+	}()
+	stopRelay, err := relayCA(ctx)
+	if err != nil {
+		return 1, err
+	}
+	defer stopRelay()
+	stop, err := startWebhook(ctx)
+	if err != nil {
+		return 1, err
+	}
+	defer stop()
+	fmt.Fprintf(os.Stderr, "realnode: node %s Ready on %s (%s link); prepare %s, control plane %s, containerd %s, image import %s, kubelet to Ready %s, istiod %s, webhook %s\n",
+		n.Name, n.IP, prepared.Link, prepared.PrepareTook.Round(time.Millisecond), n.ControlPlaneStart.Round(time.Millisecond),
+		n.ContainerdStart.Round(time.Millisecond), n.ImportTook.Round(time.Millisecond), n.KubeletReady.Round(time.Millisecond),
+		istiodStart.Round(time.Millisecond), serveReady.Round(time.Millisecond))
+	return m.Run(), nil
+}
+
+// startWebhook installs the shipped namespace-mode webhook configuration
+// (pointed at the local serving address) and runs `sds-injector serve`
+// there, configured for this node: the local images (the CA address stays
+// the default, see relayCA).
+func startWebhook(ctx context.Context) (func(), error) {
+	w := n.CP.WebhookInstallOptions
+	if _, err := n.CP.InstallMutatingWebhookFile(ctx, filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml")); err != nil {
+		return nil, err
+	}
+	started := time.Now()
+	stop, err := serve(ctx, "main", w.LocalServingPort, "")
+	serveReady = time.Since(started)
+	return stop, err
+}
+
+// baseConfig is the injector configuration of every webhook here.
+func baseConfig() string {
+	return fmt.Sprintf("agentImage: %s\nsdsAgentImage: %s\nimagePullPolicy: Never\n", proxyv2Ref, sdsAgentRef)
+}
+
+// serve runs `sds-injector serve` on 127.0.0.1:port with baseConfig plus
+// extra (YAML lines) and waits until it is ready.
+func serve(ctx context.Context, name string, port int, extra string) (func(), error) {
+	w := n.CP.WebhookInstallOptions
+	cfgFile := filepath.Join(prepared.Dir, "sds-injector-"+name+".yaml")
+	if err := os.WriteFile(cfgFile, []byte(baseConfig()+extra), 0o644); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	health := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	var out bytes.Buffer
+	cmd := exec.Command(prepared.Values["sds-injector"], "serve", "--config", cfgFile,
+		"--host", w.LocalServingHost, "--port", strconv.Itoa(port), "--cert-dir", w.LocalServingCertDir,
+		"--metrics-bind-address", "0", "--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(health))
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", health))
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("sds-injector serve (%s) not ready: %w\n%s", name, err, out.String())
+	}
+	return stop, nil
+}
+
+// extraWebhook runs a second, differently configured injector for the
+// namespaces labelled sds-injection=<label>: the shipped namespace-mode
+// configuration with that label value and its own name, pointed at its own
+// port.
+func extraWebhook(ctx context.Context, label, extra string) (func(), error) {
+	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict(data, &mwc); err != nil {
+		return nil, err
+	}
+	mwc.Name += "-" + label
+	for i := range mwc.Webhooks {
+		mwc.Webhooks[i].Name = label + "." + mwc.Webhooks[i].Name
+		for j, e := range mwc.Webhooks[i].NamespaceSelector.MatchExpressions {
+			if e.Key == "sds-injection" {
+				mwc.Webhooks[i].NamespaceSelector.MatchExpressions[j].Values = []string{label}
+			}
+		}
+	}
+	out, err := yaml.Marshal(&mwc)
+	if err != nil {
+		return nil, err
+	}
+	file := filepath.Join(prepared.Dir, "webhook-"+label+".yaml")
+	if err := os.WriteFile(file, out, 0o644); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	stop, err := serve(ctx, label, port, extra)
+	if err != nil {
+		return nil, err
+	}
+	installed, err := n.CP.InstallMutatingWebhookFileAt(ctx, file, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	return func() {
+		_ = n.CP.Client.Delete(context.Background(), installed)
+		stop()
+	}, nil
+}
+
+// istiodHost is the engine's default CA host; the pods reach it at the node IP.
+const istiodHost = "istiod.istio-system.svc"
+
+// relayCA makes istiod's CA reachable from the pods at the engine's default
+// address, istiod.istio-system.svc:15012: a TCP relay on the node IP
+// (inside the namespace) forwards to istiod's secure gRPC port on loopback,
+// so TLS is end to end with istiod (its certificate carries that DNS name).
+// Pod-network pods resolve the name through hostAliases (test-owned), and
+// host-network pods through the namespace's private /etc/hosts.
+func relayCA(ctx context.Context) (func(), error) {
+	_, port, err := net.SplitHostPort(ist.CAAddr)
+	if err != nil {
+		return nil, err
+	}
+	target := net.JoinHostPort("127.0.0.1", port)
+	l, err := net.Listen("tcp", net.JoinHostPort(node.NodeIP, "15012"))
+	if err != nil {
+		return nil, fmt.Errorf("CA relay: %w", err)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(u, c); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(c, u); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	f, err := os.OpenFile(filepath.Join(prepared.Dir, "hosts"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	_, err = fmt.Fprintf(f, "%s\t%s\n", node.NodeIP, istiodHost)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	return func() { l.Close() }, nil
+}

@@ -1,0 +1,210 @@
+// Command gateway-checker plays the gateway container in the real-node
+// flavor proof (test only). It runs as the gateway container's user, with
+// the gateway's mounts, and reads the workload certificate the way the
+// gateway would: over the SDS socket (one StreamSecrets stream kept open, as
+// Envoy does, so rotations pushed by the agent arrive on it) or from the PEM
+// files. Every certificate is verified: the chain against the expected root,
+// the key against the leaf, the leaf's only URI SAN against the expected
+// SPIFFE ID. It reports one JSON line per event on stdout, prefixed with
+// "CHECK ", which the test reads from the kubelet's container log.
+//
+// Environment: CHECK_MODE (sds or files), CHECK_PATH (the socket, or the
+// directory of cert-chain.pem/key.pem/root-cert.pem), CHECK_SPIFFE (the
+// expected SPIFFE ID), CHECK_ROOT (the expected root, PEM), CHECK_NODE (the
+// SDS node ID).
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/sds-injector/sds-injector/test/flavors/sdsclient"
+)
+
+// Event is one line of the checker's report.
+type Event struct {
+	Event string    `json:"event"` // start, cert, rootca, error, stream-end
+	Time  time.Time `json:"time"`
+	// start
+	UID            int   `json:"uid,omitempty"`
+	GID            int   `json:"gid,omitempty"`
+	Groups         []int `json:"groups,omitempty"`
+	PresentAtStart *bool `json:"presentAtStart,omitempty"`
+	// cert
+	Serial   string    `json:"serial,omitempty"`
+	NotAfter time.Time `json:"notAfter,omitzero"`
+	SPIFFE   string    `json:"spiffe,omitempty"`
+	Version  string    `json:"version,omitempty"`
+	// Since is the time since the checker started.
+	Since string `json:"since,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+var started = time.Now()
+
+func emit(e Event) {
+	e.Time = time.Now()
+	e.Since = time.Since(started).String()
+	b, _ := json.Marshal(e)
+	fmt.Println("CHECK " + string(b))
+}
+
+func main() {
+	mode, path := os.Getenv("CHECK_MODE"), os.Getenv("CHECK_PATH")
+	want, root := os.Getenv("CHECK_SPIFFE"), []byte(os.Getenv("CHECK_ROOT"))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	groups, _ := os.Getgroups()
+	var present bool
+	switch mode {
+	case "sds":
+		_, err := os.Stat(path)
+		present = err == nil
+	case "files":
+		present = true
+		for _, f := range []string{"cert-chain.pem", "key.pem", "root-cert.pem"} {
+			if _, err := os.Stat(filepath.Join(path, f)); err != nil {
+				present = false
+			}
+		}
+	default:
+		emit(Event{Event: "error", Error: fmt.Sprintf("CHECK_MODE %q: want sds or files", mode)})
+		os.Exit(2)
+	}
+	emit(Event{Event: "start", UID: os.Getuid(), GID: os.Getgid(), Groups: groups, PresentAtStart: &present})
+	if want == "" || len(root) == 0 {
+		emit(Event{Event: "error", Error: "CHECK_SPIFFE and CHECK_ROOT are required"})
+		os.Exit(2)
+	}
+	if mode == "sds" {
+		watchSDS(ctx, path, os.Getenv("CHECK_NODE"), want, root)
+	} else {
+		watchFiles(ctx, path, want, root)
+	}
+}
+
+func watchSDS(ctx context.Context, socket, node, want string, root []byte) {
+	go func() {
+		// ROOTCA once per connection is enough to show it carries the root.
+		for ctx.Err() == nil {
+			fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			s, err := sdsclient.Fetch(fctx, socket, node, sdsclient.RootCA)
+			cancel()
+			if err == nil {
+				if !bytes.Contains(s[sdsclient.RootCA].TrustedCA, bytes.TrimSpace(root)) {
+					emit(Event{Event: "error", Error: "ROOTCA does not contain the expected root"})
+				} else {
+					emit(Event{Event: "rootca", Version: s[sdsclient.RootCA].Version})
+				}
+				return
+			}
+			emit(Event{Event: "error", Error: "ROOTCA: " + err.Error()})
+			sleep(ctx, time.Second)
+		}
+	}()
+	for ctx.Err() == nil {
+		err := sdsclient.Watch(ctx, socket, node, sdsclient.WorkloadCert, func(s *sdsclient.Secret) error {
+			leaf, err := verify(s.CertificateChain, s.PrivateKey, root, want)
+			if err != nil {
+				emit(Event{Event: "error", Version: s.Version, Error: err.Error()})
+				return nil
+			}
+			emit(Event{Event: "cert", Serial: leaf.SerialNumber.String(), NotAfter: leaf.NotAfter, SPIFFE: want, Version: s.Version})
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		// The agent went away (e.g. killed and being restarted by the
+		// kubelet): reconnect, as Envoy does.
+		emit(Event{Event: "stream-end", Error: fmt.Sprint(err)})
+		sleep(ctx, 200*time.Millisecond)
+	}
+}
+
+func watchFiles(ctx context.Context, dir, want string, root []byte) {
+	var last []byte
+	var lastErr string
+	for ctx.Err() == nil {
+		chain, err1 := os.ReadFile(filepath.Join(dir, "cert-chain.pem"))
+		key, err2 := os.ReadFile(filepath.Join(dir, "key.pem"))
+		fileRoot, err3 := os.ReadFile(filepath.Join(dir, "root-cert.pem"))
+		if err := errors.Join(err1, err2, err3); err != nil {
+			if err.Error() != lastErr {
+				emit(Event{Event: "error", Error: err.Error()})
+				lastErr = err.Error()
+			}
+		} else if !bytes.Equal(chain, last) {
+			leaf, err := verify(chain, key, root, want)
+			switch {
+			case err != nil:
+				// A half-written pair (chain renewed, key not yet) is
+				// retried on the next poll.
+				if err.Error() != lastErr {
+					emit(Event{Event: "error", Error: err.Error()})
+					lastErr = err.Error()
+				}
+			case !bytes.Equal(bytes.TrimSpace(fileRoot), bytes.TrimSpace(root)):
+				emit(Event{Event: "error", Error: "root-cert.pem is not the expected root"})
+				lastErr = "root"
+			default:
+				last, lastErr = chain, ""
+				emit(Event{Event: "cert", Serial: leaf.SerialNumber.String(), NotAfter: leaf.NotAfter, SPIFFE: want})
+			}
+		}
+		sleep(ctx, 250*time.Millisecond)
+	}
+}
+
+// verify checks chain (leaf first, PEM) and key as a gateway would use them.
+func verify(chainPEM, keyPEM, rootPEM []byte, want string) (*x509.Certificate, error) {
+	pair, err := tls.X509KeyPair(chainPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("key pair: %w", err)
+	}
+	var certs []*x509.Certificate
+	for _, der := range pair.Certificate {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, c)
+	}
+	leaf := certs[0]
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(rootPEM) {
+		return nil, errors.New("no root certificate in CHECK_ROOT")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, fmt.Errorf("chain: %w", err)
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != want {
+		return nil, fmt.Errorf("leaf URI SANs %v, want exactly %s", leaf.URIs, want)
+	}
+	if p, _ := pem.Decode(chainPEM); p == nil {
+		return nil, errors.New("chain is not PEM")
+	}
+	return leaf, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
