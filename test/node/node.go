@@ -526,7 +526,7 @@ func removeCgroups(names ...string) []error {
 // AddImage writes img into the prepared directory (see WriteImage) and
 // adds it to the images the node imports.
 func (p *Prepared) AddImage(img *Image) error {
-	file := filepath.Join(p.Dir, "images", strings.NewReplacer("/", "_", ":", "_").Replace(img.Ref)+".tar")
+	file := p.ArchivePath(img.Ref)
 	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
 		return err
 	}
@@ -535,6 +535,19 @@ func (p *Prepared) AddImage(img *Image) error {
 	}
 	p.Images = append(p.Images, *img)
 	return nil
+}
+
+// ArchivePath is where an image archive for ref belongs in the prepared
+// directory; AddArchive adds an archive written there by other means (for
+// example internal/imagebuild.WriteArchive, the release images' writer)
+// to the images the node imports.
+func (p *Prepared) ArchivePath(ref string) string {
+	return filepath.Join(p.Dir, "images", strings.NewReplacer("/", "_", ":", "_").Replace(ref)+".tar")
+}
+
+// AddArchive: see ArchivePath.
+func (p *Prepared) AddArchive(ref, file string) {
+	p.Images = append(p.Images, Image{Ref: ref, Tar: file})
 }
 
 func imageConfig(entrypoint []string, user string) v1.Config {

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -31,6 +32,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/sds-injector/sds-injector/internal/imagebuild"
 	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/test/istiod"
 	"github.com/sds-injector/sds-injector/test/node"
@@ -100,17 +102,27 @@ func prepare(ctx context.Context, p *node.Prepared) error {
 	}); err != nil {
 		return err
 	}
-	// sds-agent as this repository's Dockerfile builds it (distroless
-	// static nonroot: WORKDIR /home/nonroot, uid 65532).
-	if err := p.AddImage(&node.Image{Ref: sdsAgentRef,
-		Files:      map[string]string{"/usr/local/bin/sds-agent": bins["sds-agent"]},
-		Executable: []string{"/usr/local/bin/sds-agent"},
-		Dirs:       []string{"/home/nonroot"},
-		Config: v1.Config{Entrypoint: []string{"/usr/local/bin/sds-agent"}, WorkingDir: "/home/nonroot", User: "65532:65532",
-			Env: append(path, "CERT_TTL="+certTTL.String())},
-	}); err != nil {
+	// sds-agent: the release image itself (internal/imagebuild, what make
+	// images builds: scratch, uid 65532, WORKDIR /), from the test's
+	// binary, plus only CERT_TTL so that a rotation happens within a case.
+	agentSpec := imagebuild.ReleaseImages[1]
+	if agentSpec.Name != "sds-agent" {
+		return fmt.Errorf("imagebuild.ReleaseImages[1] is %q, not sds-agent", agentSpec.Name)
+	}
+	spec := agentSpec.Spec(bins["sds-agent"], v1.Platform{OS: "linux", Architecture: runtime.GOARCH}, "realnode-test", "test", time.Unix(1, 0))
+	spec.Env = append(path, "CERT_TTL="+certTTL.String())
+	agentImg, err := imagebuild.Build(spec)
+	if err != nil {
+		return fmt.Errorf("the release sds-agent image: %w", err)
+	}
+	agentTar := p.ArchivePath(sdsAgentRef)
+	if err := os.MkdirAll(filepath.Dir(agentTar), 0o755); err != nil {
 		return err
 	}
+	if err := imagebuild.WriteArchive(agentTar, sdsAgentRef, agentImg); err != nil {
+		return err
+	}
+	p.AddArchive(sdsAgentRef, agentTar)
 	return p.AddImage(&node.Image{Ref: checkerRef,
 		Files:      map[string]string{"/usr/local/bin/gateway-checker": bins["gateway-checker"]},
 		Executable: []string{"/usr/local/bin/gateway-checker"},
