@@ -2,6 +2,8 @@
 //
 //	go run ./test/load https     # the real `sds-injector serve` over HTTPS with keep-alive (vegeta)
 //	go run ./test/load apiserver # pods created through a local kube-apiserver + etcd
+//	go run ./test/load cpu       # server CPU time per review over HTTPS (closed loop), inject and skip
+//	go run ./test/load capture   # re-record the reviews cpu sends, from a real kube-apiserver
 //
 // It prints throughput, latency percentiles, errors and the server's
 // resident memory, and with -markdown a table for docs/performance.md.
@@ -54,6 +56,11 @@ var (
 	podRate  = flag.Int("pod-rate", 50, "apiserver: pod creations per second")
 	markdown = flag.Bool("markdown", false, "print results as a Markdown table row")
 	workers  = flag.Uint64("workers", 64, "https: vegeta workers (connections)")
+	binPath  = flag.String("bin", "", "a prebuilt sds-injector binary to measure (default: build ./cmd/sds-injector)")
+	reviews  = flag.Int("reviews", 20000, "cpu: reviews per measured phase")
+	clients  = flag.Int("clients", 32, "cpu: concurrent keep-alive connections of the throughput phase")
+	latConns = flag.Int("latency-clients", 4, "cpu: concurrent connections of the latency phase")
+	label    = flag.String("label", "", "cpu: a name for the binary in the Markdown row")
 )
 
 func main() {
@@ -65,8 +72,12 @@ func main() {
 		err = runHTTPS()
 	case "apiserver":
 		err = runAPIServer()
+	case "cpu":
+		err = runCPU()
+	case "capture":
+		err = runCapture()
 	default:
-		err = fmt.Errorf("usage: load [flags] https|apiserver")
+		err = fmt.Errorf("usage: load [flags] https|apiserver|cpu|capture")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "load:", err)
@@ -87,6 +98,9 @@ func repoRoot() string {
 }
 
 func buildBinary(work string) (string, error) {
+	if *binPath != "" {
+		return *binPath, nil
+	}
 	bin := filepath.Join(work, "sds-injector")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/sds-injector")
 	cmd.Dir = repoRoot()
@@ -112,9 +126,15 @@ type server struct {
 }
 
 func startServer(bin, host string, port int, certDir string) (*server, error) {
+	return startServerWith(bin, host, port, certDir, "0")
+}
+
+// startServerWith starts the server with its metrics on metricsAddr ("0":
+// off).
+func startServerWith(bin, host string, port int, certDir, metricsAddr string) (*server, error) {
 	health := freePort()
 	cmd := exec.Command(bin, "serve", "--host", host, "--port", strconv.Itoa(port), "--cert-dir", certDir,
-		"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health), "--zap-log-level", "error")
+		"--metrics-bind-address", metricsAddr, "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health), "--zap-log-level", "error")
 	cmd.Stderr = os.Stderr
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
