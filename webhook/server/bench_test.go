@@ -74,6 +74,35 @@ func BenchmarkReviewLargePod(b *testing.B) {
 	benchHandler(b, review(t, "admission.k8s.io/v1", raw, nil), true)
 }
 
+// BenchmarkReviewPodSize: the Gloo pod grown to n env vars on the gateway
+// container and m volumes (Istio once took seconds on a 2,000-env-var
+// pod); the figures show the curve (docs/performance.md).
+func BenchmarkReviewPodSize(b *testing.B) {
+	for _, size := range []struct{ env, volumes int }{{50, 10}, {500, 30}, {2000, 100}} {
+		b.Run(fmt.Sprintf("env=%d,volumes=%d", size.env, size.volumes), func(b *testing.B) {
+			benchHandler(b, review(b, "admission.k8s.io/v1", grownPod(b, size.env, size.volumes), nil), true)
+		})
+	}
+}
+
+func grownPod(b *testing.B, env, volumes int) []byte {
+	var pod corev1.Pod
+	if err := json.Unmarshal(examplePodJSONB(b, "gloo-gateway-proxy.yaml"), &pod); err != nil {
+		b.Fatal(err)
+	}
+	for i := range env {
+		pod.Spec.Containers[0].Env = append(pod.Spec.Containers[0].Env, corev1.EnvVar{Name: fmt.Sprintf("VAR_%04d", i), Value: fmt.Sprintf("value-%d", i)})
+	}
+	for i := range volumes {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: fmt.Sprintf("v%03d", i), VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+	}
+	raw, err := json.Marshal(&pod)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return raw
+}
+
 // The same reviews through controller-runtime's path: the fast path is
 // kept only while it is measurably faster than these.
 func BenchmarkReviewGlooControllerRuntime(b *testing.B) {
