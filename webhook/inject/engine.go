@@ -500,8 +500,10 @@ func appendList[T any](ops []jsonpatch.Operation, path string, absent bool, item
 		return append(ops, addOp(path, items))
 	}
 	path += "/-"
-	for _, it := range items {
-		ops = append(ops, addOp(path, it))
+	for i := range items {
+		// A pointer into the plan's slice: boxing it in the operation's
+		// interface value allocates nothing; it encodes the same.
+		ops = append(ops, addOp(path, &items[i]))
 	}
 	return ops
 }

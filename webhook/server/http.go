@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"io"
 	"mime"
 	"net/http"
@@ -16,6 +15,7 @@ import (
 	jsonv1 "github.com/go-json-experiment/json/v1"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
+	"github.com/sds-injector/sds-injector/webhook/internal/fastpath"
 )
 
 // ServeHTTP answers one AdmissionReview. Like the API server expects, every
@@ -250,27 +250,4 @@ func appendReview(dst []byte, apiVersion, uid string, v verdict) []byte {
 	return append(b, "}}\n"...)
 }
 
-func appendString(b []byte, s string) []byte {
-	if plainJSONString(s) {
-		b = append(b, '"')
-		b = append(b, s...)
-		return append(b, '"')
-	}
-	raw, err := json.Marshal(s)
-	if err != nil {
-		return append(b, `""`...)
-	}
-	return append(b, raw...)
-}
-
-// plainJSONString reports whether encoding/json writes s as it is between
-// quotes: printable ASCII without '"', '\\' and the HTML characters it
-// escapes. UIDs, API versions and most messages are.
-func plainJSONString(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			return false
-		}
-	}
-	return true
-}
+func appendString(b []byte, s string) []byte { return fastpath.AppendJSONString(b, s) }

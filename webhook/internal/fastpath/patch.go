@@ -3,6 +3,7 @@ package fastpath
 import (
 	"encoding/json"
 	"slices"
+	"unicode/utf8"
 
 	"gomodules.xyz/jsonpatch/v2"
 )
@@ -19,8 +20,11 @@ func MarshalPatch(ops []jsonpatch.Operation) ([]byte, error) {
 func AppendPatch(dst []byte, ops []jsonpatch.Operation) ([]byte, error) {
 	size := 2
 	for _, op := range ops {
-		if raw, ok := op.Value.(json.RawMessage); ok {
+		switch raw := op.Value.(type) {
+		case json.RawMessage:
 			size += len(raw)
+		case *json.RawMessage:
+			size += len(*raw)
 		}
 		size += len(op.Path) + 48
 	}
@@ -31,16 +35,18 @@ func AppendPatch(dst []byte, ops []jsonpatch.Operation) ([]byte, error) {
 			b = append(b, ',')
 		}
 		b = append(b, `{"op":`...)
-		b = appendJSONString(b, op.Operation)
+		b = AppendJSONString(b, op.Operation)
 		b = append(b, `,"path":`...)
-		b = appendJSONString(b, op.Path)
+		b = AppendJSONString(b, op.Path)
 		if op.Operation != "remove" {
 			b = append(b, `,"value":`...)
 			switch v := op.Value.(type) {
 			case json.RawMessage:
 				b = append(b, v...)
+			case *json.RawMessage:
+				b = append(b, *v...)
 			case string:
-				b = appendJSONString(b, v)
+				b = AppendJSONString(b, v)
 			default:
 				raw, err := json.Marshal(v)
 				if err != nil {
@@ -54,17 +60,59 @@ func AppendPatch(dst []byte, ops []jsonpatch.Operation) ([]byte, error) {
 	return append(b, ']'), nil
 }
 
-// appendJSONString appends s as a JSON string; plain ASCII, the common
-// case for paths and annotation values, takes the fast path.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < 0x20 || c == '"' || c == '\\' || c >= 0x7f || c == '<' || c == '>' || c == '&' {
-			raw, _ := json.Marshal(s)
-			return append(b, raw...)
-		}
-	}
+// AppendJSONString appends s as a JSON string, escaped exactly as
+// encoding/json escapes it (HTML characters, U+2028/U+2029 and invalid
+// UTF-8 included; TestAppendJSONStringMatchesEncodingJSON holds it to
+// that): without reflection or a temporary buffer, as the status
+// annotation, which holds JSON, is on every injection.
+func AppendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
 	b = append(b, '"')
-	b = append(b, s...)
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
 	return append(b, '"')
 }
