@@ -92,8 +92,8 @@ done
   echo
   echo "Summary (min / median / max over the $count rounds):"
   echo
-  echo "| binary | inject: CPU/review (µs) | skip: CPU/review (µs) | inject: allocs/review | skip: allocs/review | RSS peak (MiB) |"
-  echo "|---|---|---|---|---|---|"
+  echo "| binary | inject: CPU/review (µs) | skip: CPU/review (µs) | inject: allocs/review | skip: allocs/review | RSS peak (MiB) | anonymous memory peak (MiB) |"
+  echo "|---|---|---|---|---|---|---|"
 } >> "$out"
 for side in base head; do
   awk -F'|' -v side="$side" '
@@ -103,8 +103,11 @@ for side in base head; do
       return sprintf("%.1f / %.1f / %.1f", arr[1], arr[int((n + 1) / 2)], arr[n])
     }
     { gsub(/ /, "", $2) }
-    $2 == side { n++; a[n] = num($3); b[n] = num($4); c[n] = num($5); d[n] = num($6); split($10, r, "MiB"); e[n] = num(r[1]) }
-    END { if (n) printf "| %s | %s | %s | %s | %s | %s |\n", side, stats(a, n), stats(b, n), stats(c, n), stats(d, n), stats(e, n) }
+    $2 == side {
+      n++; a[n] = num($3); b[n] = num($4); c[n] = num($5); d[n] = num($6); split($10, r, "MiB"); e[n] = num(r[1])
+      f[n] = match($10, /anonymous peak [0-9.]+/) ? num(substr($10, RSTART, RLENGTH)) : 0
+    }
+    END { if (n) printf "| %s | %s | %s | %s | %s | %s | %s |\n", side, stats(a, n), stats(b, n), stats(c, n), stats(d, n), stats(e, n), stats(f, n) }
   ' "$work/cpu.rows" >> "$out"
 done
 
