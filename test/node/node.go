@@ -420,6 +420,13 @@ func (n *Node) Stop() error {
 		var errs []error
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
+		// Without a scheduler, pods that controllers re-create for the
+		// deleted ones stay Pending instead of starting on the node.
+		for _, pr := range n.procs {
+			if pr.name == "kube-scheduler" {
+				stopProc(pr)
+			}
+		}
 		if n.Clientset != nil && n.kubeletRunning() {
 			if err := n.deleteAllPods(ctx); err != nil {
 				errs = append(errs, err)
@@ -431,14 +438,7 @@ func (n *Node) Stop() error {
 			if pr.name == "containerd" {
 				errs = append(errs, n.killShims()...)
 			}
-			_ = pr.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-pr.done:
-			case <-time.After(20 * time.Second):
-				_ = syscall.Kill(-pr.cmd.Process.Pid, syscall.SIGKILL)
-				<-pr.done
-			}
-			pr.log.Close()
+			stopProc(pr)
 		}
 		if n.CP != nil {
 			if err := n.CP.Stop(); err != nil {
@@ -457,6 +457,25 @@ func (n *Node) Stop() error {
 		n.stopErr = errors.Join(errs...)
 	})
 	return n.stopErr
+}
+
+// stopProc ends pr (SIGTERM, then SIGKILL to its process group after 20 s)
+// and closes its log.
+func stopProc(pr *proc) {
+	select {
+	case <-pr.done:
+		pr.log.Close()
+		return
+	default:
+	}
+	_ = pr.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-pr.done:
+	case <-time.After(20 * time.Second):
+		_ = syscall.Kill(-pr.cmd.Process.Pid, syscall.SIGKILL)
+		<-pr.done
+	}
+	pr.log.Close()
 }
 
 func (n *Node) kubeletRunning() bool {
