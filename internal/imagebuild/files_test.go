@@ -65,7 +65,7 @@ func TestBuildFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(cf.Config, s.Config) || cf.Architecture != "amd64" || cf.OS != "linux" || !cf.Created.Time.Equal(s.Created) {
+	if !reflect.DeepEqual(cf.Config, s.Config) || cf.Architecture != "amd64" || cf.OS != "linux" || !cf.Created.Equal(s.Created) {
 		t.Errorf("config %+v (%s/%s, created %s), want %+v", cf.Config, cf.OS, cf.Architecture, cf.Created, s.Config)
 	}
 	// Reproducible: the same spec gives the same digest.
