@@ -174,18 +174,25 @@ func helmInstall(ctx context.Context, t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rules, err := exec.CommandContext(ctx, "iptables-save", "-t", "nat").CombinedOutput()
-	if err != nil {
-		t.Fatalf("iptables-save: %v\n%s", err, rules)
-	}
+	// Wait for kube-proxy to catch up with the EndpointSlice of the
+	// just-Ready pods.
 	var svcRules int
-	for _, l := range strings.Split(string(rules), "\n") {
-		if strings.Contains(l, releaseNS+"/"+release+":https-webhook") && strings.Contains(l, "-j KUBE-SEP-") {
-			svcRules++
+	var dump string
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		rules, err := exec.CommandContext(ctx, "iptables-save", "-t", "nat").CombinedOutput()
+		if err != nil {
+			return false, fmt.Errorf("iptables-save: %w\n%s", err, rules)
 		}
-	}
-	if !strings.Contains(string(rules), "-d "+svc.Spec.ClusterIP+"/32") || svcRules != 2 {
-		t.Fatalf("kube-proxy's nat rules lack the webhook Service %s (ClusterIP %s) with 2 endpoints (%d found)", release, svc.Spec.ClusterIP, svcRules)
+		dump, svcRules = string(rules), 0
+		for _, l := range strings.Split(dump, "\n") {
+			if strings.Contains(l, releaseNS+"/"+release+":https-webhook") && strings.Contains(l, "-j KUBE-SEP-") {
+				svcRules++
+			}
+		}
+		return strings.Contains(dump, "-d "+svc.Spec.ClusterIP+"/32") && svcRules == 2, nil
+	})
+	if err != nil {
+		t.Fatalf("kube-proxy's nat rules lack the webhook Service %s (ClusterIP %s) with 2 endpoints (%d found): %v", release, svc.Spec.ClusterIP, svcRules, err)
 	}
 	t.Logf("Service %s/%s: ClusterIP %s, kube-proxy (iptables) DNATs it to the %d pod endpoints", releaseNS, release, svc.Spec.ClusterIP, svcRules)
 	// Still no route out with kube-proxy's rules and the pods' links in
