@@ -65,6 +65,7 @@ func TestChartOnRealNode(t *testing.T) {
 		{"CABundlePatched", caBundlePatched},
 		{"GlooDeploymentInjected", glooDeploymentInjected},
 		{"RolloutUnderLoad", rolloutUnderLoad},
+		{"FailClosedWithoutInjector", failClosedWithoutInjector},
 	}
 	for _, s := range steps {
 		if !t.Run(s.name, func(t *testing.T) { s.fn(ctx, t) }) {
@@ -679,6 +680,38 @@ func events(ns string) string {
 		fmt.Fprintf(&b, "  %s %s/%s %s: %s\n", e.Type, e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message)
 	}
 	return b.String()
+}
+
+// failClosedWithoutInjector is the negative control of the rollout step:
+// with the injector scaled to 0 the same gateway pod is refused (the
+// per-gateway webhook is fail-closed), so a failed call during the roll
+// would have shown as a failed admission.
+func failClosedWithoutInjector(ctx context.Context, t *testing.T) {
+	if out, err := kubectl(ctx, "-n", releaseNS, "scale", "deployment/"+release, "--replicas=0"); err != nil {
+		t.Fatalf("kubectl scale: %v\n%s", err, out)
+	}
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := listInjectorPods(ctx)
+		return err == nil && len(pods) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("the injector pods did not go: %v", err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "no-injector", Namespace: gwNS,
+			Labels: map[string]string{"gloo": "gateway-proxy", "sds-injector.io/inject": "true", "chartnode": "roll"}},
+		Spec: corev1.PodSpec{ServiceAccountName: "gateway-proxy",
+			NodeSelector: map[string]string{"chartnode.sds-injector.test/no-such-node": "true"},
+			Containers:   []corev1.Container{{Name: "gateway-proxy", Image: checkerRef, ImagePullPolicy: corev1.PullNever}}},
+	}
+	_, err = n.Clientset.CoreV1().Pods(gwNS).Create(ctx, pod, metav1.CreateOptions{})
+	if err == nil {
+		t.Fatal("a per-gateway pod was admitted with no injector running: the rollout step could not have seen a failed call")
+	}
+	if !strings.Contains(err.Error(), "failed calling webhook") {
+		t.Fatalf("refused, but not by the webhook call: %v", err)
+	}
+	t.Logf("with 0 injector replicas the per-gateway pod is refused: %v", err)
 }
 
 func firstLines(s string, k int) string {
