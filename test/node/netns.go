@@ -53,6 +53,9 @@ type Prepared struct {
 	// Link is the kind of link that carries NodeIP (dummy, or veth where
 	// the kernel has no dummy driver).
 	Link string `json:"-"`
+	// ExtrasBinDir holds kube-proxy and kube-scheduler (BuildExtras), for
+	// Options.Services.
+	ExtrasBinDir string `json:"extrasBinDir,omitempty"`
 	// NodeName is the node's name, private to the run.
 	NodeName string `json:"nodeName"`
 }

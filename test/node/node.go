@@ -61,6 +61,12 @@ type Options struct {
 	ControlPlane controlplane.Options
 	// ReadyTimeout bounds each start-up wait (default 2 minutes).
 	ReadyTimeout time.Duration
+	// Services also runs kube-scheduler and kube-proxy (iptables mode) from
+	// Prepared.ExtrasBinDir (see BuildExtras), the controllers of Services,
+	// Deployments and PodDisruptionBudgets, the ServiceAccount admission
+	// plugin, gives pods a route to ServiceCIDR and the API server an
+	// in-cluster address (see services.go).
+	Services bool
 }
 
 // Node is a running node. Use Start to get one and Stop to end it.
@@ -78,8 +84,13 @@ type Node struct {
 	PodLogsDir string
 	// Timings of the start-up.
 	ControlPlaneStart, ContainerdStart, ImportTook, KubeletReady time.Duration
+	// ServiceCA signs the API server's in-cluster certificate (Options.Services).
+	ServiceCA []byte
+	// ServicesReady is how long kube-scheduler and kube-proxy took to be healthy.
+	ServicesReady time.Duration
 
 	p        *Prepared
+	services bool
 	dir      string
 	sysctls  map[string]string
 	procs    []*proc // in start order
@@ -136,6 +147,12 @@ func Start(ctx context.Context, p *Prepared, opts Options) (_ *Node, retErr erro
 		"allow-privileged":                {"true"},
 		"kubelet-preferred-address-types": {"InternalIP,Hostname"},
 	}
+	if opts.Services {
+		if err := n.servicesAPIServerArgs(args); err != nil {
+			return nil, err
+		}
+		n.services = true
+	}
 	for k, v := range cpOpts.APIServerArgs {
 		args[k] = v
 	}
@@ -167,6 +184,13 @@ func Start(ctx context.Context, p *Prepared, opts Options) (_ *Node, retErr erro
 		return nil, err
 	}
 	n.KubeletReady = time.Since(started)
+	if opts.Services {
+		started = time.Now()
+		if err := n.startServices(ctx, opts.ReadyTimeout); err != nil {
+			return nil, err
+		}
+		n.ServicesReady = time.Since(started)
+	}
 	return n, nil
 }
 
@@ -213,8 +237,13 @@ func (n *Node) startContainerd(ctx context.Context, timeout time.Duration) error
 	// containerd reports the network ready (and the kubelet the node Ready)
 	// only with a conflist. Pod-network pods get a route to the node's
 	// subnet through the bridge and no default route.
-	conflist := fmt.Sprintf(`{"cniVersion":"0.4.0","name":"sdsnode","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"routes":[{"dst":%q}],"dataDir":%q}},{"type":"loopback"}]}`,
-		podSubnet, nodeSubnet, filepath.Join(n.dir, "cni-ipam"))
+	routes := fmt.Sprintf(`{"dst":%q}`, nodeSubnet)
+	if n.services {
+		// ClusterIPs, rewritten by kube-proxy on the node side.
+		routes += fmt.Sprintf(`,{"dst":%q}`, ServiceCIDR)
+	}
+	conflist := fmt.Sprintf(`{"cniVersion":"0.4.0","name":"sdsnode","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"routes":[%s],"dataDir":%q}},{"type":"loopback"}]}`,
+		podSubnet, routes, filepath.Join(n.dir, "cni-ipam"))
 	if err := os.WriteFile(filepath.Join(cni, "10-sdsnode.conflist"), []byte(conflist), 0o644); err != nil {
 		return err
 	}
@@ -391,6 +420,13 @@ func (n *Node) Stop() error {
 		var errs []error
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
+		// Without a scheduler, pods that controllers re-create for the
+		// deleted ones stay Pending instead of starting on the node.
+		for _, pr := range n.procs {
+			if pr.name == "kube-scheduler" {
+				stopProc(pr)
+			}
+		}
 		if n.Clientset != nil && n.kubeletRunning() {
 			if err := n.deleteAllPods(ctx); err != nil {
 				errs = append(errs, err)
@@ -402,14 +438,7 @@ func (n *Node) Stop() error {
 			if pr.name == "containerd" {
 				errs = append(errs, n.killShims()...)
 			}
-			_ = pr.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-pr.done:
-			case <-time.After(20 * time.Second):
-				_ = syscall.Kill(-pr.cmd.Process.Pid, syscall.SIGKILL)
-				<-pr.done
-			}
-			pr.log.Close()
+			stopProc(pr)
 		}
 		if n.CP != nil {
 			if err := n.CP.Stop(); err != nil {
@@ -428,6 +457,25 @@ func (n *Node) Stop() error {
 		n.stopErr = errors.Join(errs...)
 	})
 	return n.stopErr
+}
+
+// stopProc ends pr (SIGTERM, then SIGKILL to its process group after 20 s)
+// and closes its log.
+func stopProc(pr *proc) {
+	select {
+	case <-pr.done:
+		pr.log.Close()
+		return
+	default:
+	}
+	_ = pr.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-pr.done:
+	case <-time.After(20 * time.Second):
+		_ = syscall.Kill(-pr.cmd.Process.Pid, syscall.SIGKILL)
+		<-pr.done
+	}
+	pr.log.Close()
 }
 
 func (n *Node) kubeletRunning() bool {
