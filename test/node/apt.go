@@ -24,9 +24,12 @@ var aptPackages = []struct{ pkg, file string }{
 	{"containerd", ContainerdBinary},
 	{"runc", RuncBinary},
 	{"containernetworking-plugins", filepath.Join(CNIBinDir, "bridge")},
+	// kube-proxy (Options.Services) programs iptables and reads
+	// iptables-save; the CNI bridge plugin's masquerading uses it too.
+	{"iptables", "/usr/sbin/iptables-save"},
 }
 
-// EnsurePackages installs containerd, runc and the CNI plugins with apt-get
+// EnsurePackages installs containerd, runc, the CNI plugins and iptables with apt-get
 // when they are missing (as the suites build their binaries when missing),
 // saying so on stderr. It needs root and Debian's apt.
 func EnsurePackages(ctx context.Context) error {
