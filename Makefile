@@ -79,8 +79,10 @@ fuzz-corpus:
 fuzz: FUZZTIME = 5m
 fuzz: fuzz-smoke
 
-## bench: Go benchmarks and load runs (HTTPS and through kube-apiserver);
-## writes docs/performance-latest.md (recorded figures: docs/performance.md)
+## bench: this tree and BENCH_BASE (default HEAD~1) side by side, interleaved:
+## Go benchmarks (benchstat), server CPU per review over HTTPS, HTTPS load,
+## and pods through kube-apiserver; writes docs/performance-latest.md
+## (recorded figures: docs/performance.md)
 bench:
 	test/load/bench.sh
 
