@@ -76,7 +76,7 @@ echo '```' >> "$out"
   echo
   echo "## Server CPU per review over HTTPS"
   echo
-  echo "\`go run ./test/load -markdown -bin <binary> cpu\`: the release-built binary serving TLS 1.3 / HTTP/1.1 keep-alive on loopback; reviews as kube-apiserver sent them (webhook/server/testdata/apiserver-reviews: Gloo Edge's chart pod, a plain app); closed loop, 32 connections for CPU and throughput, 4 for latency; CPU = the server process's user+system time (/proc/<pid>/stat) / reviews; allocations = go_memstats_mallocs_total / reviews (the whole server: TLS, net/http, handler). The load generator shares the machine. $count rounds, base and head alternating."
+  echo "\`go run ./test/load -markdown -bin <binary> cpu\`: the release-built binary serving TLS 1.3 / HTTP/1.1 keep-alive on loopback; reviews as kube-apiserver sent them (webhook/server/testdata/apiserver-reviews: Gloo Edge's chart pod, a plain app); closed loop, 32 connections for CPU and throughput, 4 for latency; CPU = the server process's user+system time (/proc/<pid>/stat) / reviews; allocations = go_memstats_mallocs_total / reviews (the whole server: TLS, net/http, handler). The load generator shares the machine. $count rounds, base and head alternating, then **floor**: controller-runtime's webhook server with sds-injector's TLS settings answering every review with a fixed answer of the real one's size (\`load -floor cpu\`, test/load/floor.go) — what TLS, net/http and controller-runtime cost without decoding, engine or encoding."
   echo
   echo "| binary | inject: CPU/review | skip: CPU/review | inject: allocs/review | skip: allocs/review | inject throughput (32 conns) | p50 (4 conns) | p99 (4 conns) | RSS peak |"
   echo "|---|---|---|---|---|---|---|---|---|"
@@ -86,6 +86,7 @@ for i in $(seq "$count"); do
   for side in base head; do
     "$work/load" -markdown -bin "$work/$side/sds-injector" -label "$side" cpu | tee -a "$work/cpu.rows" >> "$out"
   done
+  "$work/load" -markdown -floor -label floor cpu | tee -a "$work/cpu.rows" >> "$out"
   echo "bench: cpu round $i/$count done" >&2
 done
 {
@@ -95,7 +96,7 @@ done
   echo "| binary | inject: CPU/review (µs) | skip: CPU/review (µs) | inject: allocs/review | skip: allocs/review | RSS peak (MiB) | anonymous memory peak (MiB) |"
   echo "|---|---|---|---|---|---|---|"
 } >> "$out"
-for side in base head; do
+for side in base head floor; do
   awk -F'|' -v side="$side" '
     function num(s) { gsub(/[^0-9.]/, "", s); return s + 0 }
     function stats(arr, n,   i, j, t) {

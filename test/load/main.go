@@ -61,6 +61,7 @@ var (
 	clients  = flag.Int("clients", 32, "cpu: concurrent keep-alive connections of the throughput phase")
 	latConns = flag.Int("latency-clients", 4, "cpu: concurrent connections of the latency phase")
 	label    = flag.String("label", "", "cpu: a name for the binary in the Markdown row")
+	floor    = flag.Bool("floor", false, "cpu: measure the floor instead (controller-runtime's webhook server answering a fixed review; see floor.go)")
 )
 
 func main() {
@@ -76,6 +77,8 @@ func main() {
 		err = runCPU()
 	case "capture":
 		err = runCapture()
+	case "serve": // the floor server, started by -floor cpu
+		err = runFloorServer(flag.Args()[1:])
 	default:
 		err = fmt.Errorf("usage: load [flags] https|apiserver|cpu|capture")
 	}
@@ -98,6 +101,9 @@ func repoRoot() string {
 }
 
 func buildBinary(work string) (string, error) {
+	if *floor {
+		return selfBinary()
+	}
 	if *binPath != "" {
 		return *binPath, nil
 	}
