@@ -11,9 +11,9 @@ import (
 // hints say which raw pods (or reviews holding one, in compact JSON as the
 // API server encodes them) may be gateway candidates that screenFields
 // cannot settle: those with this project's prefix anywhere, or with a
-// member whose name is a profile's selector key and whose string value
-// is one the selector accepts (any value where the selector does not pin
-// one). A webhook uses them only to choose the order of its decoding work
+// label (a member of a "labels" object) whose name is a profile's
+// selector key and whose string value is one the selector accepts (any
+// value where the selector does not pin one). A webhook uses them only to choose the order of its decoding work
 // (partial decode first, or straight to the full pod); decisions never
 // depend on them.
 type hints struct {
@@ -25,17 +25,24 @@ type hints struct {
 	keys map[string]map[string]bool
 }
 
-// nameSeparator ends a member name in compact JSON.
-var nameSeparator = []byte(`":`)
+// nameSeparator ends a member name in compact JSON; labelsMember opens a
+// labels object (without its leading quote, so that bytes.Index skips on
+// 'l', not on '"', the most frequent byte in JSON).
+var (
+	nameSeparator = []byte(`":`)
+	labelsMember  = []byte(`labels":{`)
+)
 
 // mayBeGateway reports whether raw contains a hint. False means the pod is
 // certainly not a gateway candidate; true means it may be.
 //
-// One pass over raw: every `":` ends a member name; the name and, where
-// the key pins values, the string value after it are looked up. This
-// replaced a bytes.Contains per hint, which on a 5 KB review cost about
-// as much as decoding it (each hint starts with '"', the most frequent
-// byte in JSON, which defeats bytes.Index's first-byte skipping).
+// Profiles select pods by their labels, so only the members of "labels"
+// objects are looked at (the pod's, and any other object's: more than
+// needed, never less): each name is looked up in the profiles' selector
+// keys, and its string value in the values the key accepts. This replaced
+// a bytes.Contains of every hint over the whole review, which on a 5 KB
+// review cost about as much as decoding it (each hint starts with '"',
+// which defeats bytes.Index's first-byte skipping).
 func (s *Settings) mayBeGateway(raw []byte) bool {
 	if s.hints == nil {
 		return true
@@ -46,25 +53,69 @@ func (s *Settings) mayBeGateway(raw []byte) bool {
 		return true
 	}
 	for i := 0; ; {
-		j := bytes.Index(raw[i:], nameSeparator)
+		j := bytes.Index(raw[i:], labelsMember)
+		if j < 0 {
+			return false
+		}
+		j += i
+		i = j + len(labelsMember)
+		if j == 0 || raw[j-1] != '"' {
+			continue
+		}
+		end := i + objectEnd(raw[i:])
+		if h.anyMember(raw[i:end]) {
+			return true
+		}
+		i = end
+	}
+}
+
+// objectEnd is the index of the '}' that closes the object whose members
+// start obj (len(obj) if none), skipping strings and nested values.
+func objectEnd(obj []byte) int {
+	depth := 0
+	for i := 0; i < len(obj); i++ {
+		switch obj[i] {
+		case '"':
+			for i++; i < len(obj) && obj[i] != '"'; i++ {
+				if obj[i] == '\\' {
+					i++
+				}
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return i
+			}
+			depth--
+		}
+	}
+	return len(obj)
+}
+
+// anyMember reports whether a member of the object body obj is a hint.
+func (h *hints) anyMember(obj []byte) bool {
+	for i := 0; ; {
+		j := bytes.Index(obj[i:], nameSeparator)
 		if j < 0 {
 			return false
 		}
 		j += i
 		i = j + len(nameSeparator)
-		k := bytes.LastIndexByte(raw[:j], '"')
+		k := bytes.LastIndexByte(obj[:j], '"')
 		if k < 0 {
 			continue
 		}
-		values, ok := h.keys[string(raw[k+1:j])]
+		values, ok := h.keys[string(obj[k+1:j])]
 		if !ok {
 			continue
 		}
 		if values == nil {
 			return true
 		}
-		if i < len(raw) && raw[i] == '"' {
-			if end := bytes.IndexByte(raw[i+1:], '"'); end >= 0 && values[string(raw[i+1:i+1+end])] {
+		if i < len(obj) && obj[i] == '"' {
+			if end := bytes.IndexByte(obj[i+1:], '"'); end >= 0 && values[string(obj[i+1:i+1+end])] {
 				return true
 			}
 		}

@@ -17,17 +17,21 @@ func TestMayBeGateway(t *testing.T) {
 		raw      string
 		want     bool
 	}{
-		"a Gloo label pair":                    {s, `{"metadata":{"labels":{"app":"web","gloo":"gateway-proxy"}}}`, true},
-		"the key with another value":           {s, `{"metadata":{"labels":{"gloo":"gateway"}}}`, false},
-		"the value under another key":          {s, `{"metadata":{"labels":{"role":"gateway-proxy"}}}`, false},
-		"the pair split across members":        {s, `{"gloo":1,"x":"gateway-proxy"}`, false},
-		"our prefix as a key":                  {s, `{"metadata":{"annotations":{"sds-injector.io/inject":"true"}}}`, true},
-		"a plain app":                          {s, `{"metadata":{"name":"web","labels":{"app":"web"}},"spec":{"containers":[{"name":"nginx"}]}}`, false},
-		"a name at the very end":               {s, `"gloo":`, false},
-		"empty":                                {s, ``, false},
-		"an Exists expression: any value":      {keyed, `{"labels":{"edge.example/role":"anything"}}`, true},
-		"an Exists expression: non-string too": {keyed, `{"edge.example/role":{}}`, true},
-		"an Exists key only as a value":        {keyed, `{"labels":{"x":"edge.example/role"}}`, false},
+		"a Gloo label pair":                 {s, `{"metadata":{"labels":{"app":"web","gloo":"gateway-proxy"}}}`, true},
+		"the key with another value":        {s, `{"metadata":{"labels":{"gloo":"gateway"}}}`, false},
+		"the value under another key":       {s, `{"metadata":{"labels":{"role":"gateway-proxy"}}}`, false},
+		"the pair split across members":     {s, `{"labels":{"gloo":"x","y":"gateway-proxy"}}`, false},
+		"the pair outside any labels":       {s, `{"metadata":{"annotations":{"gloo":"gateway-proxy"}}}`, false},
+		"the pair in another labels object": {s, `{"template":{"metadata":{"labels":{"gloo":"gateway-proxy"}}}}`, true},
+		"a later labels object":             {s, `{"labels":{"a":"}{\"gloo\":\"gateway-proxy\"}"},"x":{"labels":{"gloo":"gateway-proxy"}}}`, true},
+		"a brace inside a label value":      {s, `{"labels":{"a":"}","gloo":"gateway-proxy"}}`, true},
+		"unterminated":                      {s, `{"labels":{"gloo":"gateway-pro`, false},
+		"our prefix as a key":               {s, `{"metadata":{"annotations":{"sds-injector.io/inject":"true"}}}`, true},
+		"a plain app":                       {s, `{"metadata":{"name":"web","labels":{"app":"web"}},"spec":{"containers":[{"name":"nginx"}]}}`, false},
+		"a name at the very end":            {s, `"gloo":`, false},
+		"empty":                             {s, ``, false},
+		"an Exists expression: any value":   {keyed, `{"labels":{"edge.example/role":"anything"}}`, true},
+		"an Exists key only as a value":     {keyed, `{"labels":{"x":"edge.example/role"}}`, false},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
