@@ -18,7 +18,8 @@ import (
 // depend on them.
 type hints struct {
 	once sync.Once
-	// prefix is `"sds-injector.io/`, as a key or value prefix.
+	// prefix is `sds-injector.io/`, found right after a '"' (a key or a
+	// value beginning with it).
 	prefix []byte
 	// keys maps a selector key to the values it accepts; a nil set
 	// accepts any value.
@@ -49,7 +50,7 @@ func (s *Settings) mayBeGateway(raw []byte) bool {
 	}
 	h := s.hints
 	h.once.Do(func() { h.prefix, h.keys = s.buildHints() })
-	if bytes.Contains(raw, h.prefix) {
+	if hasQuoted(raw, h.prefix) {
 		return true
 	}
 	for i := 0; ; {
@@ -67,6 +68,21 @@ func (s *Settings) mayBeGateway(raw []byte) bool {
 			return true
 		}
 		i = end
+	}
+}
+
+// hasQuoted reports whether s occurs in raw right after a '"' (searched
+// without the quote, which bytes.Index would otherwise skip on).
+func hasQuoted(raw, s []byte) bool {
+	for i := 0; ; {
+		j := bytes.Index(raw[i:], s)
+		if j < 0 {
+			return false
+		}
+		if j += i; j > 0 && raw[j-1] == '"' {
+			return true
+		}
+		i = j + 1
 	}
 }
 
@@ -161,5 +177,5 @@ func (s *Settings) buildHints() (prefix []byte, keys map[string]map[string]bool)
 			accept(e.Key, nil)
 		}
 	}
-	return []byte(`"` + inner(Prefix)), keys
+	return []byte(inner(Prefix)), keys
 }
