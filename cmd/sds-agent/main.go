@@ -24,8 +24,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/agent"
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/sds"
+	"github.com/sds-injector/sds-injector/internal/agent"
+	"github.com/sds-injector/sds-injector/internal/agent/sds"
 )
 
 var version = "dev"

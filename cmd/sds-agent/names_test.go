@@ -3,7 +3,7 @@ package main
 import (
 	"testing"
 
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/sds"
+	"github.com/sds-injector/sds-injector/internal/agent/sds"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 

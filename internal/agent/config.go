@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/ca"
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/sds"
+	"github.com/sds-injector/sds-injector/internal/agent/ca"
+	"github.com/sds-injector/sds-injector/internal/agent/sds"
 )
 
 // Default paths: the ones the injector mounts (Istio 1.14+ socket).

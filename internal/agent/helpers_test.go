@@ -20,9 +20,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/ca"
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/fakeca"
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/sds"
+	"github.com/sds-injector/sds-injector/internal/agent/ca"
+	"github.com/sds-injector/sds-injector/internal/agent/fakeca"
+	"github.com/sds-injector/sds-injector/internal/agent/sds"
 )
 
 const (
