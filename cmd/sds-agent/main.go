@@ -26,6 +26,8 @@ import (
 
 	"github.com/sds-injector/sds-injector/internal/agent"
 	"github.com/sds-injector/sds-injector/internal/agent/sds"
+
+	"github.com/sds-injector/sds-injector/internal/agentcontract"
 )
 
 var version = "dev"
@@ -42,11 +44,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	switch cmd {
 	case "":
 		return serve(args, getenv, stderr)
-	case "probe":
+	case agentcontract.CmdProbe:
 		return probe(args, getenv, stdout, stderr)
-	case "wait":
+	case agentcontract.CmdWait:
 		return wait(args, getenv, stdout, stderr)
-	case "wait-socket":
+	case agentcontract.CmdWaitSocket:
 		return waitSocket(args, getenv, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version)
