@@ -462,13 +462,16 @@ func TestDrainTimeout(t *testing.T) {
 	if err := e.stop(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-c.errs:
-		if status.Code(err) != codes.Unavailable {
-			t.Errorf("stream ended with %v, want Unavailable", err)
-		}
-	case <-time.After(wait):
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	r, err := c.s.Next(ctx)
+	switch {
+	case err == nil:
+		t.Fatalf("response version %s after the drain timeout, want the stream closed", r.Version)
+	case ctx.Err() != nil:
 		t.Fatal("stream not closed")
+	case status.Code(err) != codes.Unavailable:
+		t.Errorf("stream ended with %v, want Unavailable", err)
 	}
 }
 

@@ -30,8 +30,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/test/flavors/kubelet"
-	"github.com/sds-injector/sds-injector/test/flavors/sdsclient"
 	"github.com/sds-injector/sds-injector/test/istiod"
+	"github.com/sds-injector/sds-injector/test/sdsclient"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 

@@ -19,13 +19,9 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-)
 
-const secretType = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+	"github.com/sds-injector/sds-injector/internal/agent/sds"
+)
 
 // buildAgent compiles cmd/sds-agent into dir as the Dockerfile does (static,
 // stripped); the Go build cache makes repeated runs cheap.
@@ -113,75 +109,33 @@ func (p *process) exited() bool {
 	}
 }
 
-// sdsStream is an Envoy-like SDS subscription that ACKs every response.
+// sdsStream is an Envoy-like SDS subscription that ACKs every response
+// (the project's one SDS client, internal/agent/sds.Stream).
 type sdsStream struct {
-	t      testing.TB
-	conn   *grpc.ClientConn
-	cancel context.CancelFunc
-	stream secretv3.SecretDiscoveryService_StreamSecretsClient
-	req    *discoveryv3.DiscoveryRequest
-	resps  chan *discoveryv3.DiscoveryResponse
-	errs   chan error
+	t testing.TB
+	s *sds.Stream
 }
 
 func subscribe(t testing.TB, socket string, names ...string) *sdsStream {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	st, err := sds.Subscribe(context.Background(), "unix://"+socket, &corev3.Node{Id: "router~127.0.0.1~gw-0.gw~gw.svc.cluster.local"}, names...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := secretv3.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx, grpc.WaitForReady(true))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	s := &sdsStream{t: t, conn: conn, cancel: cancel, stream: st,
-		req:   &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "router~127.0.0.1~gw-0.gw~gw.svc.cluster.local"}, TypeUrl: secretType, ResourceNames: names},
-		resps: make(chan *discoveryv3.DiscoveryResponse, 8), errs: make(chan error, 1)}
-	t.Cleanup(s.close)
-	if err := st.Send(s.req); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				s.errs <- err
-				return
-			}
-			s.resps <- r
-		}
-	}()
-	return s
+	t.Cleanup(st.Close)
+	return &sdsStream{t: t, s: st}
 }
-
-func (s *sdsStream) close() { s.cancel(); _ = s.conn.Close() }
 
 // next waits up to d for a response and ACKs it.
 func (s *sdsStream) next(d time.Duration) map[string]*tlsv3.Secret {
 	s.t.Helper()
-	select {
-	case r := <-s.resps:
-		got := map[string]*tlsv3.Secret{}
-		for _, a := range r.Resources {
-			sec := &tlsv3.Secret{}
-			if err := a.UnmarshalTo(sec); err != nil {
-				s.t.Fatal(err)
-			}
-			got[sec.Name] = sec
-		}
-		s.req.VersionInfo, s.req.ResponseNonce = r.VersionInfo, r.Nonce
-		if err := s.stream.Send(s.req); err != nil {
-			s.t.Fatal(err)
-		}
-		return got
-	case err := <-s.errs:
-		s.t.Fatalf("SDS stream ended: %v", err)
-	case <-time.After(d):
-		s.t.Fatalf("no SDS response within %s", d)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	r, err := s.s.Next(ctx)
+	if err != nil {
+		s.t.Fatalf("within %s: %v", d, err)
 	}
-	return nil
+	return r.Secrets
 }
 
 // workloadCert checks a tls_certificate secret: key pair, validity now, the
@@ -282,3 +236,5 @@ func procUsage(pid int) (usage, error) {
 	u.CPU = time.Duration(utime+stime) * time.Second / clkTck
 	return u, nil
 }
+
+func (s *sdsStream) close() { s.s.Close() }

@@ -32,6 +32,11 @@ const (
 	kindRoot
 )
 
+// CertificateNames are the names under which the workload certificate is
+// served; RootNames those of the trust bundle.
+func CertificateNames() []string { return []string{Default, GlooCertificate} }
+func RootNames() []string        { return []string{RootCA, GlooValidationContext} }
+
 func kindOf(name string) kind {
 	switch name {
 	case Default, GlooCertificate:
