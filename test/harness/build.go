@@ -117,6 +117,10 @@ func build(ctx context.Context, root, dir, pkg, key string, opts BuildOptions) (
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, b)
 	}
+	// Runnable by the unprivileged users tests run processes as.
+	if err := os.Chmod(tmp.Name(), 0o755); err != nil {
+		return "", err
+	}
 	if err := os.Rename(tmp.Name(), out); err != nil {
 		return "", err
 	}

@@ -8,12 +8,8 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,92 +18,6 @@ import (
 
 	"github.com/sds-injector/sds-injector/internal/agent/sds"
 )
-
-// buildAgent compiles cmd/sds-agent into dir as the Dockerfile does (static,
-// stripped); the Go build cache makes repeated runs cheap.
-func buildAgent(t testing.TB, dir string) string {
-	t.Helper()
-	out := filepath.Join(dir, "sds-agent")
-	start := time.Now()
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "github.com/sds-injector/sds-injector/cmd/sds-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building sds-agent: %v\n%s", err, b)
-	}
-	t.Logf("built sds-agent in %s", time.Since(start).Round(time.Millisecond))
-	return out
-}
-
-// process is a started command whose output is kept.
-type process struct {
-	name string
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
-	done chan struct{}
-	err  error
-}
-
-func (p *process) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *process) log() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
-
-// start runs cmd in its own process group; it is killed (by PID) when the
-// test ends if still running, and its output is logged on failure.
-func start(t testing.TB, name string, cmd *exec.Cmd) *process {
-	t.Helper()
-	p := &process{name: name, cmd: cmd, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p, p
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Setpgid = true
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.stop(5 * time.Second)
-		if t.Failed() {
-			t.Logf("%s output:\n%s", name, p.log())
-		}
-	})
-	return p
-}
-
-// stop sends SIGTERM, then SIGKILL to the process group after grace.
-func (p *process) stop(grace time.Duration) error {
-	select {
-	case <-p.done:
-		return p.err
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
-	return p.err
-}
-
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
 
 // sdsStream is an Envoy-like SDS subscription that ACKs every response
 // (the project's one SDS client, internal/agent/sds.Stream).
