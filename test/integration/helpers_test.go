@@ -17,13 +17,14 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 const repoRoot = "../.."
@@ -31,13 +32,6 @@ const repoRoot = "../.."
 func testingShort() bool {
 	flag.Parse()
 	return testing.Short()
-}
-
-func skipIfShort(t *testing.T) {
-	t.Helper()
-	if cp == nil {
-		t.Skip("needs the local control plane (kube-apiserver + etcd built from source); run without -short")
-	}
 }
 
 // Mode names the shipped MutatingWebhookConfiguration files.
@@ -225,14 +219,6 @@ func containerNames(pod *corev1.Pod) []string {
 	return n
 }
 
-// eventually polls cond every 200ms for up to timeout.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) (bool, error)) {
-	t.Helper()
-	if err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, timeout, true, cond); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-}
-
 func getPod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
 	var p corev1.Pod
 	err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &p)
@@ -292,7 +278,7 @@ func startAdmissionLoad(t *testing.T, ns string, workers int) *admissionLoad {
 func (l *admissionLoad) waitMore(t *testing.T, n int64, what string) {
 	t.Helper()
 	target := l.ok.Load() + n
-	eventually(t, time.Minute, fmt.Sprintf("%d more admissions %s", n, what), func(context.Context) (bool, error) {
+	harness.Eventually(t, time.Minute, fmt.Sprintf("%d more admissions %s", n, what), func(context.Context) (bool, error) {
 		if l.failed.Load() != 0 {
 			return false, fmt.Errorf("an admission failed %s: %v", what, l.firstErr.Load())
 		}
@@ -304,7 +290,7 @@ func (l *admissionLoad) waitMore(t *testing.T, n int64, what string) {
 // (for example once the apiserver trusts a new caBundle).
 func waitInjectedDryRun(t *testing.T, what string, pod *corev1.Pod) {
 	t.Helper()
-	eventually(t, time.Minute, what, func(ctx context.Context) (bool, error) {
+	harness.Eventually(t, time.Minute, what, func(ctx context.Context) (bool, error) {
 		p := pod.DeepCopy()
 		if err := cp.Client.Create(ctx, p, client.DryRunAll); err != nil {
 			return false, nil

@@ -7,7 +7,6 @@ package integration
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net/http"
 	"os"
@@ -20,6 +19,8 @@ import (
 	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 	"github.com/sds-injector/sds-injector/webhook/server"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 var cp *controlplane.ControlPlane
@@ -92,7 +93,7 @@ func startWebhook(t *testing.T, cfg inject.Config, extra map[string]http.Handler
 	ws := &webhookServer{cancel: cancel, done: make(chan error, 1), srv: srv}
 	go func() { ws.done <- srv.Start(ctx) }()
 	t.Cleanup(ws.stop)
-	waitReady(t, "http://"+srv.HealthAddr()+"/readyz")
+	harness.WaitReady(t, 30*time.Second, "http://"+srv.HealthAddr()+"/readyz")
 	return ws
 }
 
@@ -103,21 +104,4 @@ func (w *webhookServer) stop() {
 	w.cancel()
 	<-w.done
 	w.cancel = nil
-}
-
-func waitReady(t *testing.T, url string) {
-	t.Helper()
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{}}}
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := client.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("webhook not ready at %s after 30s", url)
 }

@@ -22,6 +22,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 const (
@@ -30,7 +32,7 @@ const (
 )
 
 func TestNamespaceMode(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	enabled := namespace(t, map[string]string{nsLabel: "enabled"})
@@ -68,7 +70,7 @@ func TestNamespaceMode(t *testing.T) {
 }
 
 func TestPerGatewayMode(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModePerGateway)
 	ns := namespace(t, nil)
@@ -109,7 +111,7 @@ func TestPerGatewayMode(t *testing.T) {
 }
 
 func TestClusterWideMode(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeClusterWide)
 	any := namespace(t, nil)
@@ -137,7 +139,7 @@ func TestClusterWideMode(t *testing.T) {
 // Gateway) is requested through the generic profile, which takes any: the
 // pod shape stays the same.
 func TestEveryFlavorIsValid(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	ns := namespace(t, map[string]string{nsLabel: "enabled"})
@@ -186,7 +188,7 @@ func TestEveryFlavorIsValid(t *testing.T) {
 }
 
 func TestDryRunCreatesNothing(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	ns := namespace(t, map[string]string{nsLabel: "enabled"})
@@ -204,7 +206,7 @@ func TestDryRunCreatesNothing(t *testing.T) {
 // apiserver calls ours again (reinvocationPolicy IfNeeded); the engine must
 // leave the injected pod as it is.
 func TestReinvocation(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	relabel := &webhook.Admission{Handler: admission.HandlerFunc(func(ctx context.Context, req admission.Request) admission.Response {
 		var pod corev1.Pod
 		if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
@@ -245,7 +247,7 @@ func TestReinvocation(t *testing.T) {
 // TestWebhookDown: with the webhook process gone, Ignore modes admit pods
 // uninjected and Fail modes refuse them naming the webhook.
 func TestWebhookDown(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	ws := startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	installMode(t, ModePerGateway)
@@ -274,7 +276,7 @@ func TestWebhookDown(t *testing.T) {
 // TestWarningsReachKubectl uses a real kubectl: a gateway that asked for
 // injection but could not get it shows why.
 func TestWarningsReachKubectl(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	ns := namespace(t, map[string]string{nsLabel: "enabled"})
@@ -301,7 +303,7 @@ func TestWarningsReachKubectl(t *testing.T) {
 // TestDeploymentThroughKubectl: a real `kubectl apply` of a Deployment; the
 // controller manager's ReplicaSet creates the pod through the webhook.
 func TestDeploymentThroughKubectl(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	ns := namespace(t, map[string]string{nsLabel: "enabled"})
@@ -325,7 +327,7 @@ spec:
 		t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
 	var pod *corev1.Pod
-	eventually(t, 90*time.Second, "a ReplicaSet pod to appear", func(ctx context.Context) (bool, error) {
+	harness.Eventually(t, 90*time.Second, "a ReplicaSet pod to appear", func(ctx context.Context) (bool, error) {
 		var pods corev1.PodList
 		if err := cp.Client.List(ctx, &pods, client.InNamespace(ns)); err != nil {
 			return false, err
