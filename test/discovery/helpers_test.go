@@ -2,7 +2,6 @@ package discovery
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net/http"
 	"os"
@@ -19,7 +18,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,6 +27,8 @@ import (
 	"github.com/sds-injector/sds-injector/webhook/inject"
 	"github.com/sds-injector/sds-injector/webhook/istio"
 	"github.com/sds-injector/sds-injector/webhook/server"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // countingTransport counts every request discovery sends to the API server.
@@ -108,8 +108,8 @@ func startWebhook(t *testing.T, configYAML, istioNS string, scan time.Duration) 
 		cancel()
 		<-w.done
 	})
-	waitReady(t, "http://"+srv.HealthAddr()+"/readyz")
-	eventually(t, 20*time.Second, "discovery to sync", func(context.Context) (bool, error) { return w.d.Synced(), nil })
+	harness.WaitReady(t, 60*time.Second, "http://"+srv.HealthAddr()+"/readyz")
+	harness.Eventually(t, 20*time.Second, "discovery to sync", func(context.Context) (bool, error) { return w.d.Synced(), nil })
 	return w
 }
 
@@ -117,29 +117,6 @@ func (w *webhook) requestLog() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]string(nil), w.log...)
-}
-
-func waitReady(t *testing.T, url string) {
-	t.Helper()
-	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{}}}
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := c.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("webhook not ready at %s", url)
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) (bool, error)) {
-	t.Helper()
-	if err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, timeout, true, cond); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
 }
 
 // installIstio creates, in namespace ns, the ConfigMaps of the Istio

@@ -15,7 +15,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -23,6 +22,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 const repoRoot = "../.."
@@ -44,16 +45,9 @@ func run(m *testing.M) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
-	work, err := os.MkdirTemp("", "sds-injector-discovery-")
+	var err error
+	injectorBin, err = harness.Build(ctx, harness.Injector, harness.BuildOptions{})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(work)
-	injectorBin = filepath.Join(work, "sds-injector")
-	build := exec.CommandContext(ctx, "go", "build", "-o", injectorBin, "./cmd/sds-injector")
-	build.Dir, build.Stdout, build.Stderr = repoRoot, os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building sds-injector:", err)
 		return 1
 	}
@@ -79,11 +73,4 @@ func run(m *testing.M) int {
 		return 1
 	}
 	return m.Run()
-}
-
-func skipIfShort(t *testing.T) {
-	t.Helper()
-	if cp == nil {
-		t.Skip("needs the local control plane (kube-apiserver + etcd built from source); run without -short")
-	}
 }
