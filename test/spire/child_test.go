@@ -60,7 +60,7 @@ type childOut struct {
 	Secrets []secretMsg `json:"secrets,omitempty"`
 	// Plain is ROOTCA asked for with disable_spiffe_cert_validation.
 	Plain *secretMsg `json:"plain,omitempty"`
-	// DefaultViaSDSClient is default as test/flavors/sdsclient fetched it.
+	// DefaultViaSDSClient is default as test/sdsclient fetched it.
 	DefaultChain []byte `json:"defaultChain,omitempty"`
 	DefaultKey   []byte `json:"defaultKey,omitempty"`
 	Error        string `json:"error,omitempty"`
@@ -169,7 +169,7 @@ func first(ctx context.Context, socket string, node *corev3.Node, name string) (
 	return &m, err
 }
 
-// fetchAll: default through test/flavors/sdsclient (retrying: the agent's
+// fetchAll: default through test/sdsclient (retrying: the agent's
 // first sync takes seconds), then ROOTCA in SPIRE's default shape and with
 // the node metadata asking for the plain trusted_ca.
 func fetchAll(ctx context.Context, socket string) childOut {
