@@ -112,10 +112,19 @@ func build(ctx context.Context, root, dir, pkg, key string, opts BuildOptions) (
 	tmp.Close()
 	defer os.Remove(tmp.Name())
 	args := append(append([]string{"build"}, opts.Flags...), "-o", tmp.Name(), pkg)
-	cmd := exec.CommandContext(ctx, "go", args...)
-	cmd.Dir, cmd.Env = root, append(os.Environ(), opts.Env...)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, b)
+	// One retry: a build cache shared with concurrent builds has been seen
+	// to fail transiently ("could not import net (open : no such file or
+	// directory)"); a real compile error fails twice.
+	for attempt := 1; ; attempt++ {
+		cmd := exec.CommandContext(ctx, "go", args...)
+		cmd.Dir, cmd.Env = root, append(os.Environ(), opts.Env...)
+		b, err := cmd.CombinedOutput()
+		if err == nil {
+			break
+		}
+		if attempt == 2 || ctx.Err() != nil {
+			return "", fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, b)
+		}
 	}
 	// Runnable by the unprivileged users tests run processes as.
 	if err := os.Chmod(tmp.Name(), 0o755); err != nil {

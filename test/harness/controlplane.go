@@ -1,16 +1,13 @@
 package harness
 
-import (
-	"testing"
+import "testing"
 
-	"github.com/sds-injector/sds-injector/test/controlplane"
-)
-
-// NeedControlPlane skips t when the suite has no control plane, which
-// happens only under -short (TestMain starts none then; a start that fails
-// fails the whole suite instead). make test does not run -short, so the
-// skip never happens there; without -short a missing control plane fails.
-func NeedControlPlane(t testing.TB, cp *controlplane.ControlPlane) {
+// NeedControlPlane skips t when the suite has no control plane (cp is
+// nil, a *controlplane.ControlPlane as TestMain left it), which happens
+// only under -short (TestMain starts none then; a start that fails fails the
+// whole suite instead). make test does not run -short, so the skip never
+// happens there; without -short a missing control plane fails.
+func NeedControlPlane[T any](t testing.TB, cp *T) {
 	t.Helper()
 	if cp == nil {
 		if !testing.Short() {

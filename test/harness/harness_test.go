@@ -130,3 +130,17 @@ func TestWaitHTTP(t *testing.T) {
 	close(ready)
 	WaitReady(t, 10*time.Second, srv.URL)
 }
+
+func TestAwaitRetriesErrors(t *testing.T) {
+	n := 0
+	Await(context.Background(), t, 10*time.Second, "the third try", func(context.Context) (bool, error) {
+		n++
+		if n < 3 {
+			return false, os.ErrNotExist
+		}
+		return true, nil
+	})
+	if n != 3 {
+		t.Fatalf("cond called %d times, want 3", n)
+	}
+}

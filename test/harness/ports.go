@@ -35,7 +35,7 @@ var reserved = struct {
 // reserved for this run: no other ReservePort of this process, and none of
 // another test process of the same user (a lock file in the system temp
 // dir, taken over only from a process that no longer runs), hands it out
-// again until release is called.
+// again until release is called (once or more).
 func ReservePort(host string) (port int, release func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(lockPath(0)), 0o755); err != nil {
 		return 0, nil, err
@@ -58,11 +58,14 @@ func ReservePort(host string) (port int, release func(), err error) {
 		}
 		lock := lockPath(port)
 		if lockPort(lock) {
+			var once sync.Once
 			return port, func() {
-				_ = os.Remove(lock)
-				reserved.Lock()
-				delete(reserved.ports, port)
-				reserved.Unlock()
+				once.Do(func() {
+					_ = os.Remove(lock)
+					reserved.Lock()
+					delete(reserved.ports, port)
+					reserved.Unlock()
+				})
 			}, nil
 		}
 		// Another test process holds it; keep it marked here too.

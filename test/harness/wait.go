@@ -24,6 +24,29 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func(ctx 
 	}
 }
 
+// Await polls cond until it reports true, treating an error as "not yet"
+// (an object not created yet, a server still starting), and fails t with
+// the last error after timeout or when ctx ends. It logs how long it took.
+func Await(ctx context.Context, t testing.TB, timeout time.Duration, what string, cond func(context.Context) (bool, error)) {
+	t.Helper()
+	begin := time.Now()
+	var last error
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	err := wait.PollUntilContextCancel(ctx, PollInterval, true, func(ctx context.Context) (bool, error) {
+		ok, err := cond(ctx)
+		if err != nil {
+			last = err
+			return false, nil
+		}
+		return ok, nil
+	})
+	if err != nil {
+		t.Fatalf("waiting for %s: %v (last error: %v)", what, err, last)
+	}
+	t.Logf("%s after %s", what, time.Since(begin).Round(time.Millisecond))
+}
+
 // WaitHTTP polls url until it answers 200 OK or ctx ends. HTTPS is not
 // verified: this waits for a server to come up, it does not prove its
 // certificate.
