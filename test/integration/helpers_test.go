@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,11 +27,6 @@ import (
 )
 
 const repoRoot = "../.."
-
-func testingShort() bool {
-	flag.Parse()
-	return testing.Short()
-}
 
 // Mode names the shipped MutatingWebhookConfiguration files.
 type Mode string

@@ -7,7 +7,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"os"
 	"testing"
@@ -25,36 +24,15 @@ import (
 
 var cp *controlplane.ControlPlane
 
+// TestMain starts the local control plane (with kube-controller-manager).
+// No configurations are installed at start: each test installs the shipped
+// file for the mode it exercises (see installMode). envtest still prepares
+// the local serving certificate and port.
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	// The suite needs the local control plane; -short runs skip it with
-	// that reason (see skipIfShort) rather than failing.
-	if testingShort() {
-		return m.Run()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
-	defer cancel()
-	var err error
-	cp, err = controlplane.Start(ctx, controlplane.Options{
+	os.Exit(controlplane.RunSuite(m, &cp, controlplane.Options{
 		WithControllerManager: true,
-		// No configurations are installed at start: each test installs the
-		// shipped file for the mode it exercises (see installMode). envtest
-		// still prepares the local serving certificate and port.
 		WebhookInstallOptions: envtest.WebhookInstallOptions{},
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "starting the local control plane:", err)
-		return 1
-	}
-	defer func() {
-		if err := cp.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping the control plane:", err)
-		}
-	}()
-	return m.Run()
+	}, nil))
 }
 
 // webhookServer is one running sds-injector webhook in this process,
