@@ -23,6 +23,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 func TestMain(m *testing.M) {
@@ -316,12 +318,7 @@ func TestSPIREFlavor(t *testing.T) {
 	t.Cleanup(func() { _ = os.RemoveAll(tmp) })
 	e := &env{bins: bins, dir: newDir(t, tmp, "")}
 	e.socketDir = newDir(t, tmp, "agent-sockets")
-	binDir := newDir(t, tmp, "bin")
-	e.agentBin = filepath.Join(binDir, "sds-agent")
-	build := exec.CommandContext(ctx, "go", "build", "-o", e.agentBin, "github.com/sds-injector/sds-injector/cmd/sds-agent")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building sds-agent: %v\n%s", err, out)
-	}
+	e.agentBin = harness.MustBuild(t, harness.Agent, harness.BuildOptions{})
 
 	started := time.Now()
 	if e.server, err = StartServer(ctx, bins, newDir(t, tmp, "server")); err != nil {
