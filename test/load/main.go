@@ -46,6 +46,8 @@ import (
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 var (
@@ -86,25 +88,6 @@ func repoRoot() string {
 	}
 }
 
-func buildBinary(work string) (string, error) {
-	bin := filepath.Join(work, "sds-injector")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/sds-injector")
-	cmd.Dir = repoRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %w\n%s", err, out)
-	}
-	return bin, nil
-}
-
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // server is a running `sds-injector serve` process.
 type server struct {
 	cmd        *exec.Cmd
@@ -112,7 +95,11 @@ type server struct {
 }
 
 func startServer(bin, host string, port int, certDir string) (*server, error) {
-	health := freePort()
+	health, release, err := harness.ReservePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	defer release() // the server has bound it or failed by the time startServer returns
 	cmd := exec.Command(bin, "serve", "--host", host, "--port", strconv.Itoa(port), "--cert-dir", certDir,
 		"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health), "--zap-log-level", "error")
 	cmd.Stderr = os.Stderr
@@ -213,7 +200,7 @@ func runHTTPS() error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	bin, err := buildBinary(work)
+	bin, err := harness.Build(context.Background(), harness.Injector, harness.BuildOptions{})
 	if err != nil {
 		return err
 	}
@@ -221,7 +208,11 @@ func runHTTPS() error {
 	if err != nil {
 		return err
 	}
-	port := freePort()
+	port, release, err := harness.ReservePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	defer release()
 	srv, err := startServer(bin, "127.0.0.1", port, work)
 	if err != nil {
 		return err
@@ -307,7 +298,7 @@ func runAPIServer() error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	bin, err := buildBinary(work)
+	bin, err := harness.Build(context.Background(), harness.Injector, harness.BuildOptions{})
 	if err != nil {
 		return err
 	}
