@@ -119,6 +119,10 @@ func (w *webhook) requestLog() []string {
 	return append([]string(nil), w.log...)
 }
 
+func gatewayPod(t *testing.T, ns, name string, labels, annotations map[string]string) *corev1.Pod {
+	return harness.ExamplePod(t, "gloo-gateway-proxy.yaml", ns, name, labels, annotations)
+}
+
 // installIstio creates, in namespace ns, the ConfigMaps of the Istio
 // release fixture (webhook/istio/testdata/istio-<version>.yaml, rendered
 // from that release's istio-discovery chart). edit may change the values
@@ -223,29 +227,6 @@ func gatewayNamespace(t *testing.T, labels map[string]string) string {
 	}
 	ensureNamespace(t, name, all)
 	return name
-}
-
-func gatewayPod(t *testing.T, ns, name string, labels, annotations map[string]string) *corev1.Pod {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, "docs", "examples", "gloo-gateway-proxy.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pod corev1.Pod
-	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
-		t.Fatal(err)
-	}
-	pod.Namespace, pod.Name = ns, name
-	for k, v := range labels {
-		pod.Labels[k] = v
-	}
-	if pod.Annotations == nil {
-		pod.Annotations = map[string]string{}
-	}
-	for k, v := range annotations {
-		pod.Annotations[k] = v
-	}
-	return &pod
 }
 
 // warnings collects admission warnings.

@@ -144,3 +144,10 @@ func TestAwaitRetriesErrors(t *testing.T) {
 		t.Fatalf("cond called %d times, want 3", n)
 	}
 }
+
+func TestExamplePod(t *testing.T) {
+	p := ExamplePod(t, "gloo-gateway-proxy.yaml", "ns1", "gw-1", map[string]string{"a": "b"}, map[string]string{"c": "d"})
+	if p.Namespace != "ns1" || p.Name != "gw-1" || p.Labels["a"] != "b" || p.Annotations["c"] != "d" || len(p.Spec.Containers) == 0 {
+		t.Fatalf("%+v", p.ObjectMeta)
+	}
+}

@@ -36,7 +36,6 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
 
@@ -316,26 +315,15 @@ func createRootCert(t *testing.T, ns string) {
 
 func examplePod(t *testing.T, file, ns, name string, labels, annotations map[string]string) *corev1.Pod {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, "docs", "examples", file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pod corev1.Pod
-	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
-		t.Fatal(err)
-	}
-	pod.Namespace, pod.Name = ns, name
+	pod := harness.ExamplePod(t, file, ns, name, nil, annotations)
 	delete(pod.Labels, "pod-template-hash")
 	for k, v := range labels {
+		if pod.Labels == nil {
+			pod.Labels = map[string]string{}
+		}
 		pod.Labels[k] = v
 	}
-	if pod.Annotations == nil {
-		pod.Annotations = map[string]string{}
-	}
-	for k, v := range annotations {
-		pod.Annotations[k] = v
-	}
-	return &pod
+	return pod
 }
 
 // gatewayDeployment is the Gloo example pod as a Deployment (Recreate, so a

@@ -118,36 +118,8 @@ func namespace(t *testing.T, labels map[string]string) string {
 	return name
 }
 
-// examplePod loads a pod from docs/examples into namespace ns with a fresh
-// name, applying optional labels and annotations.
-func examplePod(t *testing.T, file, ns, name string, labels, annotations map[string]string) *corev1.Pod {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, "docs", "examples", file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pod corev1.Pod
-	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
-		t.Fatal(err)
-	}
-	pod.Namespace, pod.Name = ns, name
-	for k, v := range labels {
-		if pod.Labels == nil {
-			pod.Labels = map[string]string{}
-		}
-		pod.Labels[k] = v
-	}
-	for k, v := range annotations {
-		if pod.Annotations == nil {
-			pod.Annotations = map[string]string{}
-		}
-		pod.Annotations[k] = v
-	}
-	return &pod
-}
-
 func glooPod(t *testing.T, ns, name string, labels, annotations map[string]string) *corev1.Pod {
-	return examplePod(t, "gloo-gateway-proxy.yaml", ns, name, labels, annotations)
+	return harness.ExamplePod(t, "gloo-gateway-proxy.yaml", ns, name, labels, annotations)
 }
 
 // create submits the pod and returns what the apiserver stored.

@@ -43,13 +43,13 @@ func TestNamespaceMode(t *testing.T) {
 		if st.GatewayProfile != "gloo-edge" || st.GatewayContainer != "gateway-proxy" {
 			t.Errorf("status %+v", st)
 		}
-		eg := create(t, examplePod(t, "envoy-gateway-proxy.yaml", enabled, "eg", nil, nil))
+		eg := create(t, harness.ExamplePod(t, "envoy-gateway-proxy.yaml", enabled, "eg", nil, nil))
 		if st := assertInjected(t, eg); st.GatewayContainer != "envoy" {
 			t.Errorf("Envoy Gateway status %+v", st)
 		}
 	})
 	t.Run("non-gateway is untouched", func(t *testing.T) {
-		assertNotInjected(t, create(t, examplePod(t, "plain-app.yaml", enabled, "app", nil, nil)), 1)
+		assertNotInjected(t, create(t, harness.ExamplePod(t, "plain-app.yaml", enabled, "app", nil, nil)), 1)
 	})
 	t.Run("opt-out label", func(t *testing.T) {
 		assertNotInjected(t, create(t, glooPod(t, enabled, "out-label", map[string]string{labelInject: "false"}, nil)), 1)
@@ -64,7 +64,7 @@ func TestNamespaceMode(t *testing.T) {
 		assertNotInjected(t, create(t, glooPod(t, plain, "gloo", nil, nil)), 1)
 	})
 	t.Run("already integrated Gloo is skipped", func(t *testing.T) {
-		pod := create(t, examplePod(t, "gloo-gateway-proxy-istio-integrated.yaml", enabled, "integrated", nil, nil))
+		pod := create(t, harness.ExamplePod(t, "gloo-gateway-proxy-istio-integrated.yaml", enabled, "integrated", nil, nil))
 		assertNotInjected(t, pod, 3)
 	})
 }
@@ -103,7 +103,7 @@ func TestPerGatewayMode(t *testing.T) {
 		assertNotInjected(t, create(t, glooPod(t, enabled, "gw", map[string]string{labelInject: "true"}, nil)), 1)
 	})
 	t.Run("opted-in single-container pod of no known gateway", func(t *testing.T) {
-		pod := examplePod(t, "plain-app.yaml", ns, "any-envoy", nil, map[string]string{labelInject: "true"})
+		pod := harness.ExamplePod(t, "plain-app.yaml", ns, "any-envoy", nil, map[string]string{labelInject: "true"})
 		if st := assertInjected(t, create(t, pod)); st.GatewayProfile != inject.ProfileGeneric || st.GatewayContainer != "nginx" {
 			t.Errorf("status %+v", st)
 		}
@@ -118,16 +118,16 @@ func TestClusterWideMode(t *testing.T) {
 	disabled := namespace(t, map[string]string{nsLabel: "disabled"})
 
 	assertInjected(t, create(t, glooPod(t, any, "gloo", nil, nil)))
-	assertInjected(t, create(t, examplePod(t, "envoy-gateway-proxy.yaml", any, "eg", nil, nil)))
-	assertNotInjected(t, create(t, examplePod(t, "plain-app.yaml", any, "app", nil, nil)), 1)
+	assertInjected(t, create(t, harness.ExamplePod(t, "envoy-gateway-proxy.yaml", any, "eg", nil, nil)))
+	assertNotInjected(t, create(t, harness.ExamplePod(t, "plain-app.yaml", any, "app", nil, nil)), 1)
 	assertNotInjected(t, create(t, glooPod(t, disabled, "gloo", nil, nil)), 1)
 	assertNotInjected(t, create(t, glooPod(t, any, "out", map[string]string{labelInject: "false"}, nil)), 1)
-	generic := examplePod(t, "plain-app.yaml", any, "generic", nil, map[string]string{inject.AnnotationGatewayContainer: "nginx"})
+	generic := harness.ExamplePod(t, "plain-app.yaml", any, "generic", nil, map[string]string{inject.AnnotationGatewayContainer: "nginx"})
 	assertInjected(t, create(t, generic))
 
 	// The matchConditions keep ordinary pods away from the webhook entirely.
 	before := requestsTotal(t)
-	assertNotInjected(t, create(t, examplePod(t, "plain-app.yaml", any, "app2", nil, nil)), 1)
+	assertNotInjected(t, create(t, harness.ExamplePod(t, "plain-app.yaml", any, "app2", nil, nil)), 1)
 	if after := requestsTotal(t); after != before {
 		t.Errorf("the apiserver called the webhook for a non-gateway pod (%v -> %v requests)", before, after)
 	}
@@ -171,7 +171,7 @@ func TestEveryFlavorIsValid(t *testing.T) {
 						ann[inject.AnnotationGatewayContainer] = gw.container
 					}
 					file := gw.file
-					pod := create(t, examplePod(t, file, ns, fmt.Sprintf("p%d-%s", n, file[:4]), nil, ann))
+					pod := create(t, harness.ExamplePod(t, file, ns, fmt.Sprintf("p%d-%s", n, file[:4]), nil, ann))
 					st := assertInjected(t, pod)
 					if st.Flavor != flavor || st.IstioVersion != version || (st.Placement == inject.PlacementNative) != (native == "true") {
 						t.Errorf("%s: status %+v", pod.Name, st)
