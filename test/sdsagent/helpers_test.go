@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"os"
@@ -17,6 +16,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/sds-injector/sds-injector/internal/agent/sds"
+	"github.com/sds-injector/sds-injector/test/sdsclient"
 )
 
 // sdsStream is an Envoy-like SDS subscription that ACKs every response
@@ -56,27 +56,9 @@ func workloadCert(t testing.TB, sec *tlsv3.Secret, wantID string, roots *x509.Ce
 	if tc == nil {
 		t.Fatalf("secret %s holds no certificate", sec.GetName())
 	}
-	pair, err := tls.X509KeyPair(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes())
+	leaf, err := sdsclient.VerifyWorkload(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes(), wantID, roots, time.Now())
 	if err != nil {
 		t.Fatalf("secret %s: %v", sec.GetName(), err)
-	}
-	leaf := pair.Leaf
-	if now := time.Now(); now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter) {
-		t.Fatalf("certificate not valid now: %s – %s", leaf.NotBefore, leaf.NotAfter)
-	}
-	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != wantID {
-		t.Fatalf("certificate identity %v, want %s", leaf.URIs, wantID)
-	}
-	inter := x509.NewCertPool()
-	for _, der := range pair.Certificate[1:] {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		inter.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		t.Fatalf("certificate does not chain to istiod's root: %v", err)
 	}
 	return leaf
 }
