@@ -2,6 +2,8 @@
 //
 //	go run ./test/load https     # the real `sds-injector serve` over HTTPS with keep-alive (vegeta)
 //	go run ./test/load apiserver # pods created through a local kube-apiserver + etcd
+//	go run ./test/load cpu       # server CPU time per review over HTTPS (closed loop), inject and skip
+//	go run ./test/load capture   # re-record the reviews cpu sends, from a real kube-apiserver
 //
 // It prints throughput, latency percentiles, errors and the server's
 // resident memory, and with -markdown a table for docs/performance.md.
@@ -56,6 +58,11 @@ var (
 	podRate  = flag.Int("pod-rate", 50, "apiserver: pod creations per second")
 	markdown = flag.Bool("markdown", false, "print results as a Markdown table row")
 	workers  = flag.Uint64("workers", 64, "https: vegeta workers (connections)")
+	binPath  = flag.String("bin", "", "a prebuilt sds-injector binary to measure (default: build ./cmd/sds-injector)")
+	reviews  = flag.Int("reviews", 20000, "cpu: reviews per measured phase")
+	clients  = flag.Int("clients", 32, "cpu: concurrent keep-alive connections of the throughput phase")
+	latConns = flag.Int("latency-clients", 4, "cpu: concurrent connections of the latency phase")
+	label    = flag.String("label", "", "cpu: a name for the binary in the Markdown row")
 )
 
 func main() {
@@ -67,8 +74,12 @@ func main() {
 		err = runHTTPS()
 	case "apiserver":
 		err = runAPIServer()
+	case "cpu":
+		err = runCPU()
+	case "capture":
+		err = runCapture()
 	default:
-		err = fmt.Errorf("usage: load [flags] https|apiserver")
+		err = fmt.Errorf("usage: load [flags] https|apiserver|cpu|capture")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "load:", err)
@@ -88,6 +99,26 @@ func repoRoot() string {
 	}
 }
 
+// buildBinary is -bin if set, else sds-injector built from this tree once
+// per content (test/harness).
+func buildBinary(string) (string, error) {
+	if *binPath != "" {
+		return *binPath, nil
+	}
+	return harness.Build(context.Background(), harness.Injector, harness.BuildOptions{})
+}
+
+// freePort reserves a loopback port for the rest of this run
+// (test/harness: no other test process of the run is handed it; the
+// reservation lapses when this process exits).
+func freePort() int {
+	port, _, err := harness.ReservePort("127.0.0.1")
+	if err != nil {
+		panic(err)
+	}
+	return port
+}
+
 // server is a running `sds-injector serve` process.
 type server struct {
 	cmd        *exec.Cmd
@@ -95,13 +126,15 @@ type server struct {
 }
 
 func startServer(bin, host string, port int, certDir string) (*server, error) {
-	health, release, err := harness.ReservePort("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	defer release() // the server has bound it or failed by the time startServer returns
+	return startServerWith(bin, host, port, certDir, "0")
+}
+
+// startServerWith starts the server with its metrics on metricsAddr ("0":
+// off).
+func startServerWith(bin, host string, port int, certDir, metricsAddr string) (*server, error) {
+	health := freePort()
 	cmd := exec.Command(bin, "serve", "--host", host, "--port", strconv.Itoa(port), "--cert-dir", certDir,
-		"--metrics-bind-address", "0", "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health), "--zap-log-level", "error")
+		"--metrics-bind-address", metricsAddr, "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health), "--zap-log-level", "error")
 	cmd.Stderr = os.Stderr
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -200,7 +233,7 @@ func runHTTPS() error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	bin, err := harness.Build(context.Background(), harness.Injector, harness.BuildOptions{})
+	bin, err := buildBinary(work)
 	if err != nil {
 		return err
 	}
@@ -298,7 +331,7 @@ func runAPIServer() error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	bin, err := harness.Build(context.Background(), harness.Injector, harness.BuildOptions{})
+	bin, err := buildBinary(work)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"encoding/json"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,6 +19,9 @@ type podParams struct {
 	image     string
 	native    bool
 	resources corev1.ResourceRequirements
+	// resourcesKey is resourcesKey(resources) when known ("" after a
+	// per-pod override: cacheKey computes it).
+	resourcesKey string
 	// glooDropIn: the sds-agent also listens on GlooSDSAddress.
 	glooDropIn bool
 }
@@ -74,7 +78,9 @@ func boundPorts(f Flavor) []int32 {
 // wantedVolume is a volume the flavor needs, with where the agent and the
 // gateway container mount it (empty path: not mounted there).
 type wantedVolume struct {
-	volume      corev1.Volume
+	volume corev1.Volume
+	// json is the volume encoded, filled in by the encode cache.
+	json        json.RawMessage
 	agentPath   string
 	gatewayPath string
 	gatewayRO   bool

@@ -207,6 +207,7 @@ type Settings struct {
 	native            bool
 	glooDropIn        bool
 	resources         corev1.ResourceRequirements
+	resourcesKey      string // resourcesKey(resources), for cacheKey
 	excluded          sets.Set[string]
 	profiles          []compiledProfile
 	proxyConfigJSON   string
@@ -378,6 +379,7 @@ func (c Config) Resolve() (*Settings, error) {
 		native:            c.NativeSidecar,
 		glooDropIn:        c.GlooDropIn,
 		resources:         *c.AgentResources.DeepCopy(),
+		resourcesKey:      resourcesKey(c.AgentResources),
 		excluded:          sets.New(c.ExcludedNamespaces...),
 		profiles:          profiles,
 		proxyConfigJSON:   `{"discoveryAddress":"` + discovery + `"}`,

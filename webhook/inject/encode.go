@@ -57,6 +57,14 @@ func (c *encodedCache) wantedVolumes(key string, build func() []wantedVolume) []
 		return v
 	}
 	v = build()
+	for i := range v {
+		raw, err := json.Marshal(&v[i].volume)
+		if err != nil {
+			// Only Kubernetes API types are encoded here.
+			panic(fmt.Sprintf("encoding volume %s: %v", v[i].volume.Name, err))
+		}
+		v[i].json = raw
+	}
 	c.mu.Lock()
 	if c.volumes == nil || len(c.volumes) >= maxEncodedCache {
 		c.volumes = make(map[string][]wantedVolume)
@@ -69,6 +77,7 @@ func (c *encodedCache) wantedVolumes(key string, build func() []wantedVolume) []
 // cacheKey identifies the parameters that shape the agent's spec.
 func (p podParams) cacheKey() string {
 	var b strings.Builder
+	b.Grow(len(p.flavor) + len(p.version.raw) + len(p.image) + len(p.resourcesKey) + 16)
 	b.WriteString(string(p.flavor))
 	b.WriteByte('|')
 	b.WriteString(p.version.raw)
@@ -80,7 +89,20 @@ func (p podParams) cacheKey() string {
 	if p.glooDropIn {
 		b.WriteString("|gloo")
 	}
-	for _, l := range []corev1.ResourceList{p.resources.Requests, p.resources.Limits} {
+	if p.resourcesKey != "" {
+		b.WriteString(p.resourcesKey)
+	} else {
+		b.WriteString(resourcesKey(p.resources))
+	}
+	return b.String()
+}
+
+// resourcesKey is the agent resources' part of cacheKey. Settings keep
+// it for their own resources, so that pods without resource overrides do
+// not format quantities on every review.
+func resourcesKey(r corev1.ResourceRequirements) string {
+	var b strings.Builder
+	for _, l := range []corev1.ResourceList{r.Requests, r.Limits} {
 		b.WriteByte('|')
 		names := make([]string, 0, len(l))
 		for n := range l {

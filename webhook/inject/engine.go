@@ -224,15 +224,15 @@ func (s *Settings) plan(pod *corev1.Pod) (Decision, *plan) {
 	}
 
 	params, err := s.podParams(pod, match)
-	var ferr *flavorError
-	if errors.As(err, &ferr) {
-		return warned(ReasonFlavorUnsupported, match.profile, err.Error()), nil
-	}
-	var serr *spireDisabledError
-	if errors.As(err, &serr) {
-		return warned(ReasonSPIREDisabled, match.profile, err.Error()), nil
-	}
 	if err != nil {
+		var ferr *flavorError
+		var serr *spireDisabledError
+		switch {
+		case errors.As(err, &ferr):
+			return warned(ReasonFlavorUnsupported, match.profile, err.Error()), nil
+		case errors.As(err, &serr):
+			return warned(ReasonSPIREDisabled, match.profile, err.Error()), nil
+		}
 		return warned(ReasonInvalidOverride, match.profile, err.Error()), nil
 	}
 	if pod.Spec.HostNetwork && params.glooDropIn {
@@ -313,7 +313,10 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 	pkey := params.cacheKey()
 	wanted := s.cache.wantedVolumes(pkey, func() []wantedVolume { return s.volumesFor(params) })
 	p.wanted = wanted
-	for _, w := range wanted {
+	p.volumes = make([]corev1.Volume, 0, len(wanted))
+	p.volumesJSON = make([]json.RawMessage, 0, len(wanted))
+	for i := range wanted {
+		w := &wanted[i]
 		if existing := findVolume(pod.Spec.Volumes, w.volume.Name); existing != nil {
 			if !compatibleVolume(existing, &w.volume) {
 				return nil, fmt.Errorf("the pod already has a volume named %q with a different source: rename it or opt the pod out", w.volume.Name)
@@ -321,8 +324,7 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 			continue // reuse it
 		}
 		p.volumes = append(p.volumes, w.volume)
-		v := w.volume
-		p.volumesJSON = append(p.volumesJSON, s.cache.get(pkey+"|volume|"+v.Name, func() any { return &v }))
+		p.volumesJSON = append(p.volumesJSON, w.json)
 	}
 	for _, w := range wanted {
 		if w.gatewayPath == "" {
@@ -396,6 +398,7 @@ func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMat
 			p.status.Annotations = []string{annotationDefaultContainer}
 		}
 	}
+	p.status.Volumes = make([]string, 0, len(p.volumes))
 	for _, v := range p.volumes {
 		p.status.Volumes = append(p.status.Volumes, v.Name)
 	}
@@ -438,7 +441,7 @@ func (p *plan) apply(orig *corev1.Pod) *corev1.Pod {
 // Operations that address the gateway container by index come before the
 // agent container is inserted in front of it.
 func (p *plan) operations(orig *corev1.Pod) []jsonpatch.Operation {
-	var ops []jsonpatch.Operation
+	ops := make([]jsonpatch.Operation, 0, len(p.annotations)+len(p.gatewayMounts)+len(p.gatewayEnv)+len(p.volumesJSON)+1)
 	if orig.Annotations == nil {
 		m := make(map[string]string, len(p.annotations))
 		for _, kv := range p.annotations {
@@ -496,8 +499,9 @@ func appendList[T any](ops []jsonpatch.Operation, path string, absent bool, item
 		}
 		return append(ops, addOp(path, items))
 	}
+	path += "/-"
 	for _, it := range items {
-		ops = append(ops, addOp(path+"/-", it))
+		ops = append(ops, addOp(path, it))
 	}
 	return ops
 }

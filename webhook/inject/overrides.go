@@ -15,11 +15,12 @@ import (
 // gateway cannot consume is a *flavorError.
 func (s *Settings) podParams(pod *corev1.Pod, match gatewayMatch) (podParams, error) {
 	p := podParams{
-		flavor:    s.flavor,
-		version:   s.version,
-		image:     s.istioImage,
-		native:    s.native,
-		resources: s.resources,
+		flavor:       s.flavor,
+		version:      s.version,
+		image:        s.istioImage,
+		native:       s.native,
+		resources:    s.resources,
+		resourcesKey: s.resourcesKey,
 	}
 	ann := pod.Annotations
 	prof := match.spec
@@ -108,6 +109,7 @@ func (s *Settings) podParams(pod *corev1.Pod, match gatewayMatch) (podParams, er
 		}
 		if !copied {
 			p.resources = *p.resources.DeepCopy()
+			p.resourcesKey = ""
 			copied = true
 		}
 		list := &p.resources.Requests

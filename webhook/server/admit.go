@@ -136,7 +136,7 @@ func (h *Handler) admitRaw(m requestMeta, raw []byte) verdict {
 	if err := kjson.UnmarshalCaseSensitivePreserveInts(raw, pod); err != nil {
 		return reject(http.StatusBadRequest, "request object is not a pod: %v", err)
 	}
-	return h.decide(m, pod)
+	return h.decide(m, pod, nil)
 }
 
 // screenPod is the partial decode of a pod: enough for engine.Screen
@@ -170,6 +170,10 @@ func (h *Handler) screened(m requestMeta, sp *screenPod) (verdict, bool) {
 		pod.Namespace = m.namespace
 	}
 	pod.Spec.HostNetwork = sp.Spec.HostNetwork
+	pod.Spec.Containers = make([]corev1.Container, 0, len(sp.Spec.Containers))
+	if len(sp.Spec.InitContainers) > 0 {
+		pod.Spec.InitContainers = make([]corev1.Container, 0, len(sp.Spec.InitContainers))
+	}
 	for _, c := range sp.Spec.Containers {
 		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: c.Name, Image: c.Image})
 	}
@@ -188,8 +192,9 @@ func (h *Handler) screened(m requestMeta, sp *screenPod) (verdict, bool) {
 }
 
 // decide runs the engine on a decoded pod (which it may modify: it is the
-// request's own copy).
-func (h *Handler) decide(m requestMeta, pod *corev1.Pod) verdict {
+// request's own copy). The patch is appended to patchBuf (nil: a new
+// slice), which the verdict then holds.
+func (h *Handler) decide(m requestMeta, pod *corev1.Pod, patchBuf []byte) verdict {
 	if pod.Namespace == "" {
 		pod.Namespace = m.namespace
 	}
@@ -204,7 +209,7 @@ func (h *Handler) decide(m requestMeta, pod *corev1.Pod) verdict {
 	if d.Outcome != inject.OutcomeInjected {
 		return h.fromDecision(d)
 	}
-	patch, err := fastpath.MarshalPatch(ops)
+	patch, err := fastpath.AppendPatch(patchBuf, ops)
 	if err != nil {
 		v := h.onEngineError("encoding the patch: " + err.Error())
 		v.reason = "encoding"

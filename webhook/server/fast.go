@@ -57,8 +57,9 @@ func (r *fastReview[O]) ok() bool {
 }
 
 // serveFast answers from its own decode when it can; ok is false when
-// controller-runtime's path must answer.
-func (h *Handler) serveFast(o *observation, body []byte) (out []byte, ok bool) {
+// controller-runtime's path must answer. The answer is built in the
+// request's scratch buffers (out aliases sc.out).
+func (h *Handler) serveFast(o *observation, body []byte, sc *scratch) (out []byte, ok bool) {
 	var v verdict
 	answered := false
 	v = h.guard(func() verdict {
@@ -89,11 +90,15 @@ func (h *Handler) serveFast(o *observation, body []byte) (out []byte, ok bool) {
 		if v, done := notForUs(m); done {
 			return v
 		}
-		return h.decide(m, fr.Request.Object)
+		return h.decide(m, fr.Request.Object, sc.patch[:0])
 	})
 	if !answered && v.reason != "panic" {
 		return nil, false
 	}
 	o.record(v)
-	return encodeReview(o.apiVersion, o.uid, v), true
+	if cap(v.patch) > cap(sc.patch) {
+		sc.patch = v.patch // keep the grown buffer for the next request
+	}
+	sc.out = appendReview(sc.out[:0], o.apiVersion, o.uid, v)
+	return sc.out, true
 }

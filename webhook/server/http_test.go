@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -172,6 +173,21 @@ func TestDrainClosesConnections(t *testing.T) {
 					t.Errorf("fast=%t %s draining=%t: Connection: close = %t", fast, name, d, got)
 				}
 			}
+		}
+	}
+}
+
+// appendString must write what encoding/json writes, on its shortcut for
+// plain strings and off it.
+func TestAppendStringMatchesEncodingJSON(t *testing.T) {
+	for _, s := range []string{"", "admission.k8s.io/v1", "685fbf86-6a23-458b-8b9d-5fccf4ab11cb", `a "quoted" word`, `back\slash`,
+		"<html>&", "tab\there", "new\nline", "ünïcode", "\x7f", "\u2028", "invalid \xff utf-8", "sds-injector.io: not injected (reason): message"} {
+		want, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendString(nil, s); string(got) != string(want) {
+			t.Errorf("appendString(%q) = %s, encoding/json writes %s", s, got, want)
 		}
 	}
 }

@@ -306,4 +306,10 @@ func TestFastPathTakesAPIServerReviews(t *testing.T) {
 			}
 		}
 	}
+	// And reviews a real kube-apiserver sent (testdata/apiserver-reviews).
+	for _, name := range []string{"gloo-chart.json", "plain-app.json"} {
+		if _, fellBack := p.compare(t, "application/json", apiserverReview(t, name)); fellBack {
+			t.Errorf("%s: the fast path left a recorded API server review to controller-runtime", name)
+		}
+	}
 }

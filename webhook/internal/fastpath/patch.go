@@ -2,6 +2,7 @@ package fastpath
 
 import (
 	"encoding/json"
+	"slices"
 
 	"gomodules.xyz/jsonpatch/v2"
 )
@@ -11,6 +12,11 @@ import (
 // the re-validation and compaction encoding/json applies to them; the
 // result decodes to the same operations as json.Marshal(ops).
 func MarshalPatch(ops []jsonpatch.Operation) ([]byte, error) {
+	return AppendPatch(nil, ops)
+}
+
+// AppendPatch is MarshalPatch appending to dst (e.g. a pooled buffer).
+func AppendPatch(dst []byte, ops []jsonpatch.Operation) ([]byte, error) {
 	size := 2
 	for _, op := range ops {
 		if raw, ok := op.Value.(json.RawMessage); ok {
@@ -18,7 +24,7 @@ func MarshalPatch(ops []jsonpatch.Operation) ([]byte, error) {
 		}
 		size += len(op.Path) + 48
 	}
-	b := make([]byte, 0, size)
+	b := slices.Grow(dst, size)
 	b = append(b, '[')
 	for i, op := range ops {
 		if i > 0 {
