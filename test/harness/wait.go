@@ -51,7 +51,8 @@ func Await(ctx context.Context, t testing.TB, timeout time.Duration, what string
 // verified: this waits for a server to come up, it does not prove its
 // certificate.
 func WaitHTTP(ctx context.Context, url string) error {
-	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // readiness only
+	// Not verified: readiness only.
+	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	var last error
 	err := wait.PollUntilContextCancel(ctx, PollInterval, true, func(ctx context.Context) (bool, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
