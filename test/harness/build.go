@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Module is this repository's module path.
@@ -133,13 +134,25 @@ func build(ctx context.Context, root, dir, pkg, key string, opts BuildOptions) (
 	if err := os.Rename(tmp.Name(), out); err != nil {
 		return "", err
 	}
+	pruneOld(dir, filepath.Base(pkg), filepath.Dir(out))
 	return out, nil
+}
+
+// pruneOld removes builds of name other than keep that were made more than
+// a week ago, so that the shared directory does not grow without bound.
+func pruneOld(dir, name, keep string) {
+	old, _ := filepath.Glob(filepath.Join(dir, name+"-*"))
+	for _, d := range old {
+		if fi, err := os.Stat(d); err == nil && d != keep && time.Since(fi.ModTime()) > 7*24*time.Hour {
+			_ = os.RemoveAll(d)
+		}
+	}
 }
 
 // sourceHash hashes the sources of pkg's dependencies inside this module.
 func sourceHash(ctx context.Context, root, pkg string, opts BuildOptions) (string, error) {
 	cmd := exec.CommandContext(ctx, "go", "list", "-deps", "-f",
-		`{{if .Module}}{{if .Module.Main}}{{.Dir}}{{range .GoFiles}} {{.}}{{end}}{{range .EmbedFiles}} {{.}}{{end}}{{end}}{{end}}`, pkg)
+		`{{if .Module}}{{if .Module.Main}}{{.Dir}}{{range .GoFiles}} {{.}}{{end}}{{range .CgoFiles}} {{.}}{{end}}{{range .SFiles}} {{.}}{{end}}{{range .EmbedFiles}} {{.}}{{end}}{{end}}{{end}}`, pkg)
 	cmd.Dir, cmd.Env = root, append(os.Environ(), opts.Env...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
