@@ -148,11 +148,12 @@ func (s *suite) bootstrapTemplate() string {
 	return filepath.Join(dir, "envoy_bootstrap.json")
 }
 
-// needSDSAgent builds ./cmd/sds-agent once per run (test/harness); a build
+// needSDSAgent builds ./cmd/sds-agent once per run (test/harness, static as
+// the image builds it); a build
 // failure fails the case.
 func needSDSAgent(t *testing.T, _ *suite) string {
 	t.Helper()
-	return harness.MustBuild(t, harness.Agent, harness.BuildOptions{Env: []string{"CGO_ENABLED=0"}})
+	return harness.MustBuild(t, harness.Agent, harness.Static)
 }
 
 // ------------------------------------------------------------------- cases

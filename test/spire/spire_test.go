@@ -303,7 +303,7 @@ func TestSPIREFlavor(t *testing.T) {
 	t.Cleanup(func() { _ = os.RemoveAll(tmp) })
 	e := &env{bins: bins, dir: newDir(t, tmp, "")}
 	e.socketDir = newDir(t, tmp, "agent-sockets")
-	e.agentBin = harness.MustBuild(t, harness.Agent, harness.BuildOptions{})
+	e.agentBin = harness.MustBuild(t, harness.Agent, harness.Static)
 
 	started := time.Now()
 	if e.server, err = StartServer(ctx, bins, newDir(t, tmp, "server")); err != nil {
