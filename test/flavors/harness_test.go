@@ -149,8 +149,7 @@ func (s *suite) bootstrapTemplate() string {
 }
 
 // needSDSAgent builds ./cmd/sds-agent once per run (test/harness, static as
-// the image builds it); a build
-// failure fails the case.
+// the image builds it); a build failure fails the case.
 func needSDSAgent(t *testing.T, _ *suite) string {
 	t.Helper()
 	return harness.MustBuild(t, harness.Agent, harness.Static)
