@@ -17,15 +17,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/agent"
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/sds"
+	"github.com/sds-injector/sds-injector/internal/agent"
+	"github.com/sds-injector/sds-injector/internal/agent/sds"
+
+	"github.com/sds-injector/sds-injector/internal/agentcontract"
 )
 
 var version = "dev"
@@ -42,11 +42,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	switch cmd {
 	case "":
 		return serve(args, getenv, stderr)
-	case "probe":
+	case agentcontract.CmdProbe:
 		return probe(args, getenv, stdout, stderr)
-	case "wait":
+	case agentcontract.CmdWait:
 		return wait(args, getenv, stdout, stderr)
-	case "wait-socket":
+	case agentcontract.CmdWaitSocket:
 		return waitSocket(args, getenv, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version)
@@ -109,49 +109,13 @@ func serve(args []string, getenv func(string) string, stderr io.Writer) int {
 func probeFlags(name string, getenv func(string) string, stderr io.Writer, timeout time.Duration) (*flag.FlagSet, *string, *time.Duration) {
 	fs := flag.NewFlagSet("sds-agent "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	socket := getenv("SDS_SOCKET_PATH")
+	socket := getenv(agentcontract.EnvSocketPath)
 	if socket == "" {
 		socket = agent.DefaultSocketPath
 	}
 	sp := fs.String("socket-path", socket, "the agent's SDS socket (env SDS_SOCKET_PATH)")
 	tp := fs.Duration("timeout", timeout, "give up after this long")
 	return fs, sp, tp
-}
-
-// checkOnce fetches "default" over the socket and checks it.
-func checkOnce(ctx context.Context, socket string) (string, error) {
-	if fi, err := os.Stat(socket); err != nil {
-		return "", fmt.Errorf("no SDS socket: %w", err)
-	} else if fi.Mode()&os.ModeSocket == 0 {
-		return "", fmt.Errorf("%s is not a socket", socket)
-	}
-	// A plain connect first: it reports what gRPC's retries would hide
-	// (permission denied, nothing listening).
-	c, err := net.DialTimeout("unix", socket, time.Second)
-	if err != nil {
-		return "", err
-	}
-	_ = c.Close()
-	abs, err := filepath.Abs(socket)
-	if err != nil {
-		return "", err
-	}
-	secrets, err := sds.Fetch(ctx, "unix://"+abs, sds.ProbeNodeID, sds.Default)
-	if err != nil {
-		if ctx.Err() != nil {
-			return "", fmt.Errorf("no valid certificate served on %s yet", socket)
-		}
-		return "", err
-	}
-	leaf, err := sds.CheckCertificate(secrets[sds.Default], time.Now())
-	if err != nil {
-		return "", err
-	}
-	id := ""
-	if len(leaf.URIs) > 0 {
-		id = leaf.URIs[0].String()
-	}
-	return fmt.Sprintf("ready: %s valid until %s", id, leaf.NotAfter.UTC().Format(time.RFC3339)), nil
 }
 
 func probe(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
@@ -161,7 +125,7 @@ func probe(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	msg, err := checkOnce(ctx, *socket)
+	msg, err := sds.CheckServing(ctx, *socket)
 	if err != nil {
 		fmt.Fprintf(stderr, "not ready: %v\n", err)
 		return 1
@@ -184,7 +148,7 @@ func wait(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 			attempt = deadline
 		}
 		ctx, cancel := context.WithDeadline(context.Background(), attempt)
-		msg, err := checkOnce(ctx, *socket)
+		msg, err := sds.CheckServing(ctx, *socket)
 		cancel()
 		if err == nil {
 			fmt.Fprintln(stdout, msg)
@@ -198,36 +162,6 @@ func wait(args []string, getenv func(string) string, stdout, stderr io.Writer) i
 	}
 	fmt.Fprintf(stderr, "sds-agent wait: gave up after %s: %v\n", *timeout, lastErr)
 	return 1
-}
-
-// answersOnce asks the SDS server on socket for name (ROOTCA: a SPIRE agent
-// serves it to every caller, registered or not) and reports whether it came.
-func answersOnce(ctx context.Context, socket, name string) error {
-	if fi, err := os.Stat(socket); err != nil {
-		return fmt.Errorf("no SDS socket: %w", err)
-	} else if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("%s is not a socket", socket)
-	}
-	c, err := net.DialTimeout("unix", socket, time.Second)
-	if err != nil {
-		return err
-	}
-	_ = c.Close()
-	abs, err := filepath.Abs(socket)
-	if err != nil {
-		return err
-	}
-	secrets, err := sds.Fetch(ctx, "unix://"+abs, sds.ProbeNodeID, name)
-	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("the socket accepts connections but served no %s in time", name)
-		}
-		return err
-	}
-	if secrets[name] == nil {
-		return fmt.Errorf("the answer holds no secret %s", name)
-	}
-	return nil
 }
 
 // waitSocket holds the spire flavor's gateway back (as its init container)
@@ -254,7 +188,7 @@ func waitSocket(args []string, getenv func(string) string, stdout, stderr io.Wri
 			attempt = deadline
 		}
 		ctx, cancel := context.WithDeadline(context.Background(), attempt)
-		err := answersOnce(ctx, *socket, *name)
+		err := sds.Answers(ctx, *socket, *name)
 		cancel()
 		if err == nil {
 			fmt.Fprintf(stdout, "sds-agent wait-socket: %s answers: served %s after %s\n", *socket, *name, time.Since(start).Round(time.Millisecond))

@@ -17,8 +17,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/agent"
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/fakeca"
+	"github.com/sds-injector/sds-injector/internal/agent"
+	"github.com/sds-injector/sds-injector/internal/agent/fakeca"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 

@@ -59,22 +59,15 @@ func BinaryDir(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "bash", script)
-	cmd.Stdout = &stdout
-	cmd.Stderr = &teeWriter{&stderr}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Run(); err != nil {
+	var stderr bytes.Buffer
+	dir, err := controlplane.RunBuildScript(ctx, script, nil, nil, &teeWriter{&stderr})
+	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) && ee.ExitCode() == exitSourcesMissing {
 			return "", &SourcesMissingError{Detail: strings.TrimSpace(stderr.String())}
 		}
-		return "", fmt.Errorf("%s: %w", script, err)
+		return "", err
 	}
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	dir := strings.TrimSpace(lines[len(lines)-1])
 	for _, b := range []string{ControllerBinary, CAInjectorBinary} {
 		if fi, err := os.Stat(filepath.Join(dir, b)); err != nil || fi.Mode()&0o111 == 0 {
 			return "", fmt.Errorf("%s returned %q, which lacks %s", script, dir, b)

@@ -138,24 +138,10 @@ func binaryDir(ctx context.Context, flags, required []string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	args := append([]string{script}, flags...)
-	fmt.Fprintf(os.Stderr, "controlplane: running %s (builds the binaries on first use, about 15 minutes)\n", strings.Join(args, " "))
-	var stdout bytes.Buffer
-	cmd := exec.CommandContext(ctx, "bash", args...)
-	cmd.Stdout = &stdout
-	cmd.Stderr = os.Stderr
-	// On cancellation stop the whole build (bash and the go commands it
-	// runs) and give the script a moment to clean up.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%s: %w", script, err)
-	}
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	dir := strings.TrimSpace(lines[len(lines)-1])
-	if dir == "" {
-		return "", fmt.Errorf("%s printed no directory", script)
+	fmt.Fprintf(os.Stderr, "controlplane: running %s (builds the binaries on first use, about 15 minutes)\n", strings.Join(append([]string{script}, flags...), " "))
+	dir, err := RunBuildScript(ctx, script, flags, nil, os.Stderr)
+	if err != nil {
+		return "", err
 	}
 	if missing := missingIn(dir); len(missing) > 0 {
 		return "", fmt.Errorf("%s returned %s, which lacks %s", script, dir, strings.Join(missing, ", "))
@@ -587,4 +573,29 @@ func (cp *ControlPlane) InstallMutatingWebhookFileAt(ctx context.Context, file, 
 		return nil, fmt.Errorf("installing %s: %w", file, err)
 	}
 	return &mwc, nil
+}
+
+// RunBuildScript runs a script that builds (or finds cached) binaries and
+// prints their directory as its last line of output, and returns that
+// directory. The script runs under bash in its own process group: on
+// cancellation the whole build (bash and the go commands it runs) gets
+// SIGTERM and a moment to clean up. Its stderr goes to stderr; env is added
+// to the environment. A failing script's error wraps its *exec.ExitError.
+func RunBuildScript(ctx context.Context, script string, args, env []string, stderr io.Writer) (string, error) {
+	var stdout bytes.Buffer
+	cmd := exec.CommandContext(ctx, "bash", append([]string{script}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = &stdout, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("%s: %w", script, err)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	dir := strings.TrimSpace(lines[len(lines)-1])
+	if dir == "" {
+		return "", fmt.Errorf("%s printed no directory", script)
+	}
+	return dir, nil
 }

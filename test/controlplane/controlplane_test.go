@@ -23,10 +23,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 const (
@@ -411,26 +412,10 @@ func kubectl(ctx context.Context, t *testing.T, cp *ControlPlane, args ...string
 	return stdout.String()
 }
 
-// waitFor polls cond every 250ms until it returns true, failing the test
-// with the last error after timeout.
+// waitFor is harness.Await for this package's tests.
 func waitFor(ctx context.Context, t *testing.T, timeout time.Duration, what string, cond func(context.Context) (bool, error)) {
 	t.Helper()
-	begin := time.Now()
-	var last error
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	err := wait.PollUntilContextCancel(ctx, 250*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		ok, err := cond(ctx)
-		if err != nil {
-			last = err
-			return false, nil
-		}
-		return ok, nil
-	})
-	if err != nil {
-		t.Fatalf("waiting for %s: %v (last error: %v)", what, err, last)
-	}
-	t.Logf("%s after %s", what, time.Since(begin).Round(time.Millisecond))
+	harness.Await(ctx, t, timeout, what, cond)
 }
 
 func ignoreNotFound(err error) error {

@@ -11,7 +11,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -29,6 +28,8 @@ import (
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 func main() {
@@ -47,18 +48,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	work, err := os.MkdirTemp("", "sds-injector-demo-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(work)
 
 	step("building sds-injector")
-	bin := filepath.Join(work, "sds-injector")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/sds-injector")
-	build.Dir, build.Stdout, build.Stderr = root, os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("go build: %w", err)
+	bin, err := harness.Build(ctx, harness.Injector, harness.BuildOptions{})
+	if err != nil {
+		return err
 	}
 
 	step("starting kube-apiserver and etcd (the first run builds them from source, ~10 minutes)")
@@ -76,10 +70,11 @@ func run() error {
 	fmt.Printf("control plane up in %s (kubeconfig %s)\n", time.Since(started).Round(time.Millisecond), cp.KubeconfigPath)
 
 	w := cp.WebhookInstallOptions
-	healthPort, err := freePort()
+	healthPort, releasePort, err := harness.ReservePort("127.0.0.1")
 	if err != nil {
 		return err
 	}
+	defer releasePort()
 	step("running sds-injector serve on %s:%d", w.LocalServingHost, w.LocalServingPort)
 	serve := exec.Command(bin, "serve",
 		"--host", w.LocalServingHost, "--port", strconv.Itoa(w.LocalServingPort), "--cert-dir", w.LocalServingCertDir,
@@ -92,7 +87,9 @@ func run() error {
 		_ = serve.Process.Signal(syscall.SIGTERM)
 		_ = serve.Wait()
 	}()
-	if err := waitReady(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort)); err != nil {
+	readyCtx, readyCancel := context.WithTimeout(ctx, 30*time.Second)
+	defer readyCancel()
+	if err := harness.WaitHTTP(readyCtx, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort)); err != nil {
 		return err
 	}
 
@@ -191,31 +188,4 @@ func repoRoot() (string, error) {
 		}
 		dir = parent
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func waitReady(ctx context.Context, url string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("sds-injector not ready at %s after 30s", url)
 }

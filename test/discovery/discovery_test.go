@@ -29,6 +29,8 @@ import (
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
 	"github.com/sds-injector/sds-injector/webhook/istio"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // zeroConfig is the whole sds-injector configuration of these tests: the
@@ -52,7 +54,7 @@ func (w *webhook) waitNamespace(t *testing.T, ns string) {
 	if err := cp.Client.Get(context.Background(), client.ObjectKey{Name: ns}, &want); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "namespace "+ns+" in the informer cache", func(context.Context) (bool, error) {
+	harness.Eventually(t, 10*time.Second, "namespace "+ns+" in the informer cache", func(context.Context) (bool, error) {
 		return reflect.DeepEqual(w.d.NamespaceLabels(ns), want.Labels), nil
 	})
 }
@@ -62,7 +64,7 @@ func (w *webhook) waitNamespace(t *testing.T, ns string) {
 // server, with exactly that revision's image, CA address and trust domain,
 // with no sds-injector configuration beyond the chart default.
 func TestZeroConfigNamespaceRevision(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	installIstio(t, istio.DefaultIstioNamespace, "1.21.6", nil)
 	installIstio(t, istio.DefaultIstioNamespace, "1.28.10", nil)
 	t.Cleanup(func() {
@@ -99,7 +101,7 @@ func TestZeroConfigNamespaceRevision(t *testing.T) {
 // revision tags resolve, unknown revisions are skipped with a warning that
 // names the installed ones, and tag changes apply without a restart.
 func TestRevisionSelection(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	const ins = "istio-sel"
 	installIstio(t, ins, "1.21.6", nil)
 	installIstio(t, ins, "1.28.10", nil)
@@ -112,7 +114,7 @@ func TestRevisionSelection(t *testing.T) {
 	for _, n := range []string{ns, plain, tagged, unknown} {
 		w.waitNamespace(t, n)
 	}
-	eventually(t, 10*time.Second, "tag prod to be discovered", func(context.Context) (bool, error) {
+	harness.Eventually(t, 10*time.Second, "tag prod to be discovered", func(context.Context) (bool, error) {
 		return w.d.Snapshot().Tags["prod"] == "1-21", nil
 	})
 
@@ -155,7 +157,7 @@ func TestRevisionSelection(t *testing.T) {
 			t.Fatalf("injected %v, warnings %q", ok, warns)
 		}
 		revisionTag(t, "default", "1-28")
-		eventually(t, 10*time.Second, "default tag to be discovered", func(context.Context) (bool, error) {
+		harness.Eventually(t, 10*time.Second, "default tag to be discovered", func(context.Context) (bool, error) {
 			return w.d.Snapshot().Default == "1-28", nil
 		})
 		pod, _ = create(t, gatewayPod(t, plain, "default-tag", nil, nil))
@@ -167,7 +169,7 @@ func TestRevisionSelection(t *testing.T) {
 // without restarting the injector, and pods injected before the change are
 // reported (metric and `sds-injector check`) with their restart command.
 func TestUpgradeWithoutRestart(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	const ins = "istio-up"
 	installIstio(t, ins, "1.28.10", nil)
 	w := startWebhook(t, zeroConfig, ins, time.Hour) // scans run on demand below
@@ -188,7 +190,7 @@ func TestUpgradeWithoutRestart(t *testing.T) {
 	updateIstio(t, ins, "istio-1-28", func(k, v string) string {
 		return strings.Replace(v, "trustDomain: mesh.example.com", "trustDomain: upgraded.example.com", 1)
 	})
-	eventually(t, 10*time.Second, "the new values to be discovered", func(context.Context) (bool, error) {
+	harness.Eventually(t, 10*time.Second, "the new values to be discovered", func(context.Context) (bool, error) {
 		r := w.d.Snapshot().Revisions["1-28"]
 		return r != nil && r.Image == "docker.io/istio/proxyv2:1.28.11" && r.Settings.TrustDomain() == "upgraded.example.com", nil
 	})
@@ -256,7 +258,7 @@ func slicesContain(list []string, s string) bool {
 // TestFallbackWithoutIstio: with no Istio installed the webhook becomes
 // ready and injects with the built-in defaults.
 func TestFallbackWithoutIstio(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	w := startWebhook(t, zeroConfig, "istio-none", 0)
 	ns := gatewayNamespace(t, nil)
 	w.waitNamespace(t, ns)
@@ -270,7 +272,7 @@ func TestFallbackWithoutIstio(t *testing.T) {
 // TestExplicitConfigAndAnnotationsWin: fields set in the configuration and
 // per-pod annotations beat the discovered values; the rest is discovered.
 func TestExplicitConfigAndAnnotationsWin(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	const ins = "istio-prec"
 	installIstio(t, ins, "1.28.10", nil)
 	w := startWebhook(t, zeroConfig+"trustDomain: corp.example\ncaAddress: istiod-custom.istio-system.svc:15012\n", ins, 0)
@@ -295,7 +297,7 @@ func TestExplicitConfigAndAnnotationsWin(t *testing.T) {
 // caches; discovery sends no request to the API server while N pods are
 // created (every request of its client is counted).
 func TestNoAPICallsPerAdmission(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	const ins = "istio-count"
 	installIstio(t, ins, "1.21.6", nil)
 	installIstio(t, ins, "1.28.10", nil)
@@ -305,7 +307,7 @@ func TestNoAPICallsPerAdmission(t *testing.T) {
 	// Informers list, then watch: wait until every collection discovery
 	// listed is being watched, so that no start-up request is counted.
 	var unwatched []string
-	eventually(t, 30*time.Second, "discovery's informers to watch what they listed", func(context.Context) (bool, error) {
+	harness.Eventually(t, 30*time.Second, "discovery's informers to watch what they listed", func(context.Context) (bool, error) {
 		unwatched = notWatched(w.requestLog())
 		if len(unwatched) > 0 {
 			t.Logf("listed, not yet watched: %v", unwatched)
@@ -345,11 +347,11 @@ func TestNoAPICallsPerAdmission(t *testing.T) {
 // TestShippedRBACSuffices: discovery running as a ServiceAccount with only
 // the Istio discovery RBAC of the shipped manifests syncs and scans.
 func TestShippedRBACSuffices(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	ctx := context.Background()
 	rc := shippedDiscoveryRBAC(t, "sds-injector", nil)
 	d, _ := startDiscovery(t, rc)
-	eventually(t, 15*time.Second, "discovery to sync with the shipped RBAC", func(context.Context) (bool, error) { return d.Synced() && d.Snapshot() != nil, nil })
+	harness.Eventually(t, 15*time.Second, "discovery to sync with the shipped RBAC", func(context.Context) (bool, error) { return d.Synced() && d.Snapshot() != nil, nil })
 	if _, err := d.ScanNow(ctx); err != nil {
 		t.Errorf("stale-agent scan with the shipped RBAC: %v", err)
 	}
@@ -363,7 +365,7 @@ func TestShippedRBACSuffices(t *testing.T) {
 // once in its log, and guesses Istio's injection from its labels so that a
 // gateway is never injected by both.
 func TestWebhooksUnreadable(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	rc := shippedDiscoveryRBAC(t, "sds-injector-norbac", func(u *unstructured.Unstructured) {
 		if u.GetKind() != "ClusterRole" {
 			return
@@ -401,7 +403,7 @@ func TestWebhooksUnreadable(t *testing.T) {
 	}
 	start := time.Now()
 	d, logs := startDiscovery(t, rc)
-	eventually(t, 10*time.Second, "discovery to sync without webhook RBAC", func(context.Context) (bool, error) { return d.Synced() && d.Snapshot() != nil, nil })
+	harness.Eventually(t, 10*time.Second, "discovery to sync without webhook RBAC", func(context.Context) (bool, error) { return d.Synced() && d.Snapshot() != nil, nil })
 	if took := time.Since(start); took >= 15*time.Second {
 		t.Errorf("synced only after the sync timeout (%s)", took)
 	}
@@ -417,7 +419,7 @@ func TestWebhooksUnreadable(t *testing.T) {
 		t.Errorf("guessed Istio injection from our own label: %q", in.Cause)
 	}
 	// Said once, although the informer keeps retrying.
-	eventually(t, 30*time.Second, "the informer to retry listing webhook configurations", func(context.Context) (bool, error) {
+	harness.Eventually(t, 30*time.Second, "the informer to retry listing webhook configurations", func(context.Context) (bool, error) {
 		return webhookLists() >= 3, nil
 	})
 	if n := logs.count("cannot list Istio's MutatingWebhookConfigurations"); n != 1 {

@@ -2,7 +2,6 @@ package discovery
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net/http"
 	"os"
@@ -19,7 +18,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,6 +27,8 @@ import (
 	"github.com/sds-injector/sds-injector/webhook/inject"
 	"github.com/sds-injector/sds-injector/webhook/istio"
 	"github.com/sds-injector/sds-injector/webhook/server"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // countingTransport counts every request discovery sends to the API server.
@@ -108,8 +108,8 @@ func startWebhook(t *testing.T, configYAML, istioNS string, scan time.Duration) 
 		cancel()
 		<-w.done
 	})
-	waitReady(t, "http://"+srv.HealthAddr()+"/readyz")
-	eventually(t, 20*time.Second, "discovery to sync", func(context.Context) (bool, error) { return w.d.Synced(), nil })
+	harness.WaitReady(t, 60*time.Second, "http://"+srv.HealthAddr()+"/readyz")
+	harness.Eventually(t, 20*time.Second, "discovery to sync", func(context.Context) (bool, error) { return w.d.Synced(), nil })
 	return w
 }
 
@@ -119,27 +119,8 @@ func (w *webhook) requestLog() []string {
 	return append([]string(nil), w.log...)
 }
 
-func waitReady(t *testing.T, url string) {
-	t.Helper()
-	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{}}}
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := c.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("webhook not ready at %s", url)
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) (bool, error)) {
-	t.Helper()
-	if err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, timeout, true, cond); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
+func gatewayPod(t *testing.T, ns, name string, labels, annotations map[string]string) *corev1.Pod {
+	return harness.ExamplePod(t, "gloo-gateway-proxy.yaml", ns, name, labels, annotations)
 }
 
 // installIstio creates, in namespace ns, the ConfigMaps of the Istio
@@ -246,29 +227,6 @@ func gatewayNamespace(t *testing.T, labels map[string]string) string {
 	}
 	ensureNamespace(t, name, all)
 	return name
-}
-
-func gatewayPod(t *testing.T, ns, name string, labels, annotations map[string]string) *corev1.Pod {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, "docs", "examples", "gloo-gateway-proxy.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pod corev1.Pod
-	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
-		t.Fatal(err)
-	}
-	pod.Namespace, pod.Name = ns, name
-	for k, v := range labels {
-		pod.Labels[k] = v
-	}
-	if pod.Annotations == nil {
-		pod.Annotations = map[string]string{}
-	}
-	for k, v := range annotations {
-		pod.Annotations[k] = v
-	}
-	return &pod
 }
 
 // warnings collects admission warnings.

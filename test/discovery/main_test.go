@@ -12,17 +12,15 @@ package discovery
 
 import (
 	"context"
-	"flag"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 const repoRoot = "../.."
@@ -34,56 +32,20 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	os.Exit(controlplane.RunSuite(m, &cp, controlplane.Options{WebhookInstallOptions: envtest.WebhookInstallOptions{}}, setup))
 }
 
-func run(m *testing.M) int {
-	flag.Parse()
-	if testing.Short() {
-		return m.Run()
+// setup builds sds-injector (for check) and installs the shipped
+// namespace-mode configuration, pointed at the in-process webhook each test
+// starts.
+func setup(ctx context.Context, cp *controlplane.ControlPlane) error {
+	var err error
+	if injectorBin, err = harness.Build(ctx, harness.Injector, harness.BuildOptions{}); err != nil {
+		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
-	defer cancel()
-	work, err := os.MkdirTemp("", "sds-injector-discovery-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(work)
-	injectorBin = filepath.Join(work, "sds-injector")
-	build := exec.CommandContext(ctx, "go", "build", "-o", injectorBin, "./cmd/sds-injector")
-	build.Dir, build.Stdout, build.Stderr = repoRoot, os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building sds-injector:", err)
-		return 1
-	}
-	cp, err = controlplane.Start(ctx, controlplane.Options{WebhookInstallOptions: envtest.WebhookInstallOptions{}})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "starting the local control plane:", err)
-		return 1
-	}
-	defer func() {
-		if err := cp.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping the control plane:", err)
-		}
-	}()
-	// The shipped namespace-mode configuration, pointed at the in-process
-	// webhook each test starts.
 	mwc, err := cp.InstallMutatingWebhookFile(ctx, filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml"))
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
-	if err := cp.WaitShippedWebhooks(ctx, mwc, true, nil); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return m.Run()
-}
-
-func skipIfShort(t *testing.T) {
-	t.Helper()
-	if cp == nil {
-		t.Skip("needs the local control plane (kube-apiserver + etcd built from source); run without -short")
-	}
+	return cp.WaitShippedWebhooks(ctx, mwc, true, nil)
 }

@@ -23,6 +23,8 @@ import (
 	"github.com/sds-injector/sds-injector/test/istiod"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 	"github.com/sds-injector/sds-injector/webhook/istio"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // Next to a real Istio install: Istio's istio-discovery chart rendered by
@@ -114,10 +116,10 @@ var labellings = []labelling{
 // status annotations, and every gateway Istio takes gets a kubectl-visible
 // warning naming the label and the fix.
 func TestRealIstioCoexistence(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	installRealIstio(t, revDefault, revCanary)
 	w := startWebhook(t, zeroConfig, istio.DefaultIstioNamespace, 0)
-	eventually(t, 30*time.Second, "discovery to see both revisions, the tag and Istio's webhooks", func(context.Context) (bool, error) {
+	harness.Eventually(t, 30*time.Second, "discovery to see both revisions, the tag and Istio's webhooks", func(context.Context) (bool, error) {
 		s := w.d.Snapshot()
 		return s != nil && len(s.Revisions) == 2 && s.Tags["prod"] == "canary" && len(s.Injectors) >= 6, nil
 	})
@@ -257,10 +259,10 @@ func TestRealIstioCoexistence(t *testing.T) {
 // refused with the installed list, and check tests that revision's CA
 // address: no false FAIL for the built-in istiod.istio-system.svc.
 func TestRealIstioRevisionOnly(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	installRealIstio(t, istiod.RevisionSpec{Revision: "canary", Values: revCanary.Values})
 	w := startWebhook(t, zeroConfig, istio.DefaultIstioNamespace, 0)
-	eventually(t, 30*time.Second, "discovery to see the revision", func(context.Context) (bool, error) {
+	harness.Eventually(t, 30*time.Second, "discovery to see the revision", func(context.Context) (bool, error) {
 		s := w.d.Snapshot()
 		return s != nil && s.Revisions["canary"] != nil && len(s.Injectors) >= 2, nil
 	})
@@ -290,10 +292,10 @@ func TestRealIstioRevisionOnly(t *testing.T) {
 // list them with the restart command); removing Istio lets the defaults
 // apply without touching readiness.
 func TestRealIstioUpgradeAndRemoval(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	in := installRealIstio(t, revDefault, revCanary)
 	w := startWebhook(t, zeroConfig, istio.DefaultIstioNamespace, time.Hour)
-	eventually(t, 30*time.Second, "discovery to see the tag", func(context.Context) (bool, error) {
+	harness.Eventually(t, 30*time.Second, "discovery to see the tag", func(context.Context) (bool, error) {
 		s := w.d.Snapshot()
 		return s != nil && s.Tags["prod"] == "canary", nil
 	})
@@ -317,7 +319,7 @@ func TestRealIstioUpgradeAndRemoval(t *testing.T) {
 	if err := cp.Client.Update(ctx, &tag); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the stale-agent metric to list the gateway", func(context.Context) (bool, error) {
+	harness.Eventually(t, 30*time.Second, "the stale-agent metric to list the gateway", func(context.Context) (bool, error) {
 		_, series := gauge(t, w.reg, "sds_injector_stale_agents")
 		return slicesContain(series, "namespace="+ns+",revision=canary,want_revision=default 1"), nil
 	})
@@ -340,7 +342,7 @@ func TestRealIstioUpgradeAndRemoval(t *testing.T) {
 	if err := in.Uninstall(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "discovery to see Istio gone", func(context.Context) (bool, error) {
+	harness.Eventually(t, 30*time.Second, "discovery to see Istio gone", func(context.Context) (bool, error) {
 		s := w.d.Snapshot()
 		return s != nil && len(s.Revisions) == 0 && len(s.Injectors) == 0, nil
 	})
@@ -384,7 +386,7 @@ func sortFirst(t *testing.T, name, first string) {
 		}
 	})
 	probeNS := gatewayNamespace(t, map[string]string{istio.LabelRev: "canary"})
-	eventually(t, 20*time.Second, "the apiserver to call "+first+" before Istio", func(ctx context.Context) (bool, error) {
+	harness.Eventually(t, 20*time.Second, "the apiserver to call "+first+" before Istio", func(ctx context.Context) (bool, error) {
 		w := &warnings{}
 		rc := rest.CopyConfig(cp.Config)
 		rc.WarningHandler = w

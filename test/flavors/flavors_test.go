@@ -14,8 +14,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/sds-injector/sds-injector/test/flavors/kubelet"
-	"github.com/sds-injector/sds-injector/test/flavors/sdsclient"
 	"github.com/sds-injector/sds-injector/test/istiod"
+	"github.com/sds-injector/sds-injector/test/sdsclient"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 

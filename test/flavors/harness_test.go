@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -30,9 +29,11 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/test/flavors/kubelet"
-	"github.com/sds-injector/sds-injector/test/flavors/sdsclient"
 	"github.com/sds-injector/sds-injector/test/istiod"
+	"github.com/sds-injector/sds-injector/test/sdsclient"
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 const repoRoot = "../.."
@@ -147,50 +148,11 @@ func (s *suite) bootstrapTemplate() string {
 	return filepath.Join(dir, "envoy_bootstrap.json")
 }
 
-var (
-	sdsAgentOnce sync.Once
-	sdsAgentBin  string
-	sdsAgentErr  error
-)
-
-// needSDSAgent builds ./cmd/sds-agent once; a build failure fails the case.
-func needSDSAgent(t *testing.T, s *suite) string {
+// needSDSAgent builds ./cmd/sds-agent once per run (test/harness, static as
+// the image builds it); a build failure fails the case.
+func needSDSAgent(t *testing.T, _ *suite) string {
 	t.Helper()
-	sdsAgentOnce.Do(func() {
-		list := exec.Command("go", "list", "-f", "{{.Name}}", "./cmd/sds-agent")
-		list.Dir = repoRoot
-		out, err := list.CombinedOutput()
-		if err != nil {
-			sdsAgentErr = fmt.Errorf("go list ./cmd/sds-agent: %v\n%s", err, out)
-			return
-		}
-		if name := strings.TrimSpace(string(out)); name != "main" {
-			sdsAgentErr = fmt.Errorf("./cmd/sds-agent is package %q, not main", name)
-			return
-		}
-		bin := filepath.Join(s.binDir, "sds-agent")
-		// One retry: a build cache shared with concurrent builds has been
-		// seen to fail transiently ("could not import net (open : no such
-		// file or directory)"); a real compile error fails twice.
-		for attempt := 1; ; attempt++ {
-			build := exec.Command("go", "build", "-o", bin, "./cmd/sds-agent")
-			build.Dir = repoRoot
-			build.Env = append(os.Environ(), "CGO_ENABLED=0")
-			out, err := build.CombinedOutput()
-			if err == nil {
-				break
-			}
-			if attempt == 2 {
-				sdsAgentErr = fmt.Errorf("go build ./cmd/sds-agent: %v\n%s", err, out)
-				return
-			}
-		}
-		sdsAgentBin = bin
-	})
-	if sdsAgentErr != nil {
-		t.Fatal(sdsAgentErr)
-	}
-	return sdsAgentBin
+	return harness.MustBuild(t, harness.Agent, harness.Static)
 }
 
 // ------------------------------------------------------------------- cases

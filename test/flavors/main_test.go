@@ -31,8 +31,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
-	"github.com/sds-injector/sds-injector/test/flavors/sdsclient"
 	"github.com/sds-injector/sds-injector/test/istiod"
+	"github.com/sds-injector/sds-injector/test/sdsclient"
 )
 
 // suite is the shared environment, set up once by TestMain.

@@ -7,13 +7,9 @@ package gateways
 import (
 	"encoding/json"
 	"fmt"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"os"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -29,13 +25,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
+	agentsds "github.com/sds-injector/sds-injector/internal/agent/sds"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 
 const (
-	guide    = "../../docs/gateway-wiring.md"
-	glooDir  = "testdata/gloo/"
-	agentSDS = "../../cmd/sds-agent/internal/sds/store.go"
+	guide   = "../../docs/gateway-wiring.md"
+	glooDir = "testdata/gloo/"
 )
 
 var (
@@ -113,78 +109,6 @@ func TestGlooDropInValuesAreTheGuides(t *testing.T) {
 		t.Errorf("%sdrop-in-values.yaml differs from the values in %s:%d; copy the guide's block there and re-render with test/gateways/render-gloo.sh (README.md)",
 			glooDir, guide, values.line)
 	}
-}
-
-// servedNames reads the sds-agent's own source and returns the resource
-// names its SDS server resolves (kindOf in cmd/sds-agent/internal/sds) to
-// the certificate and to the trust bundle.
-func servedNames(t *testing.T) (certs, roots []string) {
-	t.Helper()
-	fset := token.NewFileSet()
-	f, err := parser.ParseFile(fset, agentSDS, nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	consts := map[string]string{}
-	var kindOf *ast.FuncDecl
-	for _, d := range f.Decls {
-		switch d := d.(type) {
-		case *ast.GenDecl:
-			for _, s := range d.Specs {
-				vs, ok := s.(*ast.ValueSpec)
-				if !ok {
-					continue
-				}
-				for i, n := range vs.Names {
-					if i < len(vs.Values) {
-						if lit, ok := vs.Values[i].(*ast.BasicLit); ok && lit.Kind == token.STRING {
-							consts[n.Name], _ = strconv.Unquote(lit.Value)
-						}
-					}
-				}
-			}
-		case *ast.FuncDecl:
-			if d.Name.Name == "kindOf" {
-				kindOf = d
-			}
-		}
-	}
-	if kindOf == nil {
-		t.Fatalf("%s has no kindOf: the agent's name resolution moved; update this test", agentSDS)
-	}
-	ast.Inspect(kindOf, func(n ast.Node) bool {
-		cc, ok := n.(*ast.CaseClause)
-		if !ok {
-			return true
-		}
-		var kind string
-		for _, st := range cc.Body {
-			if r, ok := st.(*ast.ReturnStmt); ok && len(r.Results) == 1 {
-				if id, ok := r.Results[0].(*ast.Ident); ok {
-					kind = id.Name
-				}
-			}
-		}
-		for _, e := range cc.List {
-			id, ok := e.(*ast.Ident)
-			if !ok || consts[id.Name] == "" {
-				t.Fatalf("%s: kindOf case %v is not a string constant of the file", agentSDS, e)
-			}
-			switch kind {
-			case "kindCert":
-				certs = append(certs, consts[id.Name])
-			case "kindRoot":
-				roots = append(roots, consts[id.Name])
-			default:
-				t.Fatalf("%s: kindOf returns %q for %s", agentSDS, kind, id.Name)
-			}
-		}
-		return false
-	})
-	if len(certs) == 0 || len(roots) == 0 {
-		t.Fatalf("%s: found no served names (certificate %v, trust bundle %v)", agentSDS, certs, roots)
-	}
-	return certs, roots
 }
 
 func readYAML(t *testing.T, path string, into any) {
@@ -372,7 +296,7 @@ func checkDropIn(t *testing.T, pod *corev1.Pod, cm *corev1.ConfigMap) {
 	if ssl.SDS.TargetURI != "" && ssl.SDS.TargetURI != addr {
 		t.Errorf("%s:%d: the Upstream's targetUri %s is not the agent's %s", guide, ub.line, ssl.SDS.TargetURI, addr)
 	}
-	certs, roots := servedNames(t)
+	certs, roots := agentsds.CertificateNames(), agentsds.RootNames()
 	if !slices.Contains(certs, ssl.SDS.CertificatesSecretName) {
 		t.Errorf("%s:%d: certificatesSecretName %q is not a certificate the sds-agent serves (%v)", guide, ub.line, ssl.SDS.CertificatesSecretName, certs)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os/exec"
@@ -19,7 +18,6 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/util/wait"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
@@ -32,11 +30,6 @@ const (
 	releaseName = "sds-injector"
 	injectorNS  = "sds-injector"
 )
-
-func testingShort() bool {
-	flag.Parse()
-	return testing.Short()
-}
 
 // helm returns the helm binary built from the Go module proxy by
 // test/helm/build-helm.sh (cached; the first build takes a few minutes).
@@ -183,11 +176,4 @@ func unstructuredOfKind(r *rendered, kind string) []*unstructured.Unstructured {
 		}
 	}
 	return out
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) (bool, error)) {
-	t.Helper()
-	if err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, timeout, true, cond); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
 }

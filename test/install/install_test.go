@@ -29,6 +29,8 @@ import (
 
 	"github.com/sds-injector/sds-injector/test/certmanager"
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // create stores a pod through the API server (and so the webhooks) and
@@ -54,7 +56,7 @@ func create(t *testing.T, pod *corev1.Pod) *corev1.Pod {
 // each fault it claims to detect is induced (through cert-manager where it
 // manages the object) and reported.
 func TestInstallCertManager(t *testing.T) {
-	skipIfNoControlPlane(t)
+	harness.NeedControlPlane(t, cp)
 	ip := hostIP(t)
 	c := kc(t)
 	ctx := context.Background()
@@ -94,11 +96,11 @@ func TestInstallCertManager(t *testing.T) {
 		issued.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), leaf.SerialNumber, leaf.NotAfter.Format(time.RFC3339))
 
 	vol := mountSecret(t, injectorNS, serving.Spec.SecretName)
-	port := freePort(t, ip)
+	port := harness.FreePort(t, ip)
 	addr := hostPort(ip, port)
 	args := serveArgs(t, one[*appsv1.Deployment](t, r, "sds-injector"), map[string]string{
 		"--config": writeConfig(t, r), "--cert-dir": vol.dir, "--host": ip, "--port": strconv.Itoa(port),
-		"--health-probe-bind-address": "127.0.0.1:" + strconv.Itoa(freePort(t, "127.0.0.1")), "--metrics-bind-address": "0",
+		"--health-probe-bind-address": "127.0.0.1:" + strconv.Itoa(harness.FreePort(t, "127.0.0.1")), "--metrics-bind-address": "0",
 	})
 	srv := launchServe(t, args)
 	t.Cleanup(func() { srv.stop() }) // srv is replaced when a subtest restarts it
@@ -129,7 +131,7 @@ func TestInstallCertManager(t *testing.T) {
 		if err := cp.Client.Create(ctx, dep); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 60*time.Second, "the Deployment's pod to be created injected", func(ctx context.Context) (bool, error) {
+		harness.Eventually(t, 60*time.Second, "the Deployment's pod to be created injected", func(ctx context.Context) (bool, error) {
 			pods, err := podsOf(ctx, "cm-gw", map[string]string{"gloo": "gateway-proxy"})
 			for _, p := range pods {
 				if len(p.OwnerReferences) > 0 && isInjected(&p) {
@@ -152,7 +154,7 @@ func TestInstallCertManager(t *testing.T) {
 		if err != nil || !before.Equal(leaf) {
 			t.Fatalf("before the renewal the webhook must serve the issued certificate: %v", err)
 		}
-		pid := srv.cmd.Process.Pid
+		pid := srv.Cmd.Process.Pid
 		load := startGatewayStream(t, "cm-apps", map[string]string{inject.LabelInject: "true"})
 		load.waitCreated(t, 10)
 		// cmctl-style re-issue: delete the Secret; cert-manager issues a new
@@ -179,7 +181,7 @@ func TestInstallCertManager(t *testing.T) {
 		if renewed.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(before.PublicKey) {
 			t.Error("rotationPolicy Always: the renewed certificate must have a new key")
 		}
-		if srv.cmd == nil || srv.cmd.Process.Pid != pid || srv.cmd.Process.Signal(syscall.Signal(0)) != nil {
+		if srv.Exited() || srv.Cmd.Process.Pid != pid || srv.Cmd.Process.Signal(syscall.Signal(0)) != nil {
 			t.Error("the webhook must serve the new certificate without a restart")
 		}
 		if !bytes.Equal(getSecret(t, c, serving.Spec.SecretName).Data["ca.crt"], ca) {
@@ -189,7 +191,7 @@ func TestInstallCertManager(t *testing.T) {
 	})
 
 	t.Run("renewal by a short duration under load, fail-closed", func(t *testing.T) {
-		pid := srv.cmd.Process.Pid
+		pid := srv.Cmd.Process.Pid
 		load := startGatewayStream(t, "cm-apps", map[string]string{inject.LabelInject: "true"})
 		load.waitCreated(t, 10)
 		// renewBefore just under the duration: cert-manager schedules the
@@ -226,7 +228,7 @@ func TestInstallCertManager(t *testing.T) {
 		if notInjected > 0 {
 			t.Errorf("%d gateways admitted without injection", notInjected)
 		}
-		if srv.cmd == nil || srv.cmd.Process.Pid != pid || srv.cmd.Process.Signal(syscall.Signal(0)) != nil {
+		if srv.Exited() || srv.Cmd.Process.Pid != pid || srv.Cmd.Process.Signal(syscall.Signal(0)) != nil {
 			t.Error("the webhook must serve the renewed certificates without a restart")
 		}
 		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) {
@@ -353,7 +355,7 @@ func TestInstallCertManager(t *testing.T) {
 		// An issuer that does not exist: cert-manager marks the
 		// Certificate not Ready and cannot issue.
 		updateCertificate(t, c, serving.Name, func(crt *cmapi.Certificate) { crt.Spec.IssuerRef.Name = "no-such-issuer" })
-		eventually(t, 60*time.Second, "cert-manager to mark the Certificate not Ready", func(ctx context.Context) (bool, error) {
+		harness.Eventually(t, 60*time.Second, "cert-manager to mark the Certificate not Ready", func(ctx context.Context) (bool, error) {
 			var crt cmapi.Certificate
 			if err := c.Get(ctx, types.NamespacedName{Namespace: injectorNS, Name: serving.Name}, &crt); err != nil {
 				return false, err
@@ -420,7 +422,7 @@ func TestInstallCertManager(t *testing.T) {
 			t.Fatal(err)
 		}
 		// namespace mode fails open: the pod is admitted without the agent.
-		eventually(t, 60*time.Second, "the gateway pod to be admitted", func(ctx context.Context) (bool, error) {
+		harness.Eventually(t, 60*time.Second, "the gateway pod to be admitted", func(ctx context.Context) (bool, error) {
 			pods, err := podsOf(ctx, "cm-late", map[string]string{"gloo": "gateway-proxy"})
 			return err == nil && len(pods) == 1 && !isInjected(&pods[0]), err
 		})
@@ -447,7 +449,7 @@ func TestInstallCertManager(t *testing.T) {
 		if out, err := kubectl(ctx, strings.Fields(strings.TrimPrefix(cmd, "kubectl "))...); err != nil {
 			t.Fatalf("%s: %v\n%s", cmd, err, out)
 		}
-		eventually(t, 60*time.Second, "the restarted gateway to be injected", func(ctx context.Context) (bool, error) {
+		harness.Eventually(t, 60*time.Second, "the restarted gateway to be injected", func(ctx context.Context) (bool, error) {
 			pods, err := podsOf(ctx, "cm-late", map[string]string{"gloo": "gateway-proxy"})
 			return err == nil && len(pods) == 1 && isInjected(&pods[0]), err
 		})
@@ -504,7 +506,7 @@ func TestInstallCertManager(t *testing.T) {
 // built-in and custom gateways, trusting the injector's own certificates;
 // `check` passes on it.
 func TestInstallSelfManaged(t *testing.T) {
-	skipIfNoControlPlane(t)
+	harness.NeedControlPlane(t, cp)
 	ip := hostIP(t)
 	values := filepath.Join(t.TempDir(), "values.yaml")
 	if err := os.WriteFile(values, []byte(`createNamespace: true
@@ -530,10 +532,10 @@ config:
 	}
 	r := applyFile(t, file)
 
-	port := freePort(t, ip)
+	port := harness.FreePort(t, ip)
 	args := serveArgs(t, one[*appsv1.Deployment](t, r, "sds-injector"), map[string]string{
 		"--config": writeConfig(t, r), "--cert-dir": t.TempDir(), "--host": ip, "--port": strconv.Itoa(port),
-		"--health-probe-bind-address": "127.0.0.1:" + strconv.Itoa(freePort(t, "127.0.0.1")), "--metrics-bind-address": "0",
+		"--health-probe-bind-address": "127.0.0.1:" + strconv.Itoa(harness.FreePort(t, "127.0.0.1")), "--metrics-bind-address": "0",
 		"--kubeconfig":           saKubeconfig(t, injectorNS, "sds-injector"),
 		"--ca-propagation-delay": "2s", // test speed; the chart's default is 30s
 	})
@@ -574,13 +576,13 @@ config:
 		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
 		mwc.Name = "sds-injector-cluster-wide"
 		mustUpdate(t, mwc, func() { mwc.Webhooks[0].ClientConfig.CABundle = newCA(t, "tamper").certPEM })
-		eventually(t, 60*time.Second, "check to pass after the injector repairs the caBundle", func(context.Context) (bool, error) {
+		harness.Eventually(t, 60*time.Second, "check to pass after the injector repairs the caBundle", func(context.Context) (bool, error) {
 			res := runCheck(t)
 			return res.OK && res.status("serving-certificate") == "pass", nil
 		})
 	})
 	if t.Failed() {
-		t.Logf("sds-injector serve output:\n%s", srv.log.String())
+		t.Logf("sds-injector serve output:\n%s", srv.Output())
 	}
 }
 

@@ -14,12 +14,10 @@ import (
 	"fmt"
 	"math/big"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -38,9 +36,10 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // kc is a client that also knows cert-manager's types.
@@ -96,7 +95,7 @@ func deleteManifest(t *testing.T, file string, r *rendered) {
 	if out, err := kubectl(ctx, "delete", "--ignore-not-found", "--wait=true", "--timeout=180s", "-f", file); err != nil {
 		t.Errorf("kubectl delete -f %s: %v\n%s", file, err, out)
 	}
-	eventually(t, 3*time.Minute, "namespace "+injectorNS+" to be gone", func(ctx context.Context) (bool, error) {
+	harness.Eventually(t, 3*time.Minute, "namespace "+injectorNS+" to be gone", func(ctx context.Context) (bool, error) {
 		err := cp.Client.Get(ctx, types.NamespacedName{Name: injectorNS}, &corev1.Namespace{})
 		return apierrors.IsNotFound(err), nil
 	})
@@ -115,7 +114,7 @@ func deleteManifest(t *testing.T, file string, r *rendered) {
 // server (cert-manager's CRDs installed), and the objects read back through
 // the typed API (cert-manager's types for its objects).
 func TestManifestsApply(t *testing.T) {
-	skipIfNoControlPlane(t)
+	harness.NeedControlPlane(t, cp)
 	files, _ := filepath.Glob(filepath.Join(repoRoot, "deploy", "manifests", "*.yaml"))
 	if len(files) != 8 {
 		t.Fatalf("want 8 manifests (4 mode combinations x 2 certificate modes), found %d", len(files))
@@ -183,16 +182,6 @@ func hostIP(t *testing.T) string {
 	return ""
 }
 
-func freePort(t *testing.T, host string) int {
-	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // pointService makes Service ns/name resolve to ip:port for the API server
 // (the job the EndpointSlice controller does for real pods).
 func pointService(t *testing.T, ns, name, portName, ip string, port int) *discoveryv1.EndpointSlice {
@@ -212,9 +201,8 @@ func pointService(t *testing.T, ns, name, portName, ip string, port int) *discov
 }
 
 type serveProc struct {
-	cmd    *exec.Cmd
+	*harness.Process
 	health string
-	log    *bytes.Buffer
 }
 
 // serveArgs takes the container args of the rendered Deployment and adapts
@@ -247,8 +235,8 @@ func startServe(t *testing.T, args []string) *serveProc {
 	return p
 }
 
-// launchServe starts `sds-injector serve` and waits until it is ready; the
-// caller stops it.
+// launchServe starts `sds-injector serve` (in its own process group) and
+// waits until it is ready; the caller stops it.
 func launchServe(t *testing.T, args []string) *serveProc {
 	t.Helper()
 	health := ""
@@ -257,45 +245,35 @@ func launchServe(t *testing.T, args []string) *serveProc {
 			health = v
 		}
 	}
-	p := &serveProc{health: health, log: &bytes.Buffer{}}
-	p.cmd = exec.Command(injectorBin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := p.cmd.Start(); err != nil {
+	proc, err := harness.StartProcess("sds-injector serve", exec.Command(injectorBin, args...))
+	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get("http://" + health + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
+	p := &serveProc{Process: proc, health: health}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	go func() { // give up at once when the process exits
+		select {
+		case <-proc.Done():
+			cancel()
+		case <-ctx.Done():
 		}
-		if p.cmd.ProcessState != nil {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
+	}()
+	if err := harness.WaitHTTP(ctx, "http://"+health+"/readyz"); err != nil {
+		p.stop()
+		t.Fatalf("sds-injector serve %v not ready: %v (exit: %v)\n%s", args, err, exitState(proc), proc.Output())
 	}
-	p.stop()
-	t.Fatalf("sds-injector serve %v not ready after 90s:\n%s", args, p.log.String())
-	return nil
+	return p
 }
 
-func (p *serveProc) stop() {
-	if p.cmd == nil || p.cmd.Process == nil {
-		return
+func exitState(p *harness.Process) any {
+	if p.Exited() {
+		return p.Err()
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-done
-	}
-	p.cmd = nil
+	return "still running"
 }
+
+func (p *serveProc) stop() { _ = p.Stop(15 * time.Second) }
 
 func writeConfig(t *testing.T, r *rendered) string {
 	t.Helper()
@@ -337,26 +315,15 @@ func createRootCert(t *testing.T, ns string) {
 
 func examplePod(t *testing.T, file, ns, name string, labels, annotations map[string]string) *corev1.Pod {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, "docs", "examples", file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pod corev1.Pod
-	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
-		t.Fatal(err)
-	}
-	pod.Namespace, pod.Name = ns, name
+	pod := harness.ExamplePod(t, file, ns, name, nil, annotations)
 	delete(pod.Labels, "pod-template-hash")
 	for k, v := range labels {
+		if pod.Labels == nil {
+			pod.Labels = map[string]string{}
+		}
 		pod.Labels[k] = v
 	}
-	if pod.Annotations == nil {
-		pod.Annotations = map[string]string{}
-	}
-	for k, v := range annotations {
-		pod.Annotations[k] = v
-	}
-	return &pod
+	return pod
 }
 
 // gatewayDeployment is the Gloo example pod as a Deployment (Recreate, so a
@@ -386,7 +353,7 @@ func isInjected(p *corev1.Pod) bool {
 func waitInjecting(t *testing.T, ns string, labels map[string]string) {
 	t.Helper()
 	i := 0
-	eventually(t, 60*time.Second, "the API server to inject through the installed webhook", func(ctx context.Context) (bool, error) {
+	harness.Eventually(t, 60*time.Second, "the API server to inject through the installed webhook", func(ctx context.Context) (bool, error) {
 		i++
 		pod := examplePod(t, "gloo-gateway-proxy.yaml", ns, fmt.Sprintf("probe-%d", i), labels, nil)
 		if err := cp.Client.Create(ctx, pod, client.DryRunAll); err != nil {

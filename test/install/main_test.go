@@ -17,11 +17,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 var (
@@ -31,29 +32,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	if testingShort() {
-		return m.Run()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
-	defer cancel()
-	work, err := os.MkdirTemp("", "sds-injector-install-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(work)
-	injectorBin = filepath.Join(work, "sds-injector")
-	build := exec.CommandContext(ctx, "go", "build", "-o", injectorBin, "./cmd/sds-injector")
-	build.Dir, build.Stdout, build.Stderr = repoRoot, os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building sds-injector:", err)
-		return 1
-	}
-	cp, err = controlplane.Start(ctx, controlplane.Options{
+	os.Exit(controlplane.RunSuite(m, &cp, controlplane.Options{
 		WithControllerManager: true,
 		// The webhook configurations are installed exactly as rendered:
 		// their clientConfig names the Service sds-injector/sds-injector.
@@ -64,28 +43,19 @@ func run(m *testing.M) int {
 		// certificate for sds-injector.sds-injector.svc.
 		APIServerArgs:         map[string][]string{"enable-aggregator-routing": {"true"}},
 		WebhookInstallOptions: envtest.WebhookInstallOptions{},
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "starting the local control plane:", err)
-		return 1
-	}
-	defer func() {
-		if err := cp.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping the control plane:", err)
-		}
-	}()
-	if err := installCertManagerCRDs(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "installing cert-manager's CRDs:", err)
-		return 1
-	}
-	return m.Run()
+	}, setup))
 }
 
-func skipIfNoControlPlane(t *testing.T) {
-	t.Helper()
-	if cp == nil {
-		t.Skip("needs the local control plane (kube-apiserver + etcd built from source); run without -short")
+// setup builds sds-injector and installs cert-manager's CRDs.
+func setup(ctx context.Context, _ *controlplane.ControlPlane) error {
+	var err error
+	if injectorBin, err = harness.Build(ctx, harness.Injector, harness.BuildOptions{}); err != nil {
+		return fmt.Errorf("building sds-injector: %w", err)
 	}
+	if err := installCertManagerCRDs(ctx); err != nil {
+		return fmt.Errorf("installing cert-manager's CRDs: %w", err)
+	}
+	return nil
 }
 
 // certManagerModuleDir is the cert-manager module at the version go.mod

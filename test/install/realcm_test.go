@@ -28,6 +28,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sds-injector/sds-injector/test/certmanager"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 var (
@@ -74,7 +76,7 @@ func startRealCertManager(t *testing.T) *certmanager.CertManager {
 func waitCertificatesReady(t *testing.T, c client.Client, ns string, want int) []cmapi.Certificate {
 	t.Helper()
 	var crts cmapi.CertificateList
-	eventually(t, 60*time.Second, "cert-manager to issue the Certificates", func(ctx context.Context) (bool, error) {
+	harness.Eventually(t, 60*time.Second, "cert-manager to issue the Certificates", func(ctx context.Context) (bool, error) {
 		if err := c.List(ctx, &crts, client.InNamespace(ns)); err != nil {
 			return false, err
 		}
@@ -124,7 +126,7 @@ func waitCABundles(t *testing.T, c client.Client, n int, ca []byte, exact bool, 
 	t.Helper()
 	want := parseCert(t, ca)
 	most := 0
-	eventually(t, 60*time.Second, what, func(ctx context.Context) (bool, error) {
+	harness.Eventually(t, 60*time.Second, what, func(ctx context.Context) (bool, error) {
 		mwcs, err := injectedWebhooks(ctx, c)
 		if err != nil || len(mwcs) != n {
 			return false, err
@@ -219,7 +221,7 @@ func mountSecret(t *testing.T, ns, name string) *secretVolume {
 			w.Stop()
 		}
 	}()
-	eventually(t, 60*time.Second, "the Secret "+ns+"/"+name+" to be projected", func(context.Context) (bool, error) {
+	harness.Eventually(t, 60*time.Second, "the Secret "+ns+"/"+name+" to be projected", func(context.Context) (bool, error) {
 		v.mu.Lock()
 		defer v.mu.Unlock()
 		return v.syncs > 0, v.err
@@ -298,7 +300,7 @@ func getSecret(t *testing.T, c client.Client, name string) *corev1.Secret {
 // with cert-manager's own writes.
 func updateCertificate(t *testing.T, c client.Client, name string, mutate func(*cmapi.Certificate)) {
 	t.Helper()
-	eventually(t, 30*time.Second, "updating Certificate "+name, func(ctx context.Context) (bool, error) {
+	harness.Eventually(t, 30*time.Second, "updating Certificate "+name, func(ctx context.Context) (bool, error) {
 		var crt cmapi.Certificate
 		if err := c.Get(ctx, types.NamespacedName{Namespace: injectorNS, Name: name}, &crt); err != nil {
 			return false, err
@@ -317,7 +319,7 @@ func updateCertificate(t *testing.T, c client.Client, name string, mutate func(*
 func waitReissued(t *testing.T, c client.Client, crtName, secretName string, before *x509.Certificate) *x509.Certificate {
 	t.Helper()
 	var now *x509.Certificate
-	eventually(t, 60*time.Second, "cert-manager to re-issue "+crtName, func(ctx context.Context) (bool, error) {
+	harness.Eventually(t, 60*time.Second, "cert-manager to re-issue "+crtName, func(ctx context.Context) (bool, error) {
 		var s corev1.Secret
 		if err := c.Get(ctx, types.NamespacedName{Namespace: injectorNS, Name: secretName}, &s); err != nil {
 			return false, client.IgnoreNotFound(err)
@@ -343,7 +345,7 @@ func waitReissued(t *testing.T, c client.Client, crtName, secretName string, bef
 // waitServed waits until the webhook at addr presents want.
 func waitServed(t *testing.T, addr string, ca []byte, want *x509.Certificate) {
 	t.Helper()
-	eventually(t, 60*time.Second, "the webhook to serve certificate serial "+want.SerialNumber.String(), func(context.Context) (bool, error) {
+	harness.Eventually(t, 60*time.Second, "the webhook to serve certificate serial "+want.SerialNumber.String(), func(context.Context) (bool, error) {
 		got, err := servedCert(addr, ca)
 		return err == nil && got.Equal(want), nil
 	})
@@ -406,7 +408,7 @@ func (g *gatewayStream) created() int {
 // waitCreated waits until n gateways were admitted (or one was refused).
 func (g *gatewayStream) waitCreated(t *testing.T, n int) {
 	t.Helper()
-	eventually(t, 2*time.Minute, fmt.Sprintf("%d gateway creations", n), func(context.Context) (bool, error) {
+	harness.Eventually(t, 2*time.Minute, fmt.Sprintf("%d gateway creations", n), func(context.Context) (bool, error) {
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		return g.ok >= n || len(g.failed) > 0, nil

@@ -24,6 +24,8 @@ import (
 	"github.com/sds-injector/sds-injector/certs"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 	"github.com/sds-injector/sds-injector/webhook/server"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 type certsHarness struct {
@@ -69,7 +71,7 @@ func startCerts(t *testing.T, ns, secret string, webhookConfigs []string, dir st
 
 func (h *certsHarness) waitReady(t *testing.T) {
 	t.Helper()
-	eventually(t, 60*time.Second, "self-managed certificates to become ready", func(context.Context) (bool, error) {
+	harness.Eventually(t, 60*time.Second, "self-managed certificates to become ready", func(context.Context) (bool, error) {
 		return h.mgr.Ready() == nil, nil
 	})
 }
@@ -87,7 +89,7 @@ func startWebhookOnDir(t *testing.T, dir string) *webhookServer {
 	ws := &webhookServer{cancel: cancel, done: make(chan error, 1), srv: srv}
 	go func() { ws.done <- srv.Start(ctx) }()
 	t.Cleanup(ws.stop)
-	waitReady(t, "http://"+srv.HealthAddr()+"/readyz")
+	harness.WaitReady(t, 30*time.Second, "http://"+srv.HealthAddr()+"/readyz")
 	return ws
 }
 
@@ -138,7 +140,7 @@ func bundleSize(t *testing.T, pemData []byte) int {
 // trusts the result (a pod is injected through it), and an overwritten
 // caBundle is repaired.
 func TestSelfManagedCertificates(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	mwc := installMode(t, ModeNamespace)
 	injectorNS := namespace(t, nil)
 	h := startCerts(t, injectorNS, "sds-injector-tls", []string{mwc.Name, "not-installed-mode"}, t.TempDir())
@@ -167,7 +169,7 @@ func TestSelfManagedCertificates(t *testing.T) {
 		if err := cp.Client.Update(context.Background(), tampered); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 30*time.Second, "the caBundle to be repaired", func(context.Context) (bool, error) {
+		harness.Eventually(t, 30*time.Second, "the caBundle to be repaired", func(context.Context) (bool, error) {
 			return bytes.Equal(getMWC(t, mwc.Name).Webhooks[0].ClientConfig.CABundle, secret.Data[certs.KeyCABundle]), nil
 		})
 		if n := testutil.CollectAndCount(h.metrics.RepairsCollector()); n == 0 {
@@ -182,7 +184,7 @@ func TestSelfManagedCertificates(t *testing.T) {
 // TestTwoReplicasAgree: two replicas bootstrapping the same Secret at once
 // end with one CA and the same serving certificate.
 func TestTwoReplicasAgree(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	mwc := installMode(t, ModeNamespace)
 	ns := namespace(t, nil)
 	a := startCerts(t, ns, "shared-tls", []string{mwc.Name}, t.TempDir())
@@ -204,7 +206,7 @@ func TestTwoReplicasAgree(t *testing.T) {
 // while admission requests flow through the API server to a fail-closed
 // webhook: not one may fail.
 func TestRotationUnderLoad(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	mwc := installMode(t, ModePerGateway)
 	injectorNS := namespace(t, nil)
 	h := startCerts(t, injectorNS, "sds-injector-tls", []string{mwc.Name}, t.TempDir())
@@ -216,7 +218,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	load := startAdmissionLoad(t, ns, 2)
 	before := servedCert(t)
 	h.mgr.Rotate(certs.KindServing)
-	eventually(t, 60*time.Second, "the new serving certificate to be served", func(context.Context) (bool, error) {
+	harness.Eventually(t, 60*time.Second, "the new serving certificate to be served", func(context.Context) (bool, error) {
 		c := servedCert(t)
 		return !c.Equal(before), nil
 	})
@@ -225,7 +227,7 @@ func TestRotationUnderLoad(t *testing.T) {
 		t.Error("a serving rotation must keep the CA")
 	}
 	h.mgr.Rotate(certs.KindCA)
-	eventually(t, 60*time.Second, "a certificate from the new CA to be served", func(context.Context) (bool, error) {
+	harness.Eventually(t, 60*time.Second, "a certificate from the new CA to be served", func(context.Context) (bool, error) {
 		c := servedCert(t)
 		return c.CheckSignatureFrom(afterServing) != nil && c.CheckSignatureFrom(mustCA(t, injectorNS)) == nil && !c.Equal(afterServing), nil
 	})

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -24,45 +23,9 @@ import (
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
 	"github.com/sds-injector/sds-injector/webhook/server"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
-
-// buildBinary builds cmd/sds-injector once per test binary.
-var buildOnce struct {
-	sync.Once
-	path string
-	err  error
-}
-
-func sdsInjectorBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sds-injector-bin-")
-		if err != nil {
-			buildOnce.err = err
-			return
-		}
-		buildOnce.path = filepath.Join(dir, "sds-injector")
-		cmd := exec.Command("go", "build", "-o", buildOnce.path, "./cmd/sds-injector")
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildOnce.err = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildOnce.err != nil {
-		t.Fatal(buildOnce.err)
-	}
-	return buildOnce.path
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // apiserverMetric sums a counter from the API server's /metrics whose line
 // contains every fragment.
@@ -99,7 +62,7 @@ func apiserverMetric(t *testing.T, name string, fragments ...string) float64 {
 // waitFor polls cond (a counter read, no error) for up to a minute.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	eventually(t, time.Minute, what, func(context.Context) (bool, error) { return cond(), nil })
+	harness.Eventually(t, time.Minute, what, func(context.Context) (bool, error) { return cond(), nil })
 }
 
 // TestWebhookKilledMidLoad: the real binary is SIGKILLed while pods are
@@ -107,24 +70,20 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // server's fail-open counter shows it; the fail-closed mode refuses them
 // naming the webhook; no pod is ever half-injected.
 func TestWebhookKilledMidLoad(t *testing.T) {
-	skipIfShort(t)
-	bin := sdsInjectorBinary(t)
+	harness.NeedControlPlane(t, cp)
+	bin := harness.MustBuild(t, harness.Injector, harness.BuildOptions{})
 	installMode(t, ModeNamespace)
 	installMode(t, ModePerGateway)
 	openNS := namespace(t, map[string]string{nsLabel: "enabled"})
 	closedNS := namespace(t, nil)
 
 	w := cp.WebhookInstallOptions
-	health := freePort(t)
+	health := harness.FreePort(t, "127.0.0.1")
 	cmd := exec.Command(bin, "serve", "--host", w.LocalServingHost, "--port", strconv.Itoa(w.LocalServingPort),
 		"--cert-dir", w.LocalServingCertDir, "--metrics-bind-address", "0",
 		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health))
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	waitReady(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", health))
+	harness.Start(t, "sds-injector", cmd)
+	harness.WaitReady(t, 30*time.Second, fmt.Sprintf("http://127.0.0.1:%d/readyz", health))
 	failOpenBefore := apiserverMetric(t, "apiserver_admission_webhook_fail_open_count", `name="namespace.sds-injector.io"`)
 
 	var created, refusedNamed, otherErrors atomic.Int64
@@ -163,7 +122,7 @@ func TestWebhookKilledMidLoad(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, time.Minute, "admissions while the webhook is dead", func(context.Context) (bool, error) {
+	harness.Eventually(t, time.Minute, "admissions while the webhook is dead", func(context.Context) (bool, error) {
 		if otherErrors.Load() != 0 {
 			return false, fmt.Errorf("a creation failed for another reason than the fail-closed webhook: %v", firstOther.Load())
 		}
@@ -295,7 +254,7 @@ func (l *lb) serve(c net.Conn) {
 // one restarted (graceful drain) while a fail-closed webhook admits a
 // stream of pods: zero failed admissions.
 func TestReplicaRestartUnderLoad(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	w := cp.WebhookInstallOptions
 	settings := inject.DefaultConfig().MustResolve()
 	type replica struct {
@@ -312,9 +271,9 @@ func TestReplicaRestartUnderLoad(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		r.cancel, r.done = cancel, make(chan error, 1)
 		go func() { r.done <- srv.Start(ctx) }()
-		waitReady(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", r.health))
+		harness.WaitReady(t, 30*time.Second, fmt.Sprintf("http://127.0.0.1:%d/readyz", r.health))
 	}
-	replicas := []*replica{{port: freePort(t), health: freePort(t)}, {port: freePort(t), health: freePort(t)}}
+	replicas := []*replica{{port: harness.FreePort(t, "127.0.0.1"), health: harness.FreePort(t, "127.0.0.1")}, {port: harness.FreePort(t, "127.0.0.1"), health: harness.FreePort(t, "127.0.0.1")}}
 	var backends []lbBackend
 	for _, r := range replicas {
 		start(r)

@@ -20,6 +20,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // The mounts the gateway container gets for each kind of flavor
@@ -119,7 +121,7 @@ var gatewayCases = map[string]gatewayCase{
 // injection and the warnings below could not happen) and, for the pods that
 // opt in explicitly, per-gateway mode in a namespace without any label.
 func TestGatewayProfiles(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 
 	modes := []struct {
@@ -333,7 +335,7 @@ func checkInjected(t *testing.T, pod *corev1.Pod, tc gatewayCase) {
 // comes back injected.
 func waitWebhookServes(t *testing.T, ns string) {
 	t.Helper()
-	eventually(t, 30*time.Second, "the webhook configuration to take effect", func(ctx context.Context) (bool, error) {
+	harness.Eventually(t, 30*time.Second, "the webhook configuration to take effect", func(ctx context.Context) (bool, error) {
 		pod := goldenInput(t, "opt-in-multi-container", ns, "probe")
 		if err := cp.Client.Create(ctx, pod, client.DryRunAll); err != nil {
 			return false, err

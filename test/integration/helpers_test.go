@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,28 +16,17 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 const repoRoot = "../.."
-
-func testingShort() bool {
-	flag.Parse()
-	return testing.Short()
-}
-
-func skipIfShort(t *testing.T) {
-	t.Helper()
-	if cp == nil {
-		t.Skip("needs the local control plane (kube-apiserver + etcd built from source); run without -short")
-	}
-}
 
 // Mode names the shipped MutatingWebhookConfiguration files.
 type Mode string
@@ -130,36 +118,8 @@ func namespace(t *testing.T, labels map[string]string) string {
 	return name
 }
 
-// examplePod loads a pod from docs/examples into namespace ns with a fresh
-// name, applying optional labels and annotations.
-func examplePod(t *testing.T, file, ns, name string, labels, annotations map[string]string) *corev1.Pod {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, "docs", "examples", file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pod corev1.Pod
-	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
-		t.Fatal(err)
-	}
-	pod.Namespace, pod.Name = ns, name
-	for k, v := range labels {
-		if pod.Labels == nil {
-			pod.Labels = map[string]string{}
-		}
-		pod.Labels[k] = v
-	}
-	for k, v := range annotations {
-		if pod.Annotations == nil {
-			pod.Annotations = map[string]string{}
-		}
-		pod.Annotations[k] = v
-	}
-	return &pod
-}
-
 func glooPod(t *testing.T, ns, name string, labels, annotations map[string]string) *corev1.Pod {
-	return examplePod(t, "gloo-gateway-proxy.yaml", ns, name, labels, annotations)
+	return harness.ExamplePod(t, "gloo-gateway-proxy.yaml", ns, name, labels, annotations)
 }
 
 // create submits the pod and returns what the apiserver stored.
@@ -225,14 +185,6 @@ func containerNames(pod *corev1.Pod) []string {
 	return n
 }
 
-// eventually polls cond every 200ms for up to timeout.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) (bool, error)) {
-	t.Helper()
-	if err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, timeout, true, cond); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-}
-
 func getPod(ctx context.Context, ns, name string) (*corev1.Pod, error) {
 	var p corev1.Pod
 	err := cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &p)
@@ -292,7 +244,7 @@ func startAdmissionLoad(t *testing.T, ns string, workers int) *admissionLoad {
 func (l *admissionLoad) waitMore(t *testing.T, n int64, what string) {
 	t.Helper()
 	target := l.ok.Load() + n
-	eventually(t, time.Minute, fmt.Sprintf("%d more admissions %s", n, what), func(context.Context) (bool, error) {
+	harness.Eventually(t, time.Minute, fmt.Sprintf("%d more admissions %s", n, what), func(context.Context) (bool, error) {
 		if l.failed.Load() != 0 {
 			return false, fmt.Errorf("an admission failed %s: %v", what, l.firstErr.Load())
 		}
@@ -304,7 +256,7 @@ func (l *admissionLoad) waitMore(t *testing.T, n int64, what string) {
 // (for example once the apiserver trusts a new caBundle).
 func waitInjectedDryRun(t *testing.T, what string, pod *corev1.Pod) {
 	t.Helper()
-	eventually(t, time.Minute, what, func(ctx context.Context) (bool, error) {
+	harness.Eventually(t, time.Minute, what, func(ctx context.Context) (bool, error) {
 		p := pod.DeepCopy()
 		if err := cp.Client.Create(ctx, p, client.DryRunAll); err != nil {
 			return false, nil

@@ -7,8 +7,6 @@ package integration
 
 import (
 	"context"
-	"crypto/tls"
-	"fmt"
 	"net/http"
 	"os"
 	"testing"
@@ -20,40 +18,21 @@ import (
 	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 	"github.com/sds-injector/sds-injector/webhook/server"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 var cp *controlplane.ControlPlane
 
+// TestMain starts the local control plane (with kube-controller-manager).
+// No configurations are installed at start: each test installs the shipped
+// file for the mode it exercises (see installMode). envtest still prepares
+// the local serving certificate and port.
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	// The suite needs the local control plane; -short runs skip it with
-	// that reason (see skipIfShort) rather than failing.
-	if testingShort() {
-		return m.Run()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
-	defer cancel()
-	var err error
-	cp, err = controlplane.Start(ctx, controlplane.Options{
+	os.Exit(controlplane.RunSuite(m, &cp, controlplane.Options{
 		WithControllerManager: true,
-		// No configurations are installed at start: each test installs the
-		// shipped file for the mode it exercises (see installMode). envtest
-		// still prepares the local serving certificate and port.
 		WebhookInstallOptions: envtest.WebhookInstallOptions{},
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "starting the local control plane:", err)
-		return 1
-	}
-	defer func() {
-		if err := cp.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping the control plane:", err)
-		}
-	}()
-	return m.Run()
+	}, nil))
 }
 
 // webhookServer is one running sds-injector webhook in this process,
@@ -92,7 +71,7 @@ func startWebhook(t *testing.T, cfg inject.Config, extra map[string]http.Handler
 	ws := &webhookServer{cancel: cancel, done: make(chan error, 1), srv: srv}
 	go func() { ws.done <- srv.Start(ctx) }()
 	t.Cleanup(ws.stop)
-	waitReady(t, "http://"+srv.HealthAddr()+"/readyz")
+	harness.WaitReady(t, 30*time.Second, "http://"+srv.HealthAddr()+"/readyz")
 	return ws
 }
 
@@ -103,21 +82,4 @@ func (w *webhookServer) stop() {
 	w.cancel()
 	<-w.done
 	w.cancel = nil
-}
-
-func waitReady(t *testing.T, url string) {
-	t.Helper()
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{}}}
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := client.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("webhook not ready at %s after 30s", url)
 }

@@ -22,6 +22,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 const (
@@ -30,7 +32,7 @@ const (
 )
 
 func TestNamespaceMode(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	enabled := namespace(t, map[string]string{nsLabel: "enabled"})
@@ -41,13 +43,13 @@ func TestNamespaceMode(t *testing.T) {
 		if st.GatewayProfile != "gloo-edge" || st.GatewayContainer != "gateway-proxy" {
 			t.Errorf("status %+v", st)
 		}
-		eg := create(t, examplePod(t, "envoy-gateway-proxy.yaml", enabled, "eg", nil, nil))
+		eg := create(t, harness.ExamplePod(t, "envoy-gateway-proxy.yaml", enabled, "eg", nil, nil))
 		if st := assertInjected(t, eg); st.GatewayContainer != "envoy" {
 			t.Errorf("Envoy Gateway status %+v", st)
 		}
 	})
 	t.Run("non-gateway is untouched", func(t *testing.T) {
-		assertNotInjected(t, create(t, examplePod(t, "plain-app.yaml", enabled, "app", nil, nil)), 1)
+		assertNotInjected(t, create(t, harness.ExamplePod(t, "plain-app.yaml", enabled, "app", nil, nil)), 1)
 	})
 	t.Run("opt-out label", func(t *testing.T) {
 		assertNotInjected(t, create(t, glooPod(t, enabled, "out-label", map[string]string{labelInject: "false"}, nil)), 1)
@@ -62,13 +64,13 @@ func TestNamespaceMode(t *testing.T) {
 		assertNotInjected(t, create(t, glooPod(t, plain, "gloo", nil, nil)), 1)
 	})
 	t.Run("already integrated Gloo is skipped", func(t *testing.T) {
-		pod := create(t, examplePod(t, "gloo-gateway-proxy-istio-integrated.yaml", enabled, "integrated", nil, nil))
+		pod := create(t, harness.ExamplePod(t, "gloo-gateway-proxy-istio-integrated.yaml", enabled, "integrated", nil, nil))
 		assertNotInjected(t, pod, 3)
 	})
 }
 
 func TestPerGatewayMode(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModePerGateway)
 	ns := namespace(t, nil)
@@ -101,7 +103,7 @@ func TestPerGatewayMode(t *testing.T) {
 		assertNotInjected(t, create(t, glooPod(t, enabled, "gw", map[string]string{labelInject: "true"}, nil)), 1)
 	})
 	t.Run("opted-in single-container pod of no known gateway", func(t *testing.T) {
-		pod := examplePod(t, "plain-app.yaml", ns, "any-envoy", nil, map[string]string{labelInject: "true"})
+		pod := harness.ExamplePod(t, "plain-app.yaml", ns, "any-envoy", nil, map[string]string{labelInject: "true"})
 		if st := assertInjected(t, create(t, pod)); st.GatewayProfile != inject.ProfileGeneric || st.GatewayContainer != "nginx" {
 			t.Errorf("status %+v", st)
 		}
@@ -109,23 +111,23 @@ func TestPerGatewayMode(t *testing.T) {
 }
 
 func TestClusterWideMode(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeClusterWide)
 	any := namespace(t, nil)
 	disabled := namespace(t, map[string]string{nsLabel: "disabled"})
 
 	assertInjected(t, create(t, glooPod(t, any, "gloo", nil, nil)))
-	assertInjected(t, create(t, examplePod(t, "envoy-gateway-proxy.yaml", any, "eg", nil, nil)))
-	assertNotInjected(t, create(t, examplePod(t, "plain-app.yaml", any, "app", nil, nil)), 1)
+	assertInjected(t, create(t, harness.ExamplePod(t, "envoy-gateway-proxy.yaml", any, "eg", nil, nil)))
+	assertNotInjected(t, create(t, harness.ExamplePod(t, "plain-app.yaml", any, "app", nil, nil)), 1)
 	assertNotInjected(t, create(t, glooPod(t, disabled, "gloo", nil, nil)), 1)
 	assertNotInjected(t, create(t, glooPod(t, any, "out", map[string]string{labelInject: "false"}, nil)), 1)
-	generic := examplePod(t, "plain-app.yaml", any, "generic", nil, map[string]string{inject.AnnotationGatewayContainer: "nginx"})
+	generic := harness.ExamplePod(t, "plain-app.yaml", any, "generic", nil, map[string]string{inject.AnnotationGatewayContainer: "nginx"})
 	assertInjected(t, create(t, generic))
 
 	// The matchConditions keep ordinary pods away from the webhook entirely.
 	before := requestsTotal(t)
-	assertNotInjected(t, create(t, examplePod(t, "plain-app.yaml", any, "app2", nil, nil)), 1)
+	assertNotInjected(t, create(t, harness.ExamplePod(t, "plain-app.yaml", any, "app2", nil, nil)), 1)
 	if after := requestsTotal(t); after != before {
 		t.Errorf("the apiserver called the webhook for a non-gateway pod (%v -> %v requests)", before, after)
 	}
@@ -137,7 +139,7 @@ func TestClusterWideMode(t *testing.T) {
 // Gateway) is requested through the generic profile, which takes any: the
 // pod shape stays the same.
 func TestEveryFlavorIsValid(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	ns := namespace(t, map[string]string{nsLabel: "enabled"})
@@ -169,7 +171,7 @@ func TestEveryFlavorIsValid(t *testing.T) {
 						ann[inject.AnnotationGatewayContainer] = gw.container
 					}
 					file := gw.file
-					pod := create(t, examplePod(t, file, ns, fmt.Sprintf("p%d-%s", n, file[:4]), nil, ann))
+					pod := create(t, harness.ExamplePod(t, file, ns, fmt.Sprintf("p%d-%s", n, file[:4]), nil, ann))
 					st := assertInjected(t, pod)
 					if st.Flavor != flavor || st.IstioVersion != version || (st.Placement == inject.PlacementNative) != (native == "true") {
 						t.Errorf("%s: status %+v", pod.Name, st)
@@ -186,7 +188,7 @@ func TestEveryFlavorIsValid(t *testing.T) {
 }
 
 func TestDryRunCreatesNothing(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	ns := namespace(t, map[string]string{nsLabel: "enabled"})
@@ -204,7 +206,7 @@ func TestDryRunCreatesNothing(t *testing.T) {
 // apiserver calls ours again (reinvocationPolicy IfNeeded); the engine must
 // leave the injected pod as it is.
 func TestReinvocation(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	relabel := &webhook.Admission{Handler: admission.HandlerFunc(func(ctx context.Context, req admission.Request) admission.Response {
 		var pod corev1.Pod
 		if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
@@ -245,7 +247,7 @@ func TestReinvocation(t *testing.T) {
 // TestWebhookDown: with the webhook process gone, Ignore modes admit pods
 // uninjected and Fail modes refuse them naming the webhook.
 func TestWebhookDown(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	ws := startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	installMode(t, ModePerGateway)
@@ -274,7 +276,7 @@ func TestWebhookDown(t *testing.T) {
 // TestWarningsReachKubectl uses a real kubectl: a gateway that asked for
 // injection but could not get it shows why.
 func TestWarningsReachKubectl(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	ns := namespace(t, map[string]string{nsLabel: "enabled"})
@@ -301,7 +303,7 @@ func TestWarningsReachKubectl(t *testing.T) {
 // TestDeploymentThroughKubectl: a real `kubectl apply` of a Deployment; the
 // controller manager's ReplicaSet creates the pod through the webhook.
 func TestDeploymentThroughKubectl(t *testing.T) {
-	skipIfShort(t)
+	harness.NeedControlPlane(t, cp)
 	startWebhook(t, inject.DefaultConfig(), nil)
 	installMode(t, ModeNamespace)
 	ns := namespace(t, map[string]string{nsLabel: "enabled"})
@@ -325,7 +327,7 @@ spec:
 		t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
 	var pod *corev1.Pod
-	eventually(t, 90*time.Second, "a ReplicaSet pod to appear", func(ctx context.Context) (bool, error) {
+	harness.Eventually(t, 90*time.Second, "a ReplicaSet pod to appear", func(ctx context.Context) (bool, error) {
 		var pods corev1.PodList
 		if err := cp.Client.List(ctx, &pods, client.InNamespace(ns)); err != nil {
 			return false, err

@@ -191,19 +191,10 @@ func BinaryDir(ctx context.Context, moduleVersion string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var stdout bytes.Buffer
-	cmd := exec.CommandContext(ctx, "bash", script)
-	cmd.Env = append(os.Environ(), "ISTIO_MODULE_VERSION="+moduleVersion)
-	cmd.Stdout = &stdout
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%s: %w", script, err)
+	dir, err := controlplane.RunBuildScript(ctx, script, nil, []string{"ISTIO_MODULE_VERSION=" + moduleVersion}, os.Stderr)
+	if err != nil {
+		return "", err
 	}
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	dir := strings.TrimSpace(lines[len(lines)-1])
 	if !isExecutable(filepath.Join(dir, DiscoveryBinary)) || !isExecutable(filepath.Join(dir, AgentBinary)) {
 		return "", fmt.Errorf("%s returned %q, which lacks %s or %s", script, dir, DiscoveryBinary, AgentBinary)
 	}

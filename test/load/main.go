@@ -48,6 +48,8 @@ import (
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 var (
@@ -100,29 +102,27 @@ func repoRoot() string {
 	}
 }
 
-func buildBinary(work string) (string, error) {
+// buildBinary is this tool itself with -floor, -bin if set, else
+// sds-injector built from this tree once per content (test/harness).
+func buildBinary(string) (string, error) {
 	if *floor {
 		return selfBinary()
 	}
 	if *binPath != "" {
 		return *binPath, nil
 	}
-	bin := filepath.Join(work, "sds-injector")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/sds-injector")
-	cmd.Dir = repoRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %w\n%s", err, out)
-	}
-	return bin, nil
+	return harness.Build(context.Background(), harness.Injector, harness.BuildOptions{})
 }
 
+// freePort reserves a loopback port for the rest of this run
+// (test/harness: no other test process of the run is handed it; the
+// reservation lapses when this process exits).
 func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, _, err := harness.ReservePort("127.0.0.1")
 	if err != nil {
 		panic(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // server is a running `sds-injector serve` process.
@@ -247,7 +247,11 @@ func runHTTPS() error {
 	if err != nil {
 		return err
 	}
-	port := freePort()
+	port, release, err := harness.ReservePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	defer release()
 	srv, err := startServer(bin, "127.0.0.1", port, work)
 	if err != nil {
 		return err

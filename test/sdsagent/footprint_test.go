@@ -1,6 +1,7 @@
 package sdsagent
 
 import (
+	"github.com/sds-injector/sds-injector/test/harness"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -31,7 +32,7 @@ func BenchmarkIdleFootprint(b *testing.B) {
 	}
 	w := setup(b)
 	ap := w.injectAgent(b)
-	agentProc := start(b, "sds-agent", ap.command(w.agentBin, agentUID, true))
+	agentProc := harness.Start(b, "sds-agent", ap.command(w.agentBin, agentUID, true))
 	if out, err := ap.execHandler(b, w.agentBin, []string{"sds-agent", "wait"}, agentUID, true, 3*time.Minute); err != nil {
 		b.Fatalf("sds-agent wait: %v %s", err, out)
 	}
@@ -49,12 +50,12 @@ func BenchmarkIdleFootprint(b *testing.B) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	pilotPid := pilotProc.cmd.Process.Pid
+	pilotPid := pilotProc.Cmd.Process.Pid
 
 	// Let start-up work (GC of start-up garbage, lazy initialisation) settle.
 	time.Sleep(10 * time.Second)
 	b.ResetTimer()
-	procs := map[string]int{"sds-agent": agentProc.cmd.Process.Pid, "pilot-agent": pilotPid}
+	procs := map[string]int{"sds-agent": agentProc.Cmd.Process.Pid, "pilot-agent": pilotPid}
 	first, peak := map[string]usage{}, map[string]int64{}
 	for name, pid := range procs {
 		u, err := procUsage(pid)
@@ -124,7 +125,7 @@ func BenchmarkIdleFootprint(b *testing.B) {
 		b.Logf("sds-agent probe: %s CPU per run (mean of %d); install GNU time for its max RSS", cpu/probes, probes)
 	}
 	b.ReportMetric(float64((cpu/probes).Microseconds())/1000, "probe-CPU-ms")
-	if agentProc.exited() {
+	if agentProc.Exited() {
 		b.Fatal("sds-agent exited during the measurement")
 	}
 }

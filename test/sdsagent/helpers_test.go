@@ -4,184 +4,48 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/sds-injector/sds-injector/internal/agent/sds"
+	"github.com/sds-injector/sds-injector/test/sdsclient"
 )
 
-const secretType = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-
-// buildAgent compiles cmd/sds-agent into dir as the Dockerfile does (static,
-// stripped); the Go build cache makes repeated runs cheap.
-func buildAgent(t testing.TB, dir string) string {
-	t.Helper()
-	out := filepath.Join(dir, "sds-agent")
-	start := time.Now()
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "github.com/sds-injector/sds-injector/cmd/sds-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building sds-agent: %v\n%s", err, b)
-	}
-	t.Logf("built sds-agent in %s", time.Since(start).Round(time.Millisecond))
-	return out
-}
-
-// process is a started command whose output is kept.
-type process struct {
-	name string
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
-	done chan struct{}
-	err  error
-}
-
-func (p *process) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *process) log() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
-
-// start runs cmd in its own process group; it is killed (by PID) when the
-// test ends if still running, and its output is logged on failure.
-func start(t testing.TB, name string, cmd *exec.Cmd) *process {
-	t.Helper()
-	p := &process{name: name, cmd: cmd, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p, p
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.Setpgid = true
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.stop(5 * time.Second)
-		if t.Failed() {
-			t.Logf("%s output:\n%s", name, p.log())
-		}
-	})
-	return p
-}
-
-// stop sends SIGTERM, then SIGKILL to the process group after grace.
-func (p *process) stop(grace time.Duration) error {
-	select {
-	case <-p.done:
-		return p.err
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
-	return p.err
-}
-
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// sdsStream is an Envoy-like SDS subscription that ACKs every response.
+// sdsStream is an Envoy-like SDS subscription that ACKs every response
+// (the project's one SDS client, internal/agent/sds.Stream).
 type sdsStream struct {
-	t      testing.TB
-	conn   *grpc.ClientConn
-	cancel context.CancelFunc
-	stream secretv3.SecretDiscoveryService_StreamSecretsClient
-	req    *discoveryv3.DiscoveryRequest
-	resps  chan *discoveryv3.DiscoveryResponse
-	errs   chan error
+	t testing.TB
+	s *sds.Stream
 }
 
 func subscribe(t testing.TB, socket string, names ...string) *sdsStream {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	st, err := sds.Subscribe(context.Background(), "unix://"+socket, &corev3.Node{Id: "router~127.0.0.1~gw-0.gw~gw.svc.cluster.local"}, names...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := secretv3.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx, grpc.WaitForReady(true))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	s := &sdsStream{t: t, conn: conn, cancel: cancel, stream: st,
-		req:   &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "router~127.0.0.1~gw-0.gw~gw.svc.cluster.local"}, TypeUrl: secretType, ResourceNames: names},
-		resps: make(chan *discoveryv3.DiscoveryResponse, 8), errs: make(chan error, 1)}
-	t.Cleanup(s.close)
-	if err := st.Send(s.req); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				s.errs <- err
-				return
-			}
-			s.resps <- r
-		}
-	}()
-	return s
+	t.Cleanup(st.Close)
+	return &sdsStream{t: t, s: st}
 }
-
-func (s *sdsStream) close() { s.cancel(); _ = s.conn.Close() }
 
 // next waits up to d for a response and ACKs it.
 func (s *sdsStream) next(d time.Duration) map[string]*tlsv3.Secret {
 	s.t.Helper()
-	select {
-	case r := <-s.resps:
-		got := map[string]*tlsv3.Secret{}
-		for _, a := range r.Resources {
-			sec := &tlsv3.Secret{}
-			if err := a.UnmarshalTo(sec); err != nil {
-				s.t.Fatal(err)
-			}
-			got[sec.Name] = sec
-		}
-		s.req.VersionInfo, s.req.ResponseNonce = r.VersionInfo, r.Nonce
-		if err := s.stream.Send(s.req); err != nil {
-			s.t.Fatal(err)
-		}
-		return got
-	case err := <-s.errs:
-		s.t.Fatalf("SDS stream ended: %v", err)
-	case <-time.After(d):
-		s.t.Fatalf("no SDS response within %s", d)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	r, err := s.s.Next(ctx)
+	if err != nil {
+		s.t.Fatalf("within %s: %v", d, err)
 	}
-	return nil
+	return r.Secrets
 }
 
 // workloadCert checks a tls_certificate secret: key pair, validity now, the
@@ -192,27 +56,9 @@ func workloadCert(t testing.TB, sec *tlsv3.Secret, wantID string, roots *x509.Ce
 	if tc == nil {
 		t.Fatalf("secret %s holds no certificate", sec.GetName())
 	}
-	pair, err := tls.X509KeyPair(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes())
+	leaf, err := sdsclient.VerifyWorkload(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes(), wantID, roots, time.Now())
 	if err != nil {
 		t.Fatalf("secret %s: %v", sec.GetName(), err)
-	}
-	leaf := pair.Leaf
-	if now := time.Now(); now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter) {
-		t.Fatalf("certificate not valid now: %s – %s", leaf.NotBefore, leaf.NotAfter)
-	}
-	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != wantID {
-		t.Fatalf("certificate identity %v, want %s", leaf.URIs, wantID)
-	}
-	inter := x509.NewCertPool()
-	for _, der := range pair.Certificate[1:] {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		inter.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		t.Fatalf("certificate does not chain to istiod's root: %v", err)
 	}
 	return leaf
 }
@@ -282,3 +128,5 @@ func procUsage(pid int) (usage, error) {
 	u.CPU = time.Duration(utime+stime) * time.Second / clkTck
 	return u, nil
 }
+
+func (s *sdsStream) close() { s.s.Close() }

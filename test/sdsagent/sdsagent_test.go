@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/test/harness"
 	"github.com/sds-injector/sds-injector/test/istiod"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
@@ -107,7 +108,7 @@ func setup(tb testing.TB) *world {
 		tb.Fatal(err)
 	}
 	w := &world{cp: cp, ist: ist, kube: kube, dir: dir, root: root, roots: roots}
-	w.agentBin = buildAgent(tb, dir)
+	w.agentBin = harness.MustBuild(tb, harness.Agent, harness.Static)
 	return w
 }
 
@@ -300,7 +301,7 @@ func TestRealIstiod(t *testing.T) {
 	ap := w.injectAgent(t, "CERT_TTL="+ttl.String())
 
 	began := time.Now()
-	agentProc := start(t, "sds-agent", ap.command(w.agentBin, agentUID, true))
+	agentProc := harness.Start(t, "sds-agent", ap.command(w.agentBin, agentUID, true))
 
 	// Classic placement: the kubelet runs the postStart hook, which must
 	// return once the certificate is served (it holds the gateway back).
@@ -380,7 +381,7 @@ func TestRealIstiod(t *testing.T) {
 	}
 
 	// No TCP port: the reason the flavor is allowed on hostNetwork pods.
-	if l := tcpListeners(t, agentProc.cmd.Process.Pid); len(l) != 0 {
+	if l := tcpListeners(t, agentProc.Cmd.Process.Pid); len(l) != 0 {
 		t.Errorf("sds-agent listens on TCP: %v", l)
 	}
 
@@ -392,14 +393,14 @@ func TestRealIstiod(t *testing.T) {
 	// cleanly and removes its socket.
 	s.close()
 	stopStart := time.Now()
-	if err := agentProc.stop(30 * time.Second); err != nil {
+	if err := agentProc.Stop(30 * time.Second); err != nil {
 		t.Errorf("sds-agent exit: %v", err)
 	}
 	t.Logf("sds-agent stopped %s after SIGTERM", time.Since(stopStart).Round(time.Millisecond))
 	if _, err := os.Stat(ap.socket); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket left behind: %v", err)
 	}
-	log := agentProc.log()
+	log := agentProc.Output()
 	for _, want := range []string{"certificate issued", "all SDS streams closed", "stopped"} {
 		if !strings.Contains(log, want) && !(want == "all SDS streams closed" && strings.Contains(log, "shutting down")) {
 			t.Errorf("agent log lacks %q", want)
@@ -446,7 +447,7 @@ func (w *world) comparePilotAgent(t *testing.T, ours *x509.Certificate) {
 // istio-agent-files flavor) in a fresh working directory, with a token for
 // the gateway's ServiceAccount; it returns the directory, OUTPUT_CERTS and
 // the process.
-func (w *world) runPilotAgent(t testing.TB) (wd, outCerts string, proc *process) {
+func (w *world) runPilotAgent(t testing.TB) (wd, outCerts string, proc *harness.Process) {
 	t.Helper()
 	wd = filepath.Join(w.dir, "pilot-agent")
 	outCerts = filepath.Join(wd, "out-certs")
@@ -486,7 +487,7 @@ func (w *world) runPilotAgent(t testing.TB) (wd, outCerts string, proc *process)
 		// a free port keeps parallel runs apart.
 		fmt.Sprintf(`PROXY_CONFIG={"discoveryAddress":"%s","statusPort":%d}`, w.ist.CAAddr, ports[0]),
 	}
-	return wd, outCerts, start(t, "pilot-agent", cmd)
+	return wd, outCerts, harness.Start(t, "pilot-agent", cmd)
 }
 
 func parseCerts(t testing.TB, data []byte) []*x509.Certificate {

@@ -24,6 +24,8 @@ import (
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // crdFixture is spire-controller-manager's ClusterSPIFFEID CRD (provenance
@@ -87,10 +89,7 @@ func TestCheckSPIRERegistration(t *testing.T) {
 		}
 	})
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "sds-injector")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/sds-injector/sds-injector/cmd/sds-injector").CombinedOutput(); err != nil {
-		t.Fatalf("building sds-injector: %v\n%s", err, out)
-	}
+	bin := harness.MustBuild(t, harness.Injector, harness.BuildOptions{})
 	config := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(config, []byte("identityProvider:\n  spire:\n    csiDriver: csi.spiffe.io\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -12,15 +12,11 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/sds-injector/sds-injector/test/flavors/sdsclient"
+	"github.com/sds-injector/sds-injector/test/sdsclient"
 )
 
 // The test binary doubles as a container: started by the test as root in a
@@ -64,7 +60,7 @@ type childOut struct {
 	Secrets []secretMsg `json:"secrets,omitempty"`
 	// Plain is ROOTCA asked for with disable_spiffe_cert_validation.
 	Plain *secretMsg `json:"plain,omitempty"`
-	// DefaultViaSDSClient is default as test/flavors/sdsclient fetched it.
+	// DefaultViaSDSClient is default as test/sdsclient fetched it.
 	DefaultChain []byte `json:"defaultChain,omitempty"`
 	DefaultKey   []byte `json:"defaultKey,omitempty"`
 	Error        string `json:"error,omitempty"`
@@ -142,59 +138,38 @@ func enterContainer(spec childSpec) error {
 	return syscall.Setuid(spec.UID)
 }
 
-func dial(socket string) (secretv3.SecretDiscoveryServiceClient, func(), error) {
-	conn, err := grpc.NewClient("unix:"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// msg records a secret as the child reports it.
+func msg(r sdsclient.Raw) (secretMsg, error) {
+	b, err := proto.Marshal(r.Secret())
 	if err != nil {
-		return nil, nil, err
+		return secretMsg{}, err
 	}
-	return secretv3.NewSecretDiscoveryServiceClient(conn), func() { conn.Close() }, nil
+	return secretMsg{Name: r.Secret().GetName(), Version: r.Version(), At: time.Now(), Secret: b}, nil
 }
 
-// subscribe opens one stream for name as Envoy does (node, then ACKs) and
-// calls got for each response until it returns false.
-func subscribe(ctx context.Context, client secretv3.SecretDiscoveryServiceClient, node *corev3.Node, name string, got func(secretMsg) bool) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := client.StreamSecrets(ctx, grpc.WaitForReady(true))
-	if err != nil {
-		return err
-	}
-	req := &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: sdsclient.SecretTypeURL, ResourceNames: []string{name}}
-	if err := stream.Send(req); err != nil {
-		return err
-	}
-	for {
-		resp, err := stream.Recv()
+// subscribe opens one stream for name as Envoy does (node, then ACKs,
+// through test/sdsclient) and calls got for each response until it returns
+// false.
+func subscribe(ctx context.Context, socket string, node *corev3.Node, name string, got func(secretMsg) bool) error {
+	return sdsclient.WatchRaw(ctx, socket, node, name, func(r sdsclient.Raw) (bool, error) {
+		m, err := msg(r)
 		if err != nil {
-			return err
+			return false, err
 		}
-		for _, res := range resp.GetResources() {
-			var sec tlsv3.Secret
-			if err := res.UnmarshalTo(&sec); err != nil {
-				return err
-			}
-			b, err := proto.Marshal(&sec)
-			if err != nil {
-				return err
-			}
-			if !got(secretMsg{Name: sec.GetName(), Version: resp.GetVersionInfo(), At: time.Now(), Secret: b}) {
-				return nil
-			}
-		}
-		req = &discoveryv3.DiscoveryRequest{VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce(), TypeUrl: sdsclient.SecretTypeURL, ResourceNames: []string{name}}
-		if err := stream.Send(req); err != nil {
-			return err
-		}
+		return got(m), nil
+	})
+}
+
+func first(ctx context.Context, socket string, node *corev3.Node, name string) (*secretMsg, error) {
+	r, err := sdsclient.First(ctx, socket, node, name)
+	if err != nil {
+		return nil, err
 	}
+	m, err := msg(r)
+	return &m, err
 }
 
-func first(ctx context.Context, client secretv3.SecretDiscoveryServiceClient, node *corev3.Node, name string) (*secretMsg, error) {
-	var out *secretMsg
-	err := subscribe(ctx, client, node, name, func(m secretMsg) bool { out = &m; return false })
-	return out, err
-}
-
-// fetchAll: default through test/flavors/sdsclient (retrying: the agent's
+// fetchAll: default through test/sdsclient (retrying: the agent's
 // first sync takes seconds), then ROOTCA in SPIRE's default shape and with
 // the node metadata asking for the plain trusted_ca.
 func fetchAll(ctx context.Context, socket string) childOut {
@@ -214,20 +189,14 @@ func fetchAll(ctx context.Context, socket string) childOut {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	client, closeFn, err := dial(socket)
-	if err != nil {
-		out.Error = err.Error()
-		return out
-	}
-	defer closeFn()
-	root, err := first(ctx, client, &corev3.Node{Id: "gateway"}, sdsclient.RootCA)
+	root, err := first(ctx, socket, &corev3.Node{Id: "gateway"}, sdsclient.RootCA)
 	if err != nil {
 		out.Error = "ROOTCA: " + err.Error()
 		return out
 	}
 	out.Secrets = append(out.Secrets, *root)
 	md, _ := structpb.NewStruct(map[string]any{"disable_spiffe_cert_validation": "true"})
-	plain, err := first(ctx, client, &corev3.Node{Id: "gateway", Metadata: md}, sdsclient.RootCA)
+	plain, err := first(ctx, socket, &corev3.Node{Id: "gateway", Metadata: md}, sdsclient.RootCA)
 	if err != nil {
 		out.Error = "ROOTCA (plain): " + err.Error()
 		return out
@@ -239,14 +208,9 @@ func fetchAll(ctx context.Context, socket string) childOut {
 // streamRotations keeps one default stream open until a second, different
 // certificate is pushed on it.
 func streamRotations(ctx context.Context, socket string) ([]secretMsg, string) {
-	client, closeFn, err := dial(socket)
-	if err != nil {
-		return nil, err.Error()
-	}
-	defer closeFn()
 	var msgs []secretMsg
 	var chains = map[string]bool{}
-	err = subscribe(ctx, client, &corev3.Node{Id: "gateway"}, sdsclient.WorkloadCert, func(m secretMsg) bool {
+	err := subscribe(ctx, socket, &corev3.Node{Id: "gateway"}, sdsclient.WorkloadCert, func(m secretMsg) bool {
 		msgs = append(msgs, m)
 		var sec tlsv3.Secret
 		if proto.Unmarshal(m.Secret, &sec) == nil {
@@ -263,19 +227,13 @@ func streamRotations(ctx context.Context, socket string) ([]secretMsg, string) {
 // fetchUnregistered asks for default and ROOTCA as a uid no entry selects.
 func fetchUnregistered(ctx context.Context, socket string) childOut {
 	var out childOut
-	client, closeFn, err := dial(socket)
-	if err != nil {
-		out.Error = err.Error()
-		return out
-	}
-	defer closeFn()
-	def, err := first(ctx, client, &corev3.Node{Id: "gateway"}, sdsclient.WorkloadCert)
+	def, err := first(ctx, socket, &corev3.Node{Id: "gateway"}, sdsclient.WorkloadCert)
 	if err == nil {
 		out.Secrets = append(out.Secrets, *def)
 	} else {
 		out.Error, out.Code = err.Error(), status.Code(err).String()
 	}
-	if root, err := first(ctx, client, &corev3.Node{Id: "gateway"}, sdsclient.RootCA); err == nil {
+	if root, err := first(ctx, socket, &corev3.Node{Id: "gateway"}, sdsclient.RootCA); err == nil {
 		out.Secrets = append(out.Secrets, *root)
 	}
 	return out

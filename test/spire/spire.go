@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,8 +18,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // Version is the SPIRE release the tests run.
@@ -61,15 +61,11 @@ func Build(ctx context.Context) (Binaries, error) {
 	return b, nil
 }
 
-// process is a running SPIRE binary with its output kept for errors.
-type process struct {
-	name string
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-	err  error
-}
+// process is a running SPIRE binary (its own process group, stopped by its
+// PID) with its output kept for errors.
+type process struct{ *harness.Process }
 
+// syncBuffer is an output buffer safe for a process's writes.
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
@@ -88,32 +84,14 @@ func (s *syncBuffer) String() string {
 }
 
 func start(name, bin string, args ...string) (*process, error) {
-	p := &process{name: name, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	// Its own process group, ended by its pid only.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := p.cmd.Start(); err != nil {
+	p, err := harness.StartProcess(name, exec.Command(bin, args...))
+	if err != nil {
 		return nil, err
 	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	return p, nil
+	return &process{p}, nil
 }
 
-func (p *process) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
-}
+func (p *process) stop() { _ = p.Stop(10 * time.Second) }
 
 // healthy polls `<bin> healthcheck -socketPath socket` until it succeeds,
 // the process exits or ctx ends.
@@ -125,10 +103,10 @@ func (p *process) healthy(ctx context.Context, bin, socket string) error {
 			return nil
 		}
 		select {
-		case <-p.done:
-			return fmt.Errorf("%s exited (%v) before it was healthy:\n%s", p.name, p.err, p.out.String())
+		case <-p.Done():
+			return fmt.Errorf("%s exited (%v) before it was healthy:\n%s", p.Name, p.Err(), p.Output())
 		case <-ctx.Done():
-			return fmt.Errorf("%s not healthy: %s (%w)\n%s", p.name, strings.TrimSpace(string(out)), ctx.Err(), p.out.String())
+			return fmt.Errorf("%s not healthy: %s (%w)\n%s", p.Name, strings.TrimSpace(string(out)), ctx.Err(), p.Output())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -140,26 +118,24 @@ type Server struct {
 	Socket string
 	Port   int
 	proc   *process
-}
-
-// freePort picks a loopback port nobody listens on.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	// release frees Port's reservation (test/harness).
+	release func()
 }
 
 // StartServer starts spire-server with its state in dir and waits until it
 // is healthy.
 func StartServer(ctx context.Context, b Binaries, dir string) (*Server, error) {
-	port, err := freePort()
+	port, release, err := harness.ReservePort("127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{bin: b.Server, Socket: filepath.Join(dir, "server.sock"), Port: port}
+	s := &Server{bin: b.Server, Socket: filepath.Join(dir, "server.sock"), Port: port, release: release}
+	started := false
+	defer func() {
+		if !started {
+			s.Stop()
+		}
+	}()
 	conf := fmt.Sprintf(`server {
   bind_address = "127.0.0.1"
   bind_port = "%d"
@@ -193,9 +169,9 @@ plugins {
 	hctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	if err := s.proc.healthy(hctx, b.Server, s.Socket); err != nil {
-		s.Stop()
 		return nil, err
 	}
+	started = true
 	return s, nil
 }
 
@@ -238,10 +214,15 @@ func (s *Server) RegisterUID(ctx context.Context, parentID, spiffeID string, uid
 }
 
 // Stop ends the server.
-func (s *Server) Stop() { s.proc.stop() }
+func (s *Server) Stop() {
+	if s.proc != nil {
+		s.proc.stop()
+	}
+	s.release()
+}
 
 // Log is the server's output so far.
-func (s *Server) Log() string { return s.proc.out.String() }
+func (s *Server) Log() string { return s.proc.Output() }
 
 // Agent is a running spire-agent.
 type Agent struct {
@@ -296,4 +277,4 @@ plugins {
 func (a *Agent) Stop() { a.proc.stop() }
 
 // Log is the agent's output so far.
-func (a *Agent) Log() string { return a.proc.out.String() }
+func (a *Agent) Log() string { return a.proc.Output() }

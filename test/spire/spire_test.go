@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -23,6 +22,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
+
+	"github.com/sds-injector/sds-injector/test/harness"
+	"github.com/sds-injector/sds-injector/test/sdsclient"
 )
 
 func TestMain(m *testing.M) {
@@ -253,28 +255,13 @@ func certPool(t *testing.T, pemBytes []byte) *x509.CertPool {
 	return pool
 }
 
-// verifyLeaf checks the chain and key, the SPIFFE ID and the chain against
-// the bundle, and returns the leaf.
+// verifyLeaf checks the chain and key, validity now, the SPIFFE ID and the
+// chain against the bundle, and returns the leaf.
 func verifyLeaf(t *testing.T, chain, key []byte, wantID string, roots *x509.CertPool) *x509.Certificate {
 	t.Helper()
-	pair, err := tls.X509KeyPair(chain, key)
+	leaf, err := sdsclient.VerifyWorkload(chain, key, wantID, roots, time.Now())
 	if err != nil {
 		t.Fatalf("default: %v", err)
-	}
-	leaf := pair.Leaf
-	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != wantID {
-		t.Fatalf("leaf URI SANs %v, want [%s]", leaf.URIs, wantID)
-	}
-	inter := x509.NewCertPool()
-	for _, der := range pair.Certificate[1:] {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		inter.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		t.Fatalf("leaf %s does not verify against the bundle: %v", wantID, err)
 	}
 	return leaf
 }
@@ -316,12 +303,7 @@ func TestSPIREFlavor(t *testing.T) {
 	t.Cleanup(func() { _ = os.RemoveAll(tmp) })
 	e := &env{bins: bins, dir: newDir(t, tmp, "")}
 	e.socketDir = newDir(t, tmp, "agent-sockets")
-	binDir := newDir(t, tmp, "bin")
-	e.agentBin = filepath.Join(binDir, "sds-agent")
-	build := exec.CommandContext(ctx, "go", "build", "-o", e.agentBin, "github.com/sds-injector/sds-injector/cmd/sds-agent")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building sds-agent: %v\n%s", err, out)
-	}
+	e.agentBin = harness.MustBuild(t, harness.Agent, harness.Static)
 
 	started := time.Now()
 	if e.server, err = StartServer(ctx, bins, newDir(t, tmp, "server")); err != nil {

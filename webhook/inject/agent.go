@@ -7,6 +7,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+
+	"github.com/sds-injector/sds-injector/internal/agentcontract"
 )
 
 // podParams is the configuration for one pod after per-pod overrides.
@@ -27,8 +29,8 @@ type podParams struct {
 // GlooSDSAddress is where Gloo Edge's bootstrap cluster gateway_proxy_sds
 // expects its SDS server; the Gloo drop-in serves there (loopback only).
 const (
-	GlooSDSAddress = "127.0.0.1:8234"
-	portGlooSDS    = 8234
+	GlooSDSAddress = agentcontract.GlooTCPAddr
+	portGlooSDS    = agentcontract.GlooTCPPort
 )
 
 // ports are the TCP ports the pod's agent binds with these parameters.
@@ -155,12 +157,12 @@ func valueEnv(name, value string) corev1.EnvVar { return corev1.EnvVar{Name: nam
 // agentEnv follows the istio-agent contract of Istio's gateway template.
 func (s *Settings) agentEnv(p podParams, workload string) []corev1.EnvVar {
 	podEnv := []corev1.EnvVar{
-		valueEnv("CA_ADDR", s.caAddress),
-		fieldEnv("POD_NAME", "metadata.name"),
-		fieldEnv("POD_NAMESPACE", "metadata.namespace"),
-		fieldEnv("INSTANCE_IP", "status.podIP"),
-		fieldEnv("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-		fieldEnv("HOST_IP", "status.hostIP"),
+		valueEnv(agentcontract.EnvCAAddr, s.caAddress),
+		fieldEnv(agentcontract.EnvPodName, "metadata.name"),
+		fieldEnv(agentcontract.EnvPodNamespace, "metadata.namespace"),
+		fieldEnv(agentcontract.EnvInstanceIP, "status.podIP"),
+		fieldEnv(agentcontract.EnvServiceAccount, "spec.serviceAccountName"),
+		fieldEnv(agentcontract.EnvHostIP, "status.hostIP"),
 	}
 	if p.flavor == FlavorSDSAgent {
 		// Exactly what cmd/sds-agent reads (docs/sds-agent.md): its inputs,
@@ -168,16 +170,16 @@ func (s *Settings) agentEnv(p podParams, workload string) []corev1.EnvVar {
 		// the pod is on the host network (it then refuses a TCP listener).
 		// No Envoy or xDS settings, and nothing that opens a TCP port.
 		env := append(podEnv,
-			valueEnv("ISTIO_META_CLUSTER_ID", s.clusterID),
-			valueEnv("TRUST_DOMAIN", s.trustDomain),
-			valueEnv("SDS_SOCKET_PATH", p.profile.SocketPath()),
-			valueEnv("TOKEN_PATH", pathTokens+"/"+tokenFile),
-			valueEnv("ROOT_CERT_PATH", pathIstiodCA+"/root-cert.pem"),
+			valueEnv(agentcontract.EnvClusterID, s.clusterID),
+			valueEnv(agentcontract.EnvTrustDomain, s.trustDomain),
+			valueEnv(agentcontract.EnvSocketPath, p.profile.SocketPath()),
+			valueEnv(agentcontract.EnvTokenPath, agentcontract.TokenPath),
+			valueEnv(agentcontract.EnvRootCertPath, agentcontract.RootCertPath),
 		)
 		if p.glooDropIn {
 			// The Gloo drop-in: loopback only; the agent refuses it on the
 			// host network as well.
-			env = append(env, valueEnv("SDS_TCP_ADDR", GlooSDSAddress))
+			env = append(env, valueEnv(agentcontract.EnvTCPAddr, GlooSDSAddress))
 		}
 		return env
 	}
@@ -233,7 +235,7 @@ func readiness(f Flavor) corev1.ProbeHandler {
 		// certificate files exist.
 		return corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz/ready", Port: intstr.FromInt32(portAgentStatus)}}
 	default:
-		return corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"sds-agent", "probe"}}}
+		return corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{agentcontract.Binary, agentcontract.CmdProbe}}}
 	}
 }
 
@@ -246,7 +248,7 @@ func waitCommand(f Flavor) []string {
 	case FlavorIstioAgentFiles:
 		return []string{"pilot-agent", "wait", "--url=http://localhost:15020/healthz/ready"}
 	default:
-		return []string{"sds-agent", "wait"}
+		return []string{agentcontract.Binary, agentcontract.CmdWait}
 	}
 }
 

@@ -1,5 +1,7 @@
 package inject
 
+import "github.com/sds-injector/sds-injector/internal/agentcontract"
+
 // Labels and annotations read or written by the engine. They are part of the
 // project's public API: changing one breaks users' manifests.
 const (
@@ -49,15 +51,15 @@ const (
 
 // Paths inside the containers, fixed by the istio-agent contract.
 const (
-	pathWorkloadSocketDir = "/var/run/secrets/workload-spiffe-uds"
+	pathWorkloadSocketDir = agentcontract.SocketDir
 	pathCredentialSocket  = "/var/run/secrets/credential-uds"
 	pathWorkloadCerts     = "/var/run/secrets/workload-spiffe-credentials"
-	pathIstioProxy        = "/etc/istio/proxy"
+	pathIstioProxy        = agentcontract.LegacySocketDir
 	pathIstioData         = "/var/lib/istio/data"
 	pathIstioPodinfo      = "/etc/istio/pod"
-	pathTokens            = "/var/run/secrets/tokens"
-	pathIstiodCA          = "/var/run/secrets/istio"
-	tokenFile             = "istio-token"
+	pathTokens            = agentcontract.TokenDir
+	pathIstiodCA          = agentcontract.RootCertDir
+	tokenFile             = agentcontract.TokenFile
 
 	// DefaultCertsDir is where the istio-agent-files flavor writes key.pem,
 	// cert-chain.pem and root-cert.pem, in both the agent and the gateway.
@@ -69,10 +71,10 @@ const (
 // the workload's certificate chain and key, and the mesh trust bundle. The
 // wiring guide's snippets use them (docs/gateway-wiring.md).
 const (
-	SecretCertificate = "default"
-	SecretRootCA      = "ROOTCA"
+	SecretCertificate = agentcontract.SecretCertificate
+	SecretRootCA      = agentcontract.SecretRootCA
 	// The sds-agent also serves them under Gloo Edge's names (its sds
 	// container's), for the Gloo drop-in.
-	SecretGlooCertificate = "istio_server_cert"
-	SecretGlooRootCA      = "istio_validation_context"
+	SecretGlooCertificate = agentcontract.SecretGlooCertificate
+	SecretGlooRootCA      = agentcontract.SecretGlooRootCA
 )

@@ -11,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/ptr"
+
+	"github.com/sds-injector/sds-injector/internal/agentcontract"
 )
 
 // IdentityProviderConfig is the identityProvider section of the
@@ -164,7 +166,7 @@ func (sp *spireSettings) volume() corev1.Volume {
 // SPIRESocketPath is where the spire flavor's gateway container (and the
 // wait container) find the SPIRE agent's socket: the same path as the
 // socket flavors' agents use since Istio 1.14.
-const SPIRESocketPath = pathWorkloadSocketDir + "/socket"
+const SPIRESocketPath = agentcontract.SocketPath
 
 // spireWaitContainer is the init container that returns once the SPIRE
 // agent's socket answers SDS (ROOTCA), so that the gateway starts with its
@@ -174,7 +176,7 @@ func (s *Settings) spireWaitContainer(p podParams) corev1.Container {
 		Name:            SPIREWaitContainer,
 		Image:           p.image,
 		ImagePullPolicy: s.pullPolicy,
-		Args: []string{"wait-socket",
+		Args: []string{agentcontract.CmdWaitSocket,
 			"--socket-path=" + SPIRESocketPath,
 			fmt.Sprintf("--timeout=%ds", int64(s.spire.timeout/time.Second)),
 		},

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/sds-injector/sds-injector/internal/agentcontract"
 )
 
 // IstioProfile is the part of the istio-agent contract that changed between
@@ -34,14 +36,14 @@ var (
 		Name:         "1.5-1.13",
 		SocketVolume: VolumeIstioEnvoy,
 		SocketDir:    pathIstioProxy,
-		SocketFile:   "SDS",
+		SocketFile:   agentcontract.LegacySocketFile,
 		JWTPolicy:    "third-party-jwt",
 	}
 	profileWorkloadSocket = IstioProfile{
 		Name:              "1.14-1.21",
 		SocketVolume:      VolumeWorkloadSocket,
 		SocketDir:         pathWorkloadSocketDir,
-		SocketFile:        "socket",
+		SocketFile:        agentcontract.SocketFile,
 		WritableAgentDirs: true,
 		JWTPolicy:         "third-party-jwt",
 	}
@@ -49,7 +51,7 @@ var (
 		Name:              "1.22+",
 		SocketVolume:      VolumeWorkloadSocket,
 		SocketDir:         pathWorkloadSocketDir,
-		SocketFile:        "socket",
+		SocketFile:        agentcontract.SocketFile,
 		WritableAgentDirs: true,
 	}
 )

@@ -29,7 +29,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sds-injector/sds-injector/test/flavors/sdsclient"
+	"github.com/sds-injector/sds-injector/test/sdsclient"
 )
 
 // Event is one line of the checker's report.

@@ -26,9 +26,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/ca"
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/fakeca"
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/sds"
+	"github.com/sds-injector/sds-injector/internal/agent/ca"
+	"github.com/sds-injector/sds-injector/internal/agent/fakeca"
+	"github.com/sds-injector/sds-injector/internal/agent/sds"
 )
 
 func TestInitialFetch(t *testing.T) {
@@ -462,13 +462,16 @@ func TestDrainTimeout(t *testing.T) {
 	if err := e.stop(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-c.errs:
-		if status.Code(err) != codes.Unavailable {
-			t.Errorf("stream ended with %v, want Unavailable", err)
-		}
-	case <-time.After(wait):
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	r, err := c.s.Next(ctx)
+	switch {
+	case err == nil:
+		t.Fatalf("response version %s after the drain timeout, want the stream closed", r.Version)
+	case ctx.Err() != nil:
 		t.Fatal("stream not closed")
+	case status.Code(err) != codes.Unavailable:
+		t.Errorf("stream ended with %v, want Unavailable", err)
 	}
 }
 

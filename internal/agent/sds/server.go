@@ -13,13 +13,15 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"google.golang.org/grpc"
+
+	"github.com/sds-injector/sds-injector/internal/agentcontract"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // TypeURL is the type of every resource the server sends.
-const TypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+const TypeURL = agentcontract.SecretTypeURL
 
 // ProbeNodeID is the node ID `sds-agent probe` sends, so that its short
 // streams are not counted as gateway connections.

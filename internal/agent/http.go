@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"slices"
 
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/metrics"
+	"github.com/sds-injector/sds-injector/internal/agent/metrics"
 )
 
 // httpHandler serves /metrics and /healthz/ready on the opt-in metrics

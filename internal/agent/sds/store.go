@@ -9,16 +9,18 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+
+	"github.com/sds-injector/sds-injector/internal/agentcontract"
 )
 
 // Resource names served. Envoy (and Istio's bootstrap) asks for Default and
 // RootCA; Gloo Edge's Istio integration asks for the Gloo names, which are
 // aliases of the same two secrets.
 const (
-	Default               = "default"
-	RootCA                = "ROOTCA"
-	GlooCertificate       = "istio_server_cert"
-	GlooValidationContext = "istio_validation_context"
+	Default               = agentcontract.SecretCertificate
+	RootCA                = agentcontract.SecretRootCA
+	GlooCertificate       = agentcontract.SecretGlooCertificate
+	GlooValidationContext = agentcontract.SecretGlooRootCA
 )
 
 // kind is what a resource name resolves to.
@@ -29,6 +31,11 @@ const (
 	kindCert
 	kindRoot
 )
+
+// CertificateNames are the names under which the workload certificate is
+// served; RootNames those of the trust bundle.
+func CertificateNames() []string { return []string{Default, GlooCertificate} }
+func RootNames() []string        { return []string{RootCA, GlooValidationContext} }
 
 func kindOf(name string) kind {
 	switch name {

@@ -14,19 +14,21 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/ca"
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/sds"
+	"github.com/sds-injector/sds-injector/internal/agent/ca"
+	"github.com/sds-injector/sds-injector/internal/agent/sds"
+	"github.com/sds-injector/sds-injector/internal/agentcontract"
 )
 
-// Default paths: the ones the injector mounts (Istio 1.14+ socket).
+// Default paths: the ones the injector mounts (Istio 1.14+ socket), from
+// the agent contract the engine uses too.
 const (
-	DefaultSocketPath   = "/var/run/secrets/workload-spiffe-uds/socket"
-	DefaultTokenPath    = "/var/run/secrets/tokens/istio-token"
-	DefaultRootCertPath = "/var/run/secrets/istio/root-cert.pem"
-	DefaultCAAddr       = "istiod.istio-system.svc:15012"
+	DefaultSocketPath   = agentcontract.SocketPath
+	DefaultTokenPath    = agentcontract.TokenPath
+	DefaultRootCertPath = agentcontract.RootCertPath
+	DefaultCAAddr       = agentcontract.DefaultCAAddr
 	// GlooTCPAddr is where Gloo Edge's gateway_proxy_sds bootstrap cluster
 	// looks for its SDS server.
-	GlooTCPAddr = "127.0.0.1:8234"
+	GlooTCPAddr = agentcontract.GlooTCPAddr
 )
 
 // Config is the agent's configuration. Every field has a flag and an
@@ -99,20 +101,20 @@ func float(p func(*Config) *float64) func(*Config, string) error {
 // Settings is the agent's whole configuration surface, in documentation
 // order. The injector sets the variables marked so in docs/sds-agent.md.
 var Settings = []Setting{
-	{"ca-addr", "CA_ADDR", DefaultCAAddr, "istiod's CA address (host:port, TLS)", str(func(c *Config) *string { return &c.CAAddr })},
+	{"ca-addr", agentcontract.EnvCAAddr, DefaultCAAddr, "istiod's CA address (host:port, TLS)", str(func(c *Config) *string { return &c.CAAddr })},
 	{"ca-server-name", "CA_SERVER_NAME", "", "name to verify in the CA's certificate (default: the host of CA_ADDR)", str(func(c *Config) *string { return &c.CAServerName })},
-	{"cluster-id", "ISTIO_META_CLUSTER_ID", "Kubernetes", "cluster ID sent to istiod (ClusterID metadata)", str(func(c *Config) *string { return &c.ClusterID })},
-	{"trust-domain", "TRUST_DOMAIN", "cluster.local", "trust domain of the SPIFFE identity", str(func(c *Config) *string { return &c.TrustDomain })},
-	{"namespace", "POD_NAMESPACE", "", "pod namespace (default: from the token)", str(func(c *Config) *string { return &c.Namespace })},
-	{"service-account", "SERVICE_ACCOUNT", "", "pod service account (default: from the token)", str(func(c *Config) *string { return &c.ServiceAccount })},
-	{"pod-name", "POD_NAME", "", "pod name (logs only)", str(func(c *Config) *string { return &c.PodName })},
-	{"instance-ip", "INSTANCE_IP", "", "pod IP; equal to HOST_IP means host network, where the TCP listener is refused", str(func(c *Config) *string { return &c.InstanceIP })},
-	{"host-ip", "HOST_IP", "", "node IP", str(func(c *Config) *string { return &c.HostIP })},
-	{"token-path", "TOKEN_PATH", DefaultTokenPath, "projected service-account token (audience istio-ca), read on every CA call", str(func(c *Config) *string { return &c.TokenPath })},
-	{"root-cert-path", "ROOT_CERT_PATH", DefaultRootCertPath, "istiod's root certificate (istio-ca-root-cert), watched for changes; empty: system roots", str(func(c *Config) *string { return &c.RootCertPath })},
-	{"socket-path", "SDS_SOCKET_PATH", DefaultSocketPath, "Unix socket to serve SDS on", str(func(c *Config) *string { return &c.SocketPath })},
+	{"cluster-id", agentcontract.EnvClusterID, agentcontract.DefaultClusterID, "cluster ID sent to istiod (ClusterID metadata)", str(func(c *Config) *string { return &c.ClusterID })},
+	{"trust-domain", agentcontract.EnvTrustDomain, agentcontract.DefaultTrustDomain, "trust domain of the SPIFFE identity", str(func(c *Config) *string { return &c.TrustDomain })},
+	{"namespace", agentcontract.EnvPodNamespace, "", "pod namespace (default: from the token)", str(func(c *Config) *string { return &c.Namespace })},
+	{"service-account", agentcontract.EnvServiceAccount, "", "pod service account (default: from the token)", str(func(c *Config) *string { return &c.ServiceAccount })},
+	{"pod-name", agentcontract.EnvPodName, "", "pod name (logs only)", str(func(c *Config) *string { return &c.PodName })},
+	{"instance-ip", agentcontract.EnvInstanceIP, "", "pod IP; equal to HOST_IP means host network, where the TCP listener is refused", str(func(c *Config) *string { return &c.InstanceIP })},
+	{"host-ip", agentcontract.EnvHostIP, "", "node IP", str(func(c *Config) *string { return &c.HostIP })},
+	{"token-path", agentcontract.EnvTokenPath, DefaultTokenPath, "projected service-account token (audience istio-ca), read on every CA call", str(func(c *Config) *string { return &c.TokenPath })},
+	{"root-cert-path", agentcontract.EnvRootCertPath, DefaultRootCertPath, "istiod's root certificate (istio-ca-root-cert), watched for changes; empty: system roots", str(func(c *Config) *string { return &c.RootCertPath })},
+	{"socket-path", agentcontract.EnvSocketPath, DefaultSocketPath, "Unix socket to serve SDS on", str(func(c *Config) *string { return &c.SocketPath })},
 	{"socket-mode", "SDS_SOCKET_MODE", sds.SocketModeAuto, "socket permissions: octal, or auto (0660 if the directory is shared through fsGroup, else 0666)", str(func(c *Config) *string { return &c.SocketMode })},
-	{"tcp-addr", "SDS_TCP_ADDR", "", "also serve SDS on this loopback TCP address (Gloo Edge: " + GlooTCPAddr + "); off by default", str(func(c *Config) *string { return &c.TCPAddr })},
+	{"tcp-addr", agentcontract.EnvTCPAddr, "", "also serve SDS on this loopback TCP address (Gloo Edge: " + GlooTCPAddr + "); off by default", str(func(c *Config) *string { return &c.TCPAddr })},
 	{"metrics-addr", "METRICS_ADDR", "", "serve /metrics and /healthz/ready on this TCP address; off by default", str(func(c *Config) *string { return &c.MetricsAddr })},
 	{"key-algorithm", "KEY_ALGORITHM", ca.ECDSAP256, "workload key: " + strings.Join(ca.KeyAlgorithms, " or "), str(func(c *Config) *string { return &c.KeyAlgorithm })},
 	{"cert-ttl", "CERT_TTL", "24h", "certificate lifetime requested from the CA", dur(func(c *Config) *time.Duration { return &c.CertTTL })},

@@ -15,14 +15,10 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/ca"
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/fakeca"
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/sds"
+	"github.com/sds-injector/sds-injector/internal/agent/ca"
+	"github.com/sds-injector/sds-injector/internal/agent/fakeca"
+	"github.com/sds-injector/sds-injector/internal/agent/sds"
 )
 
 const (
@@ -197,115 +193,59 @@ func (l *syncLog) contains(s string) bool {
 
 var _ io.Writer = (*syncLog)(nil)
 
-// sdsClient is an Envoy-like SDS client: it opens a stream, subscribes and
-// ACKs every response.
+// sdsClient is an Envoy-like SDS client (the project's one, sds.Stream)
+// that fails the test on errors.
 type sdsClient struct {
-	t      *testing.T
-	conn   *grpc.ClientConn
-	stream secretv3.SecretDiscoveryService_StreamSecretsClient
-	cancel context.CancelFunc
-	req    *discoveryv3.DiscoveryRequest
-	resps  chan *discoveryv3.DiscoveryResponse
-	errs   chan error
+	t *testing.T
+	s *sds.Stream
 }
 
 // dialSDS connects to target ("unix:///path" or "host:port") and subscribes to names.
 func dialSDS(t *testing.T, target string, names ...string) *sdsClient {
 	t.Helper()
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	s, err := sds.Subscribe(context.Background(), target, &corev3.Node{Id: "router~10.0.0.1~gw-0.gw~gw.svc.cluster.local"}, names...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stream, err := secretv3.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx, grpc.WaitForReady(true))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	c := &sdsClient{t: t, conn: conn, stream: stream, cancel: cancel,
-		req:   &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "router~10.0.0.1~gw-0.gw~gw.svc.cluster.local"}, TypeUrl: sds.TypeURL, ResourceNames: names},
-		resps: make(chan *discoveryv3.DiscoveryResponse, 16), errs: make(chan error, 1)}
-	t.Cleanup(c.close)
-	if err := stream.Send(c.req); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			r, err := stream.Recv()
-			if err != nil {
-				c.errs <- err
-				return
-			}
-			c.resps <- r
-		}
-	}()
-	return c
+	t.Cleanup(s.Close)
+	return &sdsClient{t: t, s: s}
 }
 
 func unixTarget(path string) string { return "unix://" + path }
 
-func (c *sdsClient) close() {
-	c.cancel()
-	_ = c.conn.Close()
-}
-
 // next returns the next response's secrets by name, ACKing it.
-func (c *sdsClient) next() (*discoveryv3.DiscoveryResponse, map[string]*tlsv3.Secret) {
+func (c *sdsClient) next() (*sds.Response, map[string]*tlsv3.Secret) {
 	c.t.Helper()
-	select {
-	case r := <-c.resps:
-		got := map[string]*tlsv3.Secret{}
-		for _, a := range r.Resources {
-			if a.TypeUrl != sds.TypeURL {
-				c.t.Fatalf("resource of type %s", a.TypeUrl)
-			}
-			s := &tlsv3.Secret{}
-			if err := a.UnmarshalTo(s); err != nil {
-				c.t.Fatal(err)
-			}
-			got[s.Name] = s
-		}
-		c.req.VersionInfo, c.req.ResponseNonce = r.VersionInfo, r.Nonce
-		if err := c.stream.Send(c.req); err != nil {
-			c.t.Fatal(err)
-		}
-		return r, got
-	case err := <-c.errs:
-		c.t.Fatalf("stream ended: %v", err)
-	case <-time.After(wait):
-		c.t.Fatal("no SDS response")
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	r, err := c.s.Next(ctx)
+	if err != nil {
+		c.t.Fatal(err)
 	}
-	return nil, nil
+	return r, r.Secrets
 }
 
 // until reads responses until all names have been seen, merging them.
 func (c *sdsClient) until(names ...string) map[string]*tlsv3.Secret {
 	c.t.Helper()
-	all := map[string]*tlsv3.Secret{}
-	for {
-		_, got := c.next()
-		for k, v := range got {
-			all[k] = v
-		}
-		done := true
-		for _, n := range names {
-			if all[n] == nil {
-				done = false
-			}
-		}
-		if done {
-			return all
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	all, err := c.s.Until(ctx, names...)
+	if err != nil {
+		c.t.Fatal(err)
 	}
+	return all
 }
 
 // quiet asserts that no response arrives for d.
 func (c *sdsClient) quiet(d time.Duration) {
 	c.t.Helper()
-	select {
-	case r := <-c.resps:
-		c.t.Fatalf("unexpected response version %s", r.VersionInfo)
-	case <-time.After(d):
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if r, err := c.s.Next(ctx); err == nil {
+		c.t.Fatalf("unexpected response version %s", r.Version)
+	} else if ctx.Err() == nil {
+		c.t.Fatalf("stream failed while waiting for quiet: %v", err)
 	}
 }
 
@@ -341,3 +281,5 @@ func checkCert(t *testing.T, sec *tlsv3.Secret, roots []byte) *x509.Certificate 
 func rootsOf(sec *tlsv3.Secret) []byte {
 	return sec.GetValidationContext().GetTrustedCa().GetInlineBytes()
 }
+
+func (c *sdsClient) close() { c.s.Close() }

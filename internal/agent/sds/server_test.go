@@ -282,3 +282,21 @@ func TestListenUnixMode(t *testing.T) {
 		c.Close()
 	}
 }
+
+// The exported name lists are what the server resolves: every listed name
+// gets its secret, and nothing else does.
+func TestServedNameLists(t *testing.T) {
+	for _, n := range CertificateNames() {
+		if kindOf(n) != kindCert {
+			t.Errorf("%s is listed as a certificate name but resolves to %d", n, kindOf(n))
+		}
+	}
+	for _, n := range RootNames() {
+		if kindOf(n) != kindRoot {
+			t.Errorf("%s is listed as a trust bundle name but resolves to %d", n, kindOf(n))
+		}
+	}
+	if kindOf("ROOTCA ") != kindUnknown || kindOf("") != kindUnknown {
+		t.Error("unlisted names resolve")
+	}
+}

@@ -22,8 +22,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/ca"
-	"github.com/sds-injector/sds-injector/cmd/sds-agent/internal/sds"
+	"github.com/sds-injector/sds-injector/internal/agent/ca"
+	"github.com/sds-injector/sds-injector/internal/agent/sds"
 )
 
 // Agent obtains, rotates and serves one workload certificate.

@@ -1,0 +1,42 @@
+package harness
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// ExamplePod loads docs/examples/<file> (a Pod, strictly decoded) into
+// namespace ns as name, adding labels and annotations.
+func ExamplePod(t testing.TB, file, ns, name string, labels, annotations map[string]string) *corev1.Pod {
+	t.Helper()
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(root, "docs", "examples", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pod corev1.Pod
+	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	pod.Namespace, pod.Name = ns, name
+	for k, v := range labels {
+		if pod.Labels == nil {
+			pod.Labels = map[string]string{}
+		}
+		pod.Labels[k] = v
+	}
+	for k, v := range annotations {
+		if pod.Annotations == nil {
+			pod.Annotations = map[string]string{}
+		}
+		pod.Annotations[k] = v
+	}
+	return &pod
+}
