@@ -34,7 +34,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
@@ -185,13 +184,9 @@ could not run.`,
 }
 
 func (o *checkOptions) client() (client.Client, string, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	if o.kubeconfig != "" {
-		rules.ExplicitPath = o.kubeconfig
-	}
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: o.context}).ClientConfig()
+	cfg, err := restConfig(o.kubeconfig, o.context)
 	if err != nil {
-		return nil, "", fmt.Errorf("kubeconfig: %w", err)
+		return nil, "", err
 	}
 	cfg.QPS, cfg.Burst = 50, 100
 	scheme := runtime.NewScheme()
@@ -216,6 +211,7 @@ type checker struct {
 	now  time.Time
 
 	cfg      inject.Config
+	set      inject.Presence
 	settings *inject.Settings
 	mwcs     []*admissionregistrationv1.MutatingWebhookConfiguration
 	ns       map[string]*corev1.Namespace
@@ -288,26 +284,21 @@ func (k *checker) checkConfiguration(ctx context.Context) checkResult {
 			data, source = []byte(v), fmt.Sprintf("ConfigMap %s/%s", k.opts.namespace, k.opts.configMap)
 		}
 	}
-	cfg := inject.DefaultConfig()
-	if data != nil {
-		var err error
-		if cfg, err = inject.ParseConfig(data); err != nil {
-			return failed(res, fmt.Sprintf("%s: %v", source, err))
-		}
-	}
-	k.opts.ef.override(k.cmd, &cfg)
-	// As serve does: an unset agent image is this release's, never a
-	// mutable tag.
-	explicit, err := istio.ExplicitFields(data)
+	// As serve builds it: file, flags, this release's agent image.
+	l, err := k.opts.ef.build(k.cmd, data, source)
 	if err != nil {
-		return failed(res, fmt.Sprintf("%s: %v", source, err))
+		return failed(res, err.Error())
 	}
-	pinAgentImage(&cfg, explicit)
+	cfg := l.Config
 	s, err := cfg.Resolve()
 	if err != nil {
 		return failed(res, fmt.Sprintf("%s: %v", source, err))
 	}
-	k.cfg, k.settings = cfg, s
+	k.cfg, k.set, k.settings = cfg, l.Set, s
+	if len(l.Warnings) > 0 {
+		res.Status = statusWarn
+		res.Fix = append(res.Fix, l.Warnings...)
+	}
 	if res.Status == "" {
 		res.Status = statusPass
 	}
@@ -318,28 +309,6 @@ func (k *checker) checkConfiguration(ctx context.Context) checkResult {
 	res.Message = fmt.Sprintf("from %s: flavor %s, Istio %s, CA %s, cluster ID %s, trust domain %s",
 		source, flavor, s.IstioVersion(), cfg.CAAddress, cfg.ClusterID, cfg.TrustDomain)
 	return res
-}
-
-// override applies the engine flags that were set, as engineFlags.settings
-// does for a configuration file.
-func (f *engineFlags) override(cmd *cobra.Command, cfg *inject.Config) {
-	fs := cmd.Flags()
-	set := func(name string, dst *string, v string) {
-		if fs.Changed(name) {
-			*dst = v
-		}
-	}
-	if fs.Changed("flavor") {
-		cfg.Flavor = inject.Flavor(f.flavor)
-	}
-	set("istio-version", &cfg.IstioVersion, f.istioVersion)
-	set("agent-image", &cfg.AgentImage, f.agentImage)
-	set("ca-address", &cfg.CAAddress, f.caAddress)
-	set("cluster-id", &cfg.ClusterID, f.clusterID)
-	set("trust-domain", &cfg.TrustDomain, f.trustDomain)
-	if fs.Changed("native-sidecar") {
-		cfg.NativeSidecar = f.nativeSidecar
-	}
 }
 
 // --- webhook configurations -------------------------------------------------
@@ -910,12 +879,7 @@ func (k *checker) istioSnapshot(ctx context.Context) (*istio.Snapshot, error) {
 		return k.snap, k.snapErr
 	}
 	k.snapOK = true
-	explicit, err := k.explicitFields(ctx)
-	if err != nil {
-		k.snapErr = err
-		return nil, err
-	}
-	k.snap, k.snapErr = istio.Load(ctx, k.c, istio.Input{Config: k.cfg, Explicit: explicit, Namespace: k.opts.istio.namespace})
+	k.snap, k.snapErr = istio.Load(ctx, k.c, istio.Input{Config: k.cfg, Explicit: k.set, Namespace: k.opts.istio.namespace})
 	return k.snap, k.snapErr
 }
 

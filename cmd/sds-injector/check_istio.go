@@ -3,12 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
@@ -120,34 +117,4 @@ func (k *checker) checkStaleAgents(ctx context.Context, snap *istio.Snapshot) ch
 	}
 	res.Message = fmt.Sprintf("%d injected pod(s); every agent matches the installed Istio", injected)
 	return res
-}
-
-// explicitFields reads the configuration's explicitly set fields from the
-// same source as the configuration check.
-func (k *checker) explicitFields(ctx context.Context) (map[string]bool, error) {
-	var data []byte
-	if f := k.opts.ef.configFile; f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, err
-		}
-		data = b
-	} else {
-		var cm corev1.ConfigMap
-		err := k.c.Get(ctx, types.NamespacedName{Namespace: k.opts.namespace, Name: k.opts.configMap}, &cm)
-		if err != nil && !apierrors.IsNotFound(err) {
-			return nil, err
-		}
-		data = []byte(cm.Data["config.yaml"])
-	}
-	explicit, err := istio.ExplicitFields(data)
-	if err != nil {
-		return nil, err
-	}
-	for flag, field := range flagFields {
-		if k.cmd.Flags().Changed(flag) {
-			explicit[field] = true
-		}
-	}
-	return explicit, nil
 }

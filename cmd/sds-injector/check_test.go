@@ -249,7 +249,7 @@ func fakeWorld(t *testing.T, pki testPKI) []client.Object {
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "istio-system", Name: "istiod"}, Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "grpc-istiod", Port: 15012}}}},
 		slice("istio-system", "istiod", "grpc-istiod", 15012),
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "gloo-system", Name: "istio-ca-root-cert"}},
-		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "sds-injector", Name: "sds-injector"}, Data: map[string]string{"config.yaml": "flavor: istio-proxy\n"}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "sds-injector", Name: "sds-injector"}, Data: map[string]string{"config.yaml": "apiVersion: sds-injector.io/v1alpha1\nkind: InjectorConfig\nflavor: istio-proxy\n"}},
 		injected,
 	}
 }
@@ -317,6 +317,32 @@ func TestCheckFake(t *testing.T) {
 			t.Fatalf("%+v", r.Checks)
 		}
 	})
+	t.Run("configuration without apiVersion", func(t *testing.T) {
+		objs := fakeWorld(t, pki)
+		for _, o := range objs {
+			if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == "sds-injector" {
+				cm.Data["config.yaml"] = "flavor: istio-proxy\n"
+			}
+		}
+		r := runFakeCheck(t, objs)
+		res := resultOf(t, r, checkConfiguration)
+		if res.Status != statusWarn || len(res.Fix) != 1 || !strings.Contains(res.Fix[0], "apiVersion: sds-injector.io/v1alpha1") || !r.OK {
+			t.Fatalf("want a deprecation warning naming the apiVersion to add: %+v", res)
+		}
+	})
+	t.Run("configuration of an unknown version", func(t *testing.T) {
+		objs := fakeWorld(t, pki)
+		for _, o := range objs {
+			if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == "sds-injector" {
+				cm.Data["config.yaml"] = "apiVersion: sds-injector.io/v9\nkind: InjectorConfig\n"
+			}
+		}
+		r := runFakeCheck(t, objs)
+		res := resultOf(t, r, checkConfiguration)
+		if res.Status != statusFail || !strings.Contains(res.Message, "supported: sds-injector.io/v1alpha1") {
+			t.Fatalf("want a failure naming the supported version: %+v", res)
+		}
+	})
 	t.Run("json output", func(t *testing.T) {
 		var b bytes.Buffer
 		if err := writeReport(&b, r, "json"); err != nil {
@@ -338,4 +364,15 @@ func TestCheckNeedsACluster(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "--output") {
 		t.Errorf("bad -o: %v", err)
 	}
+}
+
+func resultOf(t *testing.T, r *checkReport, name string) checkResult {
+	t.Helper()
+	for _, c := range r.Checks {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no check %s in %+v", name, r.Checks)
+	return checkResult{}
 }

@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"sigs.k8s.io/yaml"
 )
 
 // Flavor selects which certificate agent is injected.
@@ -72,6 +71,12 @@ const (
 // `sds-injector serve` and `sds-injector inject`. Resolve validates it once
 // and produces the Settings the engine runs on.
 type Config struct {
+	// APIVersion and Kind identify the file's schema: ConfigAPIVersion and
+	// ConfigKind. A file without them is read as that version, with a
+	// deprecation warning (see LoadConfig).
+	APIVersion string `json:"apiVersion,omitempty"`
+	Kind       string `json:"kind,omitempty"`
+
 	// Flavor, when set, is the flavor every gateway gets unless its pod
 	// overrides it with the sds-injector.io/flavor annotation; a gateway
 	// whose profile cannot use it is skipped with a warning. Empty (the
@@ -168,18 +173,6 @@ func DefaultConfig() Config {
 		},
 		ExcludedNamespaces: []string{"kube-system", "kube-public", "kube-node-lease"},
 	}
-}
-
-// ParseConfig reads a YAML or JSON configuration over the built-in defaults.
-// Unknown fields are an error, so a typo never silently falls back to a
-// default. The result still has to pass Resolve.
-func ParseConfig(data []byte) (Config, error) {
-	cfg := DefaultConfig()
-	// Lists replace the defaults rather than merging into them.
-	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
-		return Config{}, fmt.Errorf("config: %w", err)
-	}
-	return cfg, nil
 }
 
 // Settings is a validated configuration, ready for the engine. It is
