@@ -1,4 +1,4 @@
-package main
+package check
 
 import (
 	"bytes"
@@ -102,7 +102,7 @@ func gatewayPod(ns, name string, labels, annotations map[string]string) *corev1.
 // TestInScopeShippedConfigurations evaluates the shipped webhook
 // configurations (selectors and CEL) the way the API server does.
 func TestInScopeShippedConfigurations(t *testing.T) {
-	k := &checker{ns: map[string]*corev1.Namespace{}}
+	k := &Env{ns: map[string]*corev1.Namespace{}}
 	for name, l := range map[string]map[string]string{"enabled": {inject.NamespaceLabel: "enabled"}, "plain": nil, "disabled": {inject.NamespaceLabel: "disabled"}, "kube-system": nil} {
 		labels := map[string]string{"kubernetes.io/metadata.name": name}
 		for a, b := range l {
@@ -168,7 +168,7 @@ func TestRestartCommand(t *testing.T) {
 	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "gw", Name: "gateway-proxy-abc", OwnerReferences: ctrl("Deployment", "gateway-proxy")}}
 	orphanRS := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "gw", Name: "lonely"}}
 	c := fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(rs, orphanRS).Build()
-	k := &checker{c: c}
+	k := &Env{c: c}
 	for _, tc := range []struct {
 		owners       []metav1.OwnerReference
 		owner, cmdPr string
@@ -254,15 +254,15 @@ func fakeWorld(t *testing.T, pki testPKI) []client.Object {
 	}
 }
 
-func runFakeCheck(t *testing.T, objs []client.Object) *checkReport {
+func runFakeCheck(t *testing.T, objs []client.Object) *Report {
 	t.Helper()
 	c := fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(objs...).Build()
-	o := checkOptions{namespace: "sds-injector", configMap: "sds-injector", certSecret: "sds-injector-tls",
-		webhookConfigs: DefaultWebhookConfigurations, minValidity: 7 * 24 * time.Hour}
-	return (&checker{opts: &o, c: c, cmd: newCheckCommand(), now: time.Now()}).run(context.Background())
+	o := Options{Namespace: "sds-injector", ConfigMap: "sds-injector", CertSecret: "sds-injector-tls",
+		WebhookConfigurations: []string{"sds-injector-namespace", "sds-injector-per-gateway", "sds-injector-cluster-wide"}, MinValidity: 7 * 24 * time.Hour}
+	return RunChecks(context.Background(), All(), NewEnv(c, o))
 }
 
-func statusOf(r *checkReport, name string) checkStatus {
+func statusOf(r *Report, name string) Status {
 	for _, c := range r.Checks {
 		if c.Name == name {
 			return c.Status
@@ -276,17 +276,17 @@ func TestCheckFake(t *testing.T) {
 	r := runFakeCheck(t, fakeWorld(t, pki))
 	if !r.OK {
 		var b bytes.Buffer
-		_ = writeReport(&b, r, "text")
+		_ = Write(&b, r, "text")
 		t.Fatalf("healthy world fails:\n%s", b.String())
 	}
 
 	t.Run("uninjected gateway", func(t *testing.T) {
 		objs := append(fakeWorld(t, pki), gatewayPod("gloo-system", "gw-late", nil, nil))
 		r := runFakeCheck(t, objs)
-		if statusOf(r, checkGatewayPods) != statusFail || r.OK {
+		if statusOf(r, checkGatewayPods) != StatusFail || r.OK {
 			t.Fatalf("%+v", r.Checks)
 		}
-		pods := r.Checks[len(r.Checks)-1].Pods
+		pods := resultOf(t, r, checkGatewayPods).Pods
 		if len(pods) != 1 || pods[0].Name != "gw-late" || pods[0].Problem != "not-injected" || !strings.Contains(pods[0].Command, "delete pod gw-late") {
 			t.Errorf("%+v", pods)
 		}
@@ -294,13 +294,13 @@ func TestCheckFake(t *testing.T) {
 	t.Run("expiring certificate", func(t *testing.T) {
 		short := makePKI(t, "sds-injector.sds-injector.svc", 2*24*time.Hour)
 		r := runFakeCheck(t, fakeWorld(t, short))
-		if statusOf(r, checkServingCert) != statusFail {
+		if statusOf(r, checkServingCert) != StatusFail {
 			t.Fatalf("%+v", r.Checks)
 		}
 	})
 	t.Run("certificate for another name", func(t *testing.T) {
 		r := runFakeCheck(t, fakeWorld(t, makePKI(t, "webhook.example.com", 90*24*time.Hour)))
-		if statusOf(r, checkServingCert) != statusFail {
+		if statusOf(r, checkServingCert) != StatusFail {
 			t.Fatalf("%+v", r.Checks)
 		}
 	})
@@ -313,7 +313,7 @@ func TestCheckFake(t *testing.T) {
 			}
 		}
 		r := runFakeCheck(t, kept)
-		if statusOf(r, checkRootCert) != statusFail {
+		if statusOf(r, checkRootCert) != StatusFail {
 			t.Fatalf("%+v", r.Checks)
 		}
 	})
@@ -326,7 +326,7 @@ func TestCheckFake(t *testing.T) {
 		}
 		r := runFakeCheck(t, objs)
 		res := resultOf(t, r, checkConfiguration)
-		if res.Status != statusWarn || len(res.Fix) != 1 || !strings.Contains(res.Fix[0], "apiVersion: sds-injector.io/v1alpha1") || !r.OK {
+		if res.Status != StatusWarn || len(res.Fix) != 1 || !strings.Contains(res.Fix[0], "apiVersion: sds-injector.io/v1alpha1") || !r.OK {
 			t.Fatalf("want a deprecation warning naming the apiVersion to add: %+v", res)
 		}
 	})
@@ -339,34 +339,23 @@ func TestCheckFake(t *testing.T) {
 		}
 		r := runFakeCheck(t, objs)
 		res := resultOf(t, r, checkConfiguration)
-		if res.Status != statusFail || !strings.Contains(res.Message, "supported: sds-injector.io/v1alpha1") {
+		if res.Status != StatusFail || !strings.Contains(res.Message, "supported: sds-injector.io/v1alpha1") {
 			t.Fatalf("want a failure naming the supported version: %+v", res)
 		}
 	})
 	t.Run("json output", func(t *testing.T) {
 		var b bytes.Buffer
-		if err := writeReport(&b, r, "json"); err != nil {
+		if err := Write(&b, r, "json"); err != nil {
 			t.Fatal(err)
 		}
-		var back checkReport
+		var back Report
 		if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Checks) != 7 || !back.OK || back.Summary["pass"] != 7 {
 			t.Errorf("%v %+v", err, back)
 		}
 	})
 }
 
-func TestCheckNeedsACluster(t *testing.T) {
-	_, _, err := run(t, "", "check", "--kubeconfig", filepath.Join(t.TempDir(), "missing"))
-	if err == nil || exitCode(err) != 1 {
-		t.Errorf("want a plain error (exit 1) without a cluster, got %v", err)
-	}
-	_, _, err = run(t, "", "check", "-o", "yaml")
-	if err == nil || !strings.Contains(err.Error(), "--output") {
-		t.Errorf("bad -o: %v", err)
-	}
-}
-
-func resultOf(t *testing.T, r *checkReport, name string) checkResult {
+func resultOf(t *testing.T, r *Report, name string) Result {
 	t.Helper()
 	for _, c := range r.Checks {
 		if c.Name == name {
@@ -374,5 +363,5 @@ func resultOf(t *testing.T, r *checkReport, name string) checkResult {
 		}
 	}
 	t.Fatalf("no check %s in %+v", name, r.Checks)
-	return checkResult{}
+	return Result{}
 }
