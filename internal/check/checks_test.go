@@ -135,16 +135,16 @@ func TestInScopeShippedConfigurations(t *testing.T) {
 		{"cluster-wide-mode.yaml", app("plain", map[string]string{"app": "web"}, nil), false},
 		{"cluster-wide-mode.yaml", app("plain", nil, map[string]string{inject.AnnotationGatewayContainer: "envoy"}), true},
 	} {
-		k.mwcs = []*admissionregistrationv1.MutatingWebhookConfiguration{shippedMWC(t, tc.file)}
-		if got := k.inScope(tc.pod); got != tc.want {
+		m := NewMatcher([]*admissionregistrationv1.MutatingWebhookConfiguration{shippedMWC(t, tc.file)})
+		if got := m.Matches(k.ns[tc.pod.Namespace], tc.pod); got != tc.want {
 			t.Errorf("%s: pod %s/%s labels %v annotations %v: in scope %v, want %v", tc.file, tc.pod.Namespace, tc.pod.Name, tc.pod.Labels, tc.pod.Annotations, got, tc.want)
 		}
 	}
 	// A condition this evaluator cannot compile counts as matching.
 	mwc := shippedMWC(t, "namespace-mode.yaml")
 	mwc.Webhooks[0].MatchConditions = []admissionregistrationv1.MatchCondition{{Name: "x", Expression: "authorizer.group('').resource('pods').check('create').allowed()"}}
-	k.mwcs = []*admissionregistrationv1.MutatingWebhookConfiguration{mwc}
-	if !k.inScope(gatewayPod("enabled", "gw", nil, nil)) {
+	m := NewMatcher([]*admissionregistrationv1.MutatingWebhookConfiguration{mwc})
+	if !m.Matches(k.ns["enabled"], gatewayPod("enabled", "gw", nil, nil)) {
 		t.Error("an unevaluable condition must not hide a gateway")
 	}
 }

@@ -54,7 +54,7 @@ type Env struct {
 	settings *inject.Settings
 	mwcs     []*admissionregistrationv1.MutatingWebhookConfiguration
 	ns       map[string]*corev1.Namespace
-	cel      map[string]celProgram
+	match    *Matcher
 	rsOwner  map[types.NamespacedName]string
 	// podNamespaces are the namespaces with injected (or to-be-injected)
 	// gateways, found by gateway-pods for istio-root-cert.

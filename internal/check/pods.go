@@ -3,19 +3,13 @@ package check
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sort"
 	"strings"
-	"sync"
 
-	"github.com/google/cel-go/cel"
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -141,129 +135,6 @@ func (k *Env) loadNamespaces(ctx context.Context) error {
 		k.ns[list.Items[i].Name] = &list.Items[i]
 	}
 	return nil
-}
-
-// inScope reports whether the API server would send the pod's creation to
-// one of the injector's webhooks: rules, namespace and object selectors and
-// CEL match conditions, evaluated as the API server does.
-func (k *Env) inScope(pod *corev1.Pod) bool {
-	ns := k.ns[pod.Namespace]
-	if ns == nil {
-		return false
-	}
-	for _, mwc := range k.mwcs {
-		for i := range mwc.Webhooks {
-			w := &mwc.Webhooks[i]
-			if !matchesPodCreate(w.Rules) || !selectorMatches(w.NamespaceSelector, ns.Labels) || !selectorMatches(w.ObjectSelector, pod.Labels) {
-				continue
-			}
-			if k.conditionsMatch(w.MatchConditions, pod) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-func matchesPodCreate(rules []admissionregistrationv1.RuleWithOperations) bool {
-	for _, r := range rules {
-		ops := slices.ContainsFunc(r.Operations, func(o admissionregistrationv1.OperationType) bool {
-			return o == admissionregistrationv1.Create || o == admissionregistrationv1.OperationAll
-		})
-		if ops && (slices.Contains(r.APIGroups, "") || slices.Contains(r.APIGroups, "*")) &&
-			(slices.Contains(r.Resources, "pods") || slices.Contains(r.Resources, "*")) {
-			return true
-		}
-	}
-	return false
-}
-
-// selectorMatches follows the webhook API: a nil selector matches
-// everything; an invalid one matches nothing.
-func selectorMatches(sel *metav1.LabelSelector, l map[string]string) bool {
-	if sel == nil {
-		return true
-	}
-	s, err := metav1.LabelSelectorAsSelector(sel)
-	if err != nil {
-		return false
-	}
-	return s.Matches(labels.Set(l))
-}
-
-type celProgram struct {
-	prg cel.Program
-	err error
-}
-
-// celEnv declares the variables of admission match conditions.
-var celEnv = sync.OnceValues(func() (*cel.Env, error) {
-	return cel.NewEnv(
-		cel.Variable("object", cel.DynType),
-		cel.Variable("oldObject", cel.DynType),
-		cel.Variable("request", cel.DynType),
-	)
-})
-
-// conditionsMatch evaluates match conditions with CEL over the pod as JSON,
-// as the API server does for CREATE. A condition that cannot be compiled or
-// evaluated here (e.g. one using the authorizer) counts as matching, so a
-// gateway is reported rather than silently ignored.
-func (k *Env) conditionsMatch(conds []admissionregistrationv1.MatchCondition, pod *corev1.Pod) bool {
-	if len(conds) == 0 {
-		return true
-	}
-	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pod)
-	if err != nil {
-		return true
-	}
-	vars := map[string]any{
-		"object":    obj,
-		"oldObject": nil,
-		"request": map[string]any{
-			"kind":        map[string]any{"group": "", "version": "v1", "kind": "Pod"},
-			"resource":    map[string]any{"group": "", "version": "v1", "resource": "pods"},
-			"subResource": "",
-			"name":        pod.Name,
-			"namespace":   pod.Namespace,
-			"operation":   "CREATE",
-			"dryRun":      false,
-		},
-	}
-	if k.cel == nil {
-		k.cel = map[string]celProgram{}
-	}
-	for _, c := range conds {
-		p, ok := k.cel[c.Expression]
-		if !ok {
-			p = compileCEL(c.Expression)
-			k.cel[c.Expression] = p
-		}
-		if p.err != nil {
-			continue
-		}
-		out, _, err := p.prg.Eval(vars)
-		if err != nil {
-			continue
-		}
-		if b, ok := out.Value().(bool); ok && !b {
-			return false
-		}
-	}
-	return true
-}
-
-func compileCEL(expr string) celProgram {
-	env, err := celEnv()
-	if err != nil {
-		return celProgram{err: err}
-	}
-	ast, iss := env.Compile(expr)
-	if iss.Err() != nil {
-		return celProgram{err: iss.Err()}
-	}
-	prg, err := env.Program(ast)
-	return celProgram{prg: prg, err: err}
 }
 
 // restartCommand names the pod's workload and the command that recreates
