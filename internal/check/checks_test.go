@@ -65,12 +65,24 @@ func TestSelectorAndRules(t *testing.T) {
 	if selectorMatches(&metav1.LabelSelector{MatchLabels: map[string]string{"a": "b"}}, nil) {
 		t.Error("a selector with requirements does not match a pod without labels")
 	}
-	create := []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{"CREATE"},
-		Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, Resources: []string{"pods"}}}}
-	update := []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{"UPDATE"},
-		Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, Resources: []string{"pods"}}}}
-	if !matchesPodCreate(create) || matchesPodCreate(update) {
-		t.Error("rules")
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}
+	pod := gatewayPod("ns", "gw", nil, nil)
+	for _, tc := range []struct {
+		op       admissionregistrationv1.OperationType
+		versions []string
+		want     bool
+	}{
+		{admissionregistrationv1.Create, []string{"v1"}, true},
+		{admissionregistrationv1.OperationAll, []string{"*"}, true},
+		{admissionregistrationv1.Update, []string{"v1"}, false},
+		{admissionregistrationv1.Create, nil, false}, // no apiVersions: matches nothing, as in the apiserver
+	} {
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "w",
+			Rules: []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{tc.op},
+				Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: tc.versions, Resources: []string{"pods"}}}}}}}
+		if got := NewMatcher([]*admissionregistrationv1.MutatingWebhookConfiguration{mwc}).Matches(ns, pod); got != tc.want {
+			t.Errorf("rule %s %v: matches %v, want %v", tc.op, tc.versions, got, tc.want)
+		}
 	}
 }
 

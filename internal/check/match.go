@@ -1,15 +1,22 @@
 package check
 
 import (
+	"context"
 	"slices"
 	"sync"
 
-	"github.com/google/cel-go/cel"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apiserver/pkg/admission"
+	celplugin "k8s.io/apiserver/pkg/admission/plugin/cel"
+	"k8s.io/apiserver/pkg/admission/plugin/webhook/matchconditions"
+	"k8s.io/apiserver/pkg/admission/plugin/webhook/predicates/object"
+	"k8s.io/apiserver/pkg/admission/plugin/webhook/predicates/rules"
+	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/cel/environment"
 )
 
 // inScope reports whether the API server would send the pod's creation to
@@ -22,19 +29,80 @@ func (k *Env) inScope(pod *corev1.Pod) bool {
 	return k.match.Matches(k.ns[pod.Namespace], pod)
 }
 
-// Matcher decides, as the API server does, whether a pod's creation is
-// sent to one of a set of mutating webhooks: rules, namespace and object
-// selectors, CEL match conditions. test/checkmatch compares its answers
-// with a real kube-apiserver's over each shipped webhook configuration.
+// Matcher decides whether a pod's creation is sent to one of a set of
+// mutating webhooks with the API server's own code
+// (k8s.io/apiserver/pkg/admission/plugin/webhook: the rules and object
+// selector predicates and the CEL match conditions, compiled with the
+// apiserver's CEL environment; the namespace selector against the
+// namespace's labels). test/checkmatch compares its answers with a real
+// kube-apiserver's over each shipped webhook configuration.
+//
+// One deliberate difference: a match condition that cannot be evaluated
+// here (e.g. one that calls the authorizer, which check does not have)
+// counts as matching, so a gateway is reported rather than silently
+// ignored.
 type Matcher struct {
-	mwcs []*admissionregistrationv1.MutatingWebhookConfiguration
-	cel  map[string]celProgram
+	webhooks []matchWebhook
+}
+
+// matchWebhook is one webhook, prepared: parsed selectors, compiled
+// conditions.
+type matchWebhook struct {
+	rules             []admissionregistrationv1.RuleWithOperations
+	namespace, object labels.Selector
+	conditions        matchconditions.Matcher // nil: none
+}
+
+// GetParsedObjectSelector makes matchWebhook the object predicate's
+// ObjectSelectorProvider.
+func (w *matchWebhook) GetParsedObjectSelector() (labels.Selector, error) { return w.object, nil }
+
+var conditionCompiler = sync.OnceValue(func() celplugin.ConditionCompiler {
+	return celplugin.NewConditionCompiler(environment.MustBaseEnvSet(environment.DefaultCompatibilityVersion()))
+})
+
+// parseSelector reads a webhook selector as the apiserver stores it: absent
+// is {} (everything); an invalid one matches nothing.
+func parseSelector(sel *metav1.LabelSelector) labels.Selector {
+	if sel == nil {
+		return labels.Everything()
+	}
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		return labels.Nothing()
+	}
+	return s
 }
 
 // NewMatcher prepares a Matcher for the webhook configurations.
 func NewMatcher(mwcs []*admissionregistrationv1.MutatingWebhookConfiguration) *Matcher {
-	return &Matcher{mwcs: mwcs, cel: map[string]celProgram{}}
+	m := &Matcher{}
+	for _, mwc := range mwcs {
+		for i := range mwc.Webhooks {
+			w := &mwc.Webhooks[i]
+			mw := matchWebhook{rules: w.Rules, namespace: parseSelector(w.NamespaceSelector), object: parseSelector(w.ObjectSelector)}
+			if len(w.MatchConditions) > 0 {
+				exprs := make([]celplugin.ExpressionAccessor, len(w.MatchConditions))
+				for j, c := range w.MatchConditions {
+					exprs[j] = &matchconditions.MatchCondition{Name: c.Name, Expression: c.Expression}
+				}
+				// Fail, whatever the webhook says: an evaluation error must
+				// surface to be told apart from a false condition.
+				fail := admissionregistrationv1.Fail
+				mw.conditions = matchconditions.NewMatcher(conditionCompiler().CompileCondition(exprs,
+					celplugin.OptionalVariableDeclarations{HasAuthorizer: true}, environment.StoredExpressions),
+					&fail, "webhook", "admit", w.Name)
+			}
+			m.webhooks = append(m.webhooks, mw)
+		}
+	}
+	return m
 }
+
+var (
+	podKind     = schema.GroupVersionKind{Version: "v1", Kind: "Pod"}
+	podResource = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
+)
 
 // Matches reports whether the creation of pod in namespace ns is sent to
 // one of the webhooks. A nil namespace matches nothing.
@@ -42,27 +110,30 @@ func (m *Matcher) Matches(ns *corev1.Namespace, pod *corev1.Pod) bool {
 	if ns == nil {
 		return false
 	}
-	for _, mwc := range m.mwcs {
-		for i := range mwc.Webhooks {
-			w := &mwc.Webhooks[i]
-			if !matchesPodCreate(w.Rules) || !selectorMatches(w.NamespaceSelector, ns.Labels) || !selectorMatches(w.ObjectSelector, pod.Labels) {
-				continue
-			}
-			if m.conditionsMatch(w.MatchConditions, pod) {
-				return true
-			}
+	obj := pod.DeepCopy()
+	obj.Namespace = ns.Name
+	obj.APIVersion, obj.Kind = "v1", "Pod"
+	attr := admission.NewAttributesRecord(obj, nil, podKind, ns.Name, pod.Name, podResource, "", admission.Create,
+		&metav1.CreateOptions{}, false, &user.DefaultInfo{Name: "sds-injector-check"})
+	versioned := &admission.VersionedAttributes{Attributes: attr, VersionedKind: podKind, VersionedObject: admission.NewLazyObject(obj)}
+	for i := range m.webhooks {
+		w := &m.webhooks[i]
+		if !w.namespace.Matches(labels.Set(ns.Labels)) {
+			continue
 		}
-	}
-	return false
-}
-
-func matchesPodCreate(rules []admissionregistrationv1.RuleWithOperations) bool {
-	for _, r := range rules {
-		ops := slices.ContainsFunc(r.Operations, func(o admissionregistrationv1.OperationType) bool {
-			return o == admissionregistrationv1.Create || o == admissionregistrationv1.OperationAll
-		})
-		if ops && (slices.Contains(r.APIGroups, "") || slices.Contains(r.APIGroups, "*")) &&
-			(slices.Contains(r.Resources, "pods") || slices.Contains(r.Resources, "*")) {
+		if ok, err := (&object.Matcher{}).MatchObjectSelector(w, attr); !ok || err != nil {
+			continue
+		}
+		if !slices.ContainsFunc(w.rules, func(r admissionregistrationv1.RuleWithOperations) bool {
+			return (&rules.Matcher{Rule: r, Attr: attr}).Matches()
+		}) {
+			continue
+		}
+		if w.conditions == nil {
+			return true
+		}
+		res := w.conditions.Match(context.Background(), versioned, nil, nil)
+		if res.Error != nil || res.Matches {
 			return true
 		}
 	}
@@ -80,76 +151,4 @@ func selectorMatches(sel *metav1.LabelSelector, l map[string]string) bool {
 		return false
 	}
 	return s.Matches(labels.Set(l))
-}
-
-type celProgram struct {
-	prg cel.Program
-	err error
-}
-
-// celEnv declares the variables of admission match conditions.
-var celEnv = sync.OnceValues(func() (*cel.Env, error) {
-	return cel.NewEnv(
-		cel.Variable("object", cel.DynType),
-		cel.Variable("oldObject", cel.DynType),
-		cel.Variable("request", cel.DynType),
-	)
-})
-
-// conditionsMatch evaluates match conditions with CEL over the pod as JSON,
-// as the API server does for CREATE. A condition that cannot be compiled or
-// evaluated here (e.g. one using the authorizer) counts as matching, so a
-// gateway is reported rather than silently ignored.
-func (m *Matcher) conditionsMatch(conds []admissionregistrationv1.MatchCondition, pod *corev1.Pod) bool {
-	if len(conds) == 0 {
-		return true
-	}
-	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pod)
-	if err != nil {
-		return true
-	}
-	vars := map[string]any{
-		"object":    obj,
-		"oldObject": nil,
-		"request": map[string]any{
-			"kind":        map[string]any{"group": "", "version": "v1", "kind": "Pod"},
-			"resource":    map[string]any{"group": "", "version": "v1", "resource": "pods"},
-			"subResource": "",
-			"name":        pod.Name,
-			"namespace":   pod.Namespace,
-			"operation":   "CREATE",
-			"dryRun":      false,
-		},
-	}
-	for _, c := range conds {
-		p, ok := m.cel[c.Expression]
-		if !ok {
-			p = compileCEL(c.Expression)
-			m.cel[c.Expression] = p
-		}
-		if p.err != nil {
-			continue
-		}
-		out, _, err := p.prg.Eval(vars)
-		if err != nil {
-			continue
-		}
-		if b, ok := out.Value().(bool); ok && !b {
-			return false
-		}
-	}
-	return true
-}
-
-func compileCEL(expr string) celProgram {
-	env, err := celEnv()
-	if err != nil {
-		return celProgram{err: err}
-	}
-	ast, iss := env.Compile(expr)
-	if iss.Err() != nil {
-		return celProgram{err: iss.Err()}
-	}
-	prg, err := env.Program(ast)
-	return celProgram{prg: prg, err: err}
 }

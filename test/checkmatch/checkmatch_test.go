@@ -271,13 +271,16 @@ func TestMatcherAgreesWithTheAPIServer(t *testing.T) {
 		t.Run(cfg.name, func(t *testing.T) {
 			mwc := cfg.mwc
 			pointAt(mwc, url, caPEM)
+			// As written, before the apiserver's defaulting (Create
+			// fills mwc in with the stored object).
+			asWritten := mwc.DeepCopy()
 			if err := c.Create(ctx, mwc); err != nil {
 				t.Fatal(err)
 			}
 			if err := cfg.wait(mwc, true); err != nil {
 				t.Fatal(err)
 			}
-			matcher := check.NewMatcher([]*admissionregistrationv1.MutatingWebhookConfiguration{mwc})
+			matcher := check.NewMatcher([]*admissionregistrationv1.MutatingWebhookConfiguration{asWritten})
 			rec.reset()
 			var names []string
 			for n := range namespaces {
