@@ -70,8 +70,8 @@ const (
 // and produces the Settings the engine runs on.
 type Config struct {
 	// APIVersion and Kind identify the file's schema: ConfigAPIVersion and
-	// ConfigKind. A file without them is read as that version, with a
-	// deprecation warning (see LoadConfig).
+	// ConfigKind (the defaults). A file without them is read as that
+	// version, with a deprecation warning (see LoadConfig).
 	APIVersion string `json:"apiVersion,omitempty"`
 	Kind       string `json:"kind,omitempty"`
 
@@ -148,6 +148,8 @@ type Config struct {
 // DefaultConfig returns the built-in defaults.
 func DefaultConfig() Config {
 	return Config{
+		APIVersion:        ConfigAPIVersion,
+		Kind:              ConfigKind,
 		IstioVersion:      DefaultIstioVersion,
 		Hub:               DefaultHub,
 		SDSAgentImage:     DefaultSDSAgentImage,

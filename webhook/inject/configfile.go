@@ -104,16 +104,24 @@ func LoadConfig(data []byte) (LoadedConfig, error) {
 	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
 		return LoadedConfig{}, fmt.Errorf("config: %w", err)
 	}
+	// What the file itself says (the defaults fill both in).
+	var tm struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+	}
+	if err := yaml.Unmarshal(data, &tm); err != nil {
+		return LoadedConfig{}, fmt.Errorf("config: %w", err)
+	}
 	switch {
-	case cfg.APIVersion == "" && cfg.Kind == "":
+	case tm.APIVersion == "" && tm.Kind == "":
 		out.Warnings = append(out.Warnings, fmt.Sprintf("config: no apiVersion/kind: read as %s %s; add \"apiVersion: %s\" and \"kind: %s\" (a later release will require them)",
 			ConfigAPIVersion, ConfigKind, ConfigAPIVersion, ConfigKind))
-	case cfg.APIVersion == "":
-		return LoadedConfig{}, fmt.Errorf("config: kind %q without apiVersion: set apiVersion: %s", cfg.Kind, ConfigAPIVersion)
-	case !isSupportedVersion(cfg.APIVersion):
-		return LoadedConfig{}, fmt.Errorf("config: apiVersion %q is not supported: supported: %s (kind %s)", cfg.APIVersion, strings.Join(SupportedConfigVersions, ", "), ConfigKind)
-	case cfg.Kind != ConfigKind:
-		return LoadedConfig{}, fmt.Errorf("config: kind %q is not supported: supported: %s (apiVersion %s)", cfg.Kind, ConfigKind, ConfigAPIVersion)
+	case tm.APIVersion == "":
+		return LoadedConfig{}, fmt.Errorf("config: kind %q without apiVersion: set apiVersion: %s", tm.Kind, ConfigAPIVersion)
+	case !isSupportedVersion(tm.APIVersion):
+		return LoadedConfig{}, fmt.Errorf("config: apiVersion %q is not supported: supported: %s (kind %s)", tm.APIVersion, strings.Join(SupportedConfigVersions, ", "), ConfigKind)
+	case tm.Kind != ConfigKind:
+		return LoadedConfig{}, fmt.Errorf("config: kind %q is not supported: supported: %s (apiVersion %s)", tm.Kind, ConfigKind, ConfigAPIVersion)
 	}
 	var o presenceOverlay
 	if err := yaml.Unmarshal(data, &o); err != nil {

@@ -42,6 +42,9 @@ func TestLoadConfigVersions(t *testing.T) {
 			if tc.warnings > 0 && !strings.Contains(l.Warnings[0], "apiVersion: "+ConfigAPIVersion) {
 				t.Errorf("the warning must say what to add: %q", l.Warnings[0])
 			}
+			if l.Config.APIVersion != ConfigAPIVersion || l.Config.Kind != ConfigKind {
+				t.Errorf("a loaded configuration says its version: %q %q", l.Config.APIVersion, l.Config.Kind)
+			}
 			if strings.Contains(tc.data, "example.org") && l.Config.TrustDomain != "example.org" {
 				t.Errorf("file value lost: %+v", l.Config)
 			}
