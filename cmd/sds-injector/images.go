@@ -36,8 +36,8 @@ func defaultAgentImage() string    { return agentImageRepository + ":" + imageTa
 
 // pinAgentImage replaces the engine's built-in sds-agent image (a mutable
 // tag) with this binary's version unless the user chose an image.
-func pinAgentImage(cfg *inject.Config, explicit map[string]bool) {
-	if explicit["sdsAgentImage"] {
+func pinAgentImage(cfg *inject.Config, set inject.Presence) {
+	if set.SDSAgentImage {
 		return
 	}
 	if cfg.SDSAgentImage == "" || cfg.SDSAgentImage == inject.DefaultSDSAgentImage {

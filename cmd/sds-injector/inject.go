@@ -12,31 +12,6 @@ import (
 	"github.com/sds-injector/sds-injector/webhook/kubeinject"
 )
 
-// engineFlags are the configuration knobs shared by every command that runs
-// the engine; set flags override the --config file.
-type engineFlags struct {
-	configFile    string
-	flavor        string
-	istioVersion  string
-	nativeSidecar bool
-	agentImage    string
-	caAddress     string
-	clusterID     string
-	trustDomain   string
-}
-
-func (f *engineFlags) register(cmd *cobra.Command) {
-	fs := cmd.Flags()
-	fs.StringVar(&f.configFile, "config", "", "configuration file (YAML); built-in defaults when omitted")
-	fs.StringVar(&f.flavor, "flavor", "", "agent flavor: istio-proxy, istio-agent-files or sds-agent")
-	fs.StringVar(&f.istioVersion, "istio-version", "", "Istio version, e.g. 1.30.0 (selects the agent contract and image tag)")
-	fs.BoolVar(&f.nativeSidecar, "native-sidecar", false, "place the agent as a native sidecar (initContainers, restartPolicy: Always)")
-	fs.StringVar(&f.agentImage, "agent-image", "", "image of the Istio agent (default <hub>/proxyv2:<istio-version>)")
-	fs.StringVar(&f.caAddress, "ca-address", "", "istiod CA address host:port (CA_ADDR)")
-	fs.StringVar(&f.clusterID, "cluster-id", "", "Istio cluster ID (ISTIO_META_CLUSTER_ID)")
-	fs.StringVar(&f.trustDomain, "trust-domain", "", "mesh trust domain")
-}
-
 type ioFlags struct {
 	filename string
 	output   string
@@ -125,15 +100,18 @@ unchanged. The result is written as YAML; skipped objects are reported on stderr
   kubectl get deploy gateway-proxy -o yaml | sds-injector inject -f - --flavor sds-agent`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, explicit, err := ef.config(cmd)
+			l, err := ef.config(cmd)
 			if err != nil {
 				return err
 			}
-			s, err := cfg.Resolve()
+			for _, w := range l.Warnings {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
+			}
+			s, err := l.Config.Resolve()
 			if err != nil {
 				return err
 			}
-			r, err := isf.offlineDiscovery(cmd, cfg, explicit)
+			r, err := isf.offlineDiscovery(cmd, l)
 			if err != nil {
 				return err
 			}

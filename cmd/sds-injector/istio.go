@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -11,9 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -46,54 +42,6 @@ func (f *istioFlags) register(cmd *cobra.Command, serve, kubeconfig bool) {
 	}
 }
 
-// flagFields maps engine flags to the configuration fields they set.
-var flagFields = map[string]string{
-	"flavor":         "flavor",
-	"istio-version":  "istioVersion",
-	"agent-image":    "agentImage",
-	"ca-address":     "caAddress",
-	"cluster-id":     "clusterID",
-	"trust-domain":   "trustDomain",
-	"native-sidecar": "nativeSidecar",
-}
-
-// config reads --config over the defaults, applies the set flags and
-// returns the fields the user set explicitly (file or flag), which
-// discovered Istio values never override.
-func (f *engineFlags) config(cmd *cobra.Command) (inject.Config, map[string]bool, error) {
-	cfg := inject.DefaultConfig()
-	explicit := map[string]bool{}
-	if f.configFile != "" {
-		data, err := os.ReadFile(f.configFile)
-		if err != nil {
-			return cfg, nil, err
-		}
-		if cfg, err = inject.ParseConfig(data); err != nil {
-			return cfg, nil, fmt.Errorf("%s: %w", f.configFile, err)
-		}
-		if explicit, err = istio.ExplicitFields(data); err != nil {
-			return cfg, nil, fmt.Errorf("%s: %w", f.configFile, err)
-		}
-	}
-	f.override(cmd, &cfg)
-	for flag, field := range flagFields {
-		if cmd.Flags().Changed(flag) {
-			explicit[field] = true
-		}
-	}
-	pinAgentImage(&cfg, explicit)
-	return cfg, explicit, nil
-}
-
-// restConfig is the API access of serve and check: --kubeconfig, else
-// in-cluster or $KUBECONFIG.
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig != "" {
-		return clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
-	return ctrl.GetConfig()
-}
-
 // offlineResolver resolves revisions for `inject --kubeconfig` from a
 // one-shot snapshot.
 type offlineResolver struct {
@@ -117,15 +65,15 @@ func (r *offlineResolver) resolve(ctx context.Context, pod *corev1.Pod) (*inject
 
 // offlineDiscovery loads the installed Istio for `inject`, or returns nil
 // when discovery does not apply (istio is not auto, or no --kubeconfig).
-func (f *istioFlags) offlineDiscovery(cmd *cobra.Command, cfg inject.Config, explicit map[string]bool) (*offlineResolver, error) {
-	if !cfg.Istio.Auto() {
+func (f *istioFlags) offlineDiscovery(cmd *cobra.Command, l inject.LoadedConfig) (*offlineResolver, error) {
+	if !l.Config.Istio.Auto() {
 		return nil, nil
 	}
 	if f.kubeconfig == "" {
 		fmt.Fprintln(cmd.ErrOrStderr(), "note: config istio: auto needs a cluster; offline, the configuration and built-in defaults apply (pass --kubeconfig to discover the installed Istio)")
 		return nil, nil
 	}
-	rc, err := clientcmd.BuildConfigFromFlags("", f.kubeconfig)
+	rc, err := restConfig(f.kubeconfig, "")
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +85,7 @@ func (f *istioFlags) offlineDiscovery(cmd *cobra.Command, cfg inject.Config, exp
 	if err != nil {
 		return nil, err
 	}
-	snap, err := istio.Load(cmd.Context(), c, istio.Input{Config: cfg, Explicit: explicit, Namespace: f.namespace})
+	snap, err := istio.Load(cmd.Context(), c, istio.Input{Config: l.Config, Explicit: l.Set, Namespace: f.namespace})
 	if err != nil {
 		return nil, fmt.Errorf("istio: auto: %w", err)
 	}
@@ -148,14 +96,14 @@ func (f *istioFlags) offlineDiscovery(cmd *cobra.Command, cfg inject.Config, exp
 }
 
 // discovery prepares the webhook's Istio discovery (serve).
-func (f *istioFlags) discovery(kubeconfig string, cfg inject.Config, explicit map[string]bool, log logr.Logger) (*istio.Discovery, error) {
-	rc, err := restConfig(kubeconfig)
+func (f *istioFlags) discovery(kubeconfig string, l inject.LoadedConfig, log logr.Logger) (*istio.Discovery, error) {
+	rc, err := restConfig(kubeconfig, "")
 	if err != nil {
 		return nil, fmt.Errorf("istio: auto needs API access: %w", err)
 	}
 	return istio.New(rc, istio.Options{
-		Config:            cfg,
-		Explicit:          explicit,
+		Config:            l.Config,
+		Explicit:          l.Set,
 		Namespace:         f.namespace,
 		StaleScanInterval: f.staleScan,
 		Registerer:        ctrlmetrics.Registry,

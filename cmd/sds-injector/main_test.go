@@ -247,3 +247,13 @@ func toJSON(t *testing.T, y []byte) string {
 	}
 	return string(b)
 }
+func TestCheckNeedsACluster(t *testing.T) {
+	_, _, err := run(t, "", "check", "--kubeconfig", filepath.Join(t.TempDir(), "missing"))
+	if err == nil || exitCode(err) != 1 {
+		t.Errorf("want a plain error (exit 1) without a cluster, got %v", err)
+	}
+	_, _, err = run(t, "", "check", "-o", "yaml")
+	if err == nil || !strings.Contains(err.Error(), "--output") {
+		t.Errorf("bad -o: %v", err)
+	}
+}

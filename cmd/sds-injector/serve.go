@@ -14,8 +14,6 @@ import (
 	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -81,10 +79,11 @@ chosen per pod by istio.io/rev or sds-injector.io/istio-revision (docs/discovery
 Fields set in the file or by flags still win. Needs API access (in-cluster or --kubeconfig).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, explicit, err := ef.config(cmd)
+			l, err := ef.config(cmd)
 			if err != nil {
 				return err
 			}
+			cfg := l.Config
 			settings, err := cfg.Resolve()
 			if err != nil {
 				return err
@@ -96,6 +95,9 @@ Fields set in the file or by flags still win. Needs API access (in-cluster or --
 			log := zap.New(zap.UseFlagOptions(&zapOpts), zap.WriteTo(cmd.ErrOrStderr()))
 			ctrl.SetLogger(log)
 			setMemoryLimit(log, memlimit.FromCgroup)
+			for _, w := range l.Warnings {
+				log.Info("configuration: " + w)
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 
@@ -114,7 +116,7 @@ Fields set in the file or by flags still win. Needs API access (in-cluster or --
 			if cfg.Istio.Auto() {
 				// Readiness never depends on Istio: without API access
 				// the configuration alone applies (logged).
-				if d, err := isf.discovery(o.kubeconfig, cfg, explicit, log); err != nil {
+				if d, err := isf.discovery(o.kubeconfig, l, log); err != nil {
 					log.Error(err, "istio: auto: Istio discovery is off; injecting with the configuration and built-in defaults")
 				} else {
 					opts.Resolver = d
@@ -174,13 +176,7 @@ Fields set in the file or by flags still win. Needs API access (in-cluster or --
 }
 
 func (o *serveOptions) certManager(clusterDomain string) (*certs.Manager, error) {
-	var cfg *rest.Config
-	var err error
-	if o.kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
-	} else {
-		cfg, err = ctrl.GetConfig()
-	}
+	cfg, err := restConfig(o.kubeconfig, "")
 	if err != nil {
 		return nil, fmt.Errorf("self-managed certificates need API access: %w", err)
 	}

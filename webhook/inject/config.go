@@ -2,10 +2,8 @@ package inject
 
 import (
 	"fmt"
-	"net"
 	"path"
 	"slices"
-	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -15,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"sigs.k8s.io/yaml"
 )
 
 // Flavor selects which certificate agent is injected.
@@ -72,6 +69,12 @@ const (
 // `sds-injector serve` and `sds-injector inject`. Resolve validates it once
 // and produces the Settings the engine runs on.
 type Config struct {
+	// APIVersion and Kind identify the file's schema: ConfigAPIVersion and
+	// ConfigKind (the defaults). A file without them is read as that
+	// version, with a deprecation warning (see LoadConfig).
+	APIVersion string `json:"apiVersion,omitempty"`
+	Kind       string `json:"kind,omitempty"`
+
 	// Flavor, when set, is the flavor every gateway gets unless its pod
 	// overrides it with the sds-injector.io/flavor annotation; a gateway
 	// whose profile cannot use it is skipped with a warning. Empty (the
@@ -145,6 +148,8 @@ type Config struct {
 // DefaultConfig returns the built-in defaults.
 func DefaultConfig() Config {
 	return Config{
+		APIVersion:        ConfigAPIVersion,
+		Kind:              ConfigKind,
 		IstioVersion:      DefaultIstioVersion,
 		Hub:               DefaultHub,
 		SDSAgentImage:     DefaultSDSAgentImage,
@@ -168,18 +173,6 @@ func DefaultConfig() Config {
 		},
 		ExcludedNamespaces: []string{"kube-system", "kube-public", "kube-node-lease"},
 	}
-}
-
-// ParseConfig reads a YAML or JSON configuration over the built-in defaults.
-// Unknown fields are an error, so a typo never silently falls back to a
-// default. The result still has to pass Resolve.
-func ParseConfig(data []byte) (Config, error) {
-	cfg := DefaultConfig()
-	// Lists replace the defaults rather than merging into them.
-	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
-		return Config{}, fmt.Errorf("config: %w", err)
-	}
-	return cfg, nil
 }
 
 // Settings is a validated configuration, ready for the engine. It is
@@ -419,63 +412,6 @@ func flavorStrings() []string {
 		out[i] = string(f)
 	}
 	return out
-}
-
-func validateImage(p *field.Path, image string, optional bool) field.ErrorList {
-	if image == "" {
-		if optional {
-			return nil
-		}
-		return field.ErrorList{field.Required(p, "")}
-	}
-	if strings.TrimSpace(image) != image || strings.ContainsAny(image, " \t\n") {
-		return field.ErrorList{field.Invalid(p, image, "must not contain whitespace")}
-	}
-	return nil
-}
-
-func validateHostPort(p *field.Path, addr string, required bool) field.ErrorList {
-	if addr == "" {
-		if required {
-			return field.ErrorList{field.Required(p, "want host:port, e.g. "+DefaultCAAddress)}
-		}
-		return nil
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return field.ErrorList{field.Invalid(p, addr, "want host:port: "+err.Error())}
-	}
-	if host == "" {
-		return field.ErrorList{field.Invalid(p, addr, "host is empty")}
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return field.ErrorList{field.Invalid(p, addr, "port must be a number between 1 and 65535")}
-	}
-	return nil
-}
-
-func validateResources(p *field.Path, r corev1.ResourceRequirements) field.ErrorList {
-	var errs field.ErrorList
-	for _, group := range []struct {
-		name string
-		list corev1.ResourceList
-	}{{"requests", r.Requests}, {"limits", r.Limits}} {
-		for name, q := range group.list {
-			if name != corev1.ResourceCPU && name != corev1.ResourceMemory && name != corev1.ResourceEphemeralStorage {
-				errs = append(errs, field.NotSupported(p.Child(group.name).Key(string(name)), name, []string{"cpu", "memory", "ephemeral-storage"}))
-			}
-			if q.Sign() < 0 {
-				errs = append(errs, field.Invalid(p.Child(group.name).Key(string(name)), q.String(), "must not be negative"))
-			}
-		}
-	}
-	for name, req := range r.Requests {
-		if lim, ok := r.Limits[name]; ok && req.Cmp(lim) > 0 {
-			errs = append(errs, field.Invalid(p.Child("requests").Key(string(name)), req.String(),
-				"must be less than or equal to the limit "+lim.String()))
-		}
-	}
-	return errs
 }
 
 // GatewayProfile recognises one kind of gateway pod and names its Envoy

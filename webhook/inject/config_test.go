@@ -214,6 +214,9 @@ func TestShippedExampleConfig(t *testing.T) {
 	if len(cfg.GatewayProfiles) != 1 {
 		t.Fatalf("example profile missing: %+v", cfg.GatewayProfiles)
 	}
+	if l, err := LoadConfig(data); err != nil || len(l.Warnings) != 0 {
+		t.Errorf("the example must carry apiVersion %s and kind %s: %v %q", ConfigAPIVersion, ConfigKind, err, l.Warnings)
+	}
 	cfg.GatewayProfiles = nil
 	if got, want := mustJSON(t, cfg), mustJSON(t, DefaultConfig()); string(got) != string(want) {
 		t.Errorf("the example no longer shows the defaults:\nexample:  %s\ndefaults: %s", got, want)

@@ -30,9 +30,9 @@ import (
 // Options configure a Discovery.
 type Options struct {
 	// Config is the user's configuration (defaults filled in); Explicit
-	// lists the fields the user set (ExplicitFields plus set flags).
+	// records the fields the user set (file and flags).
 	Config   inject.Config
-	Explicit map[string]bool
+	Explicit inject.Presence
 	// Namespace is where Istio is installed (default istio-system).
 	Namespace string
 	// SyncTimeout bounds how long readiness waits for the first list of

@@ -60,8 +60,8 @@ func TestIstioInjection(t *testing.T) {
 		tag.Webhooks[i].ClientConfig.Service.Name = "istiod-1-28"
 	}
 	cms := twoRevisions(t)
-	withDefault := build(t, inject.DefaultConfig(), nil, cms, chartInjector("1-21"), chartInjector("1-28"), chartInjector(""), tag)
-	revOnly := build(t, inject.DefaultConfig(), nil, cms, chartInjector("1-21"), chartInjector("1-28"))
+	withDefault := build(t, inject.DefaultConfig(), inject.Presence{}, cms, chartInjector("1-21"), chartInjector("1-28"), chartInjector(""), tag)
+	revOnly := build(t, inject.DefaultConfig(), inject.Presence{}, cms, chartInjector("1-21"), chartInjector("1-28"))
 
 	for name, tc := range map[string]struct {
 		snap        *Snapshot
@@ -84,7 +84,7 @@ func TestIstioInjection(t *testing.T) {
 		"namespace istio.io/rev, hostNetwork":          {snap: revOnly, ns: map[string]string{LabelRev: "1-28"}, hostNetwork: true},
 		"namespace istio.io/rev, kube-system":          {snap: revOnly, ns: map[string]string{LabelRev: "1-28"}, namespace: "kube-system"},
 		"revision not installed":                       {snap: revOnly, ns: map[string]string{LabelRev: "1-30"}},
-		"no Istio webhooks":                            {snap: build(t, inject.DefaultConfig(), nil, cms), ns: map[string]string{LabelRev: "1-28"}},
+		"no Istio webhooks":                            {snap: build(t, inject.DefaultConfig(), inject.Presence{}, cms), ns: map[string]string{LabelRev: "1-28"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			pod := gatewayPod()
@@ -113,7 +113,7 @@ func TestIstioInjectionPolicy(t *testing.T) {
 			cm.Data[keyConfig] = "policy: disabled\nneverInjectSelector:\n- matchLabels:\n    gloo: gateway-proxy\ntemplates:\n  sidecar: |\n    spec: {}\n"
 		}
 	}
-	s := build(t, inject.DefaultConfig(), nil, cms, chartInjector("1-28"))
+	s := build(t, inject.DefaultConfig(), inject.Presence{}, cms, chartInjector("1-28"))
 	ns := map[string]string{LabelRev: "1-28"}
 	pod := gatewayPod()
 	if got := s.IstioInjection(pod, ns); got != nil {
@@ -183,7 +183,7 @@ func TestRequestedSources(t *testing.T) {
 		})
 	}
 	// The status annotation records the source.
-	s := build(t, inject.DefaultConfig(), nil, twoRevisions(t))
+	s := build(t, inject.DefaultConfig(), inject.Presence{}, twoRevisions(t))
 	sel := s.Select(nil, nil, map[string]string{inject.LabelIstioRevision: "1-28"})
 	if sel.Settings.RevisionFrom() != SourceNamespaceLabel || sel.Revision != "1-28" {
 		t.Errorf("selection %+v records %q", sel, sel.Settings.RevisionFrom())

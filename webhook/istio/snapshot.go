@@ -41,7 +41,7 @@ type Input struct {
 	// Config is the user's configuration (defaults filled in) and Explicit
 	// the fields the user set; discovered values fill only the others.
 	Config   inject.Config
-	Explicit map[string]bool
+	Explicit inject.Presence
 	// Namespace is where Istio is installed.
 	Namespace  string
 	ConfigMaps []*corev1.ConfigMap
@@ -195,7 +195,7 @@ func (r *Revision) resolve(in Input, injector, mesh *corev1.ConfigMap) {
 	}
 	cfg := in.Config
 	cfg.GatewayProfiles = append([]inject.GatewayProfile(nil), in.Config.GatewayProfiles...)
-	explicit := func(f string) bool { return in.Explicit[f] }
+	set := in.Explicit
 	m := r.Mesh
 	if m == nil {
 		m = &Mesh{}
@@ -204,7 +204,7 @@ func (r *Revision) resolve(in Input, injector, mesh *corev1.ConfigMap) {
 	// Image and version: <hub>/<proxy image>:<tag>[-<variant>], as
 	// Istio's injector builds it.
 	hub := cfg.Hub
-	if !explicit("hub") && v.Hub != "" {
+	if !set.Hub && v.Hub != "" {
 		hub = v.Hub
 		cfg.Hub = v.Hub
 	}
@@ -221,7 +221,7 @@ func (r *Revision) resolve(in Input, injector, mesh *corev1.ConfigMap) {
 			tagVersion = v.Tag
 		}
 	}
-	if !explicit("istioVersion") {
+	if !set.IstioVersion {
 		switch {
 		case tagVersion != "":
 			cfg.IstioVersion = tagVersion
@@ -231,7 +231,7 @@ func (r *Revision) resolve(in Input, injector, mesh *corev1.ConfigMap) {
 			r.Notes = append(r.Notes, fmt.Sprintf("tag %q is not an Istio release: the agent contract follows the configured istioVersion %s (set istioVersion to the release this tag is)", v.Tag, cfg.IstioVersion))
 		}
 	}
-	if !explicit("agentImage") && !explicit("istioVersion") {
+	if !set.AgentImage && !set.IstioVersion {
 		switch {
 		case strings.Contains(v.ProxyImage, "/"):
 			cfg.AgentImage = v.ProxyImage
@@ -248,7 +248,7 @@ func (r *Revision) resolve(in Input, injector, mesh *corev1.ConfigMap) {
 		}
 	}
 
-	if !explicit("caAddress") {
+	if !set.CAAddress {
 		switch {
 		case m.ProxyMetadata["CA_ADDR"] != "":
 			cfg.CAAddress = m.ProxyMetadata["CA_ADDR"]
@@ -262,13 +262,13 @@ func (r *Revision) resolve(in Input, injector, mesh *corev1.ConfigMap) {
 			cfg.CAAddress = net.JoinHostPort(svc+"."+istioNS+".svc", "15012")
 		}
 	}
-	if !explicit("discoveryAddress") && m.DiscoveryAddress != "" {
+	if !set.DiscoveryAddress && m.DiscoveryAddress != "" {
 		cfg.DiscoveryAddress = m.DiscoveryAddress
 	}
-	if !explicit("clusterID") && v.ClusterName != "" {
+	if !set.ClusterID && v.ClusterName != "" {
 		cfg.ClusterID = v.ClusterName
 	}
-	if !explicit("trustDomain") {
+	if !set.TrustDomain {
 		switch {
 		case m.TrustDomain != "":
 			cfg.TrustDomain = m.TrustDomain
@@ -276,7 +276,7 @@ func (r *Revision) resolve(in Input, injector, mesh *corev1.ConfigMap) {
 			cfg.TrustDomain = v.TrustDomain
 		}
 	}
-	if !explicit("meshID") {
+	if !set.MeshID {
 		switch {
 		case v.MeshID != "":
 			cfg.MeshID = v.MeshID
@@ -284,10 +284,10 @@ func (r *Revision) resolve(in Input, injector, mesh *corev1.ConfigMap) {
 			cfg.MeshID = m.MeshID
 		}
 	}
-	if !explicit("tokenAudience") && v.TokenAudience != "" {
+	if !set.TokenAudience && v.TokenAudience != "" {
 		cfg.TokenAudience = v.TokenAudience
 	}
-	if !explicit("clusterDomain") && v.ClusterDomain != "" {
+	if !set.ClusterDomain && v.ClusterDomain != "" {
 		cfg.ClusterDomain = v.ClusterDomain
 	}
 	if p := v.PilotCertProvider; p != "" && p != "istiod" {

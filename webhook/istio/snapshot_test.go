@@ -46,7 +46,7 @@ func tagWebhook(tag, rev string) *admissionregistrationv1.MutatingWebhookConfigu
 	}
 }
 
-func build(t *testing.T, cfg inject.Config, explicit map[string]bool, cms []*corev1.ConfigMap, tags ...*admissionregistrationv1.MutatingWebhookConfiguration) *Snapshot {
+func build(t *testing.T, cfg inject.Config, explicit inject.Presence, cms []*corev1.ConfigMap, tags ...*admissionregistrationv1.MutatingWebhookConfiguration) *Snapshot {
 	t.Helper()
 	return Build(Input{Config: cfg, Explicit: explicit, Namespace: "istio-system", ConfigMaps: cms, Webhooks: tags}, cfg.MustResolve())
 }
@@ -56,7 +56,7 @@ func twoRevisions(t *testing.T) []*corev1.ConfigMap {
 }
 
 func TestRevisionsFromChartDefaults(t *testing.T) {
-	s := build(t, inject.DefaultConfig(), nil, twoRevisions(t))
+	s := build(t, inject.DefaultConfig(), inject.Presence{}, twoRevisions(t))
 	if got := strings.Join(s.Names(), ","); got != "1-21,1-28" {
 		t.Fatalf("revisions %s", got)
 	}
@@ -106,7 +106,7 @@ func gatewayPod() *corev1.Pod {
 }
 
 func TestSelectPrecedenceAndTags(t *testing.T) {
-	s := build(t, inject.DefaultConfig(), nil, twoRevisions(t), tagWebhook("prod", "1-21"), tagWebhook("default", "1-28"))
+	s := build(t, inject.DefaultConfig(), inject.Presence{}, twoRevisions(t), tagWebhook("prod", "1-21"), tagWebhook("default", "1-28"))
 	if s.Default != "1-28" {
 		t.Fatalf("default tag: %q", s.Default)
 	}
@@ -137,19 +137,19 @@ func TestSelectPrecedenceAndTags(t *testing.T) {
 		})
 	}
 	// Without a default tag and with two revisions, a pod must name one.
-	s2 := build(t, inject.DefaultConfig(), nil, twoRevisions(t))
+	s2 := build(t, inject.DefaultConfig(), inject.Presence{}, twoRevisions(t))
 	if sel := s2.Select(nil, nil, nil); sel.Problem == "" || !strings.Contains(sel.Problem, "no default revision") {
 		t.Errorf("problem %q", sel.Problem)
 	}
 	// One revision is the default.
-	s3 := build(t, inject.DefaultConfig(), nil, fixture(t, "1.21.6"))
+	s3 := build(t, inject.DefaultConfig(), inject.Presence{}, fixture(t, "1.21.6"))
 	if sel := s3.Select(nil, nil, nil); sel.Revision != "1-21" {
 		t.Errorf("single revision: %+v", sel)
 	}
 }
 
 func TestNoIstioFallsBack(t *testing.T) {
-	s := build(t, inject.DefaultConfig(), nil, nil)
+	s := build(t, inject.DefaultConfig(), inject.Presence{}, nil)
 	sel := s.Select(nil, nil, nil)
 	if sel.Problem != "" || sel.Settings != s.Base || sel.Settings.AgentImage() != "docker.io/istio/proxyv2:"+inject.DefaultIstioVersion {
 		t.Errorf("%+v", sel)
@@ -169,7 +169,7 @@ func TestExplicitConfigWins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !explicit["caAddress"] || explicit["hub"] || !explicit["istio"] {
+	if !explicit.CAAddress || explicit.Hub || !explicit.Istio {
 		t.Fatalf("explicit %v", explicit)
 	}
 	cfg.Hub = inject.DefaultHub // as the chart omits empty strings
@@ -184,7 +184,7 @@ func TestExplicitConfigWins(t *testing.T) {
 	// An explicit istioVersion keeps the discovered hub.
 	cfg2 := inject.DefaultConfig()
 	cfg2.IstioVersion = "1.22.3"
-	s2 := build(t, cfg2, map[string]bool{"istioVersion": true}, twoRevisions(t))
+	s2 := build(t, cfg2, inject.Presence{IstioVersion: true}, twoRevisions(t))
 	if got := s2.Revisions["1-28"].Image; got != "docker.io/istio/proxyv2:1.22.3" {
 		t.Errorf("image %s", got)
 	}
@@ -201,7 +201,7 @@ func TestTagsThatAreNotVersions(t *testing.T) {
 		}
 	}
 	cfg := inject.DefaultConfig()
-	s := build(t, cfg, nil, cms)
+	s := build(t, cfg, inject.Presence{}, cms)
 	r := s.Revisions["1-28"]
 	if r.Err != nil || r.Image != "registry.corp/istio/proxyv2:latest-distroless" || r.Version != inject.DefaultIstioVersion {
 		t.Fatalf("%s", r.Describe())
@@ -215,13 +215,13 @@ func TestTagsThatAreNotVersions(t *testing.T) {
 			cm.Data["values"] = strings.Replace(v, `"image": "proxyv2"`, `"image": "registry.corp/mirror/proxyv2@sha256:abcd"`, 1)
 		}
 	}
-	if r := build(t, cfg, nil, cms).Revisions["1-28"]; r.Image != "registry.corp/mirror/proxyv2@sha256:abcd" {
+	if r := build(t, cfg, inject.Presence{}, cms).Revisions["1-28"]; r.Image != "registry.corp/mirror/proxyv2@sha256:abcd" {
 		t.Errorf("image %s", r.Image)
 	}
 }
 
 func TestStale(t *testing.T) {
-	old := build(t, inject.DefaultConfig(), nil, fixture(t, "1.21.6"))
+	old := build(t, inject.DefaultConfig(), inject.Presence{}, fixture(t, "1.21.6"))
 	pod := gatewayPod()
 	pod.Labels[LabelRev] = "1-21"
 	injected := inject.Inject(pod, old.Revisions["1-21"].Settings).Pod
@@ -235,13 +235,13 @@ func TestStale(t *testing.T) {
 			cm.Data["values"] = strings.Replace(v, `"tag": "1.21.6"`, `"tag": "1.21.7"`, 1)
 		}
 	}
-	upgraded := build(t, inject.DefaultConfig(), nil, cms)
+	upgraded := build(t, inject.DefaultConfig(), inject.Presence{}, cms)
 	sa, stale := upgraded.Stale(&injected.ObjectMeta, nil)
 	if !stale || sa.WantImage != "docker.io/istio/proxyv2:1.21.7" || sa.Image != "docker.io/istio/proxyv2:1.21.6" {
 		t.Fatalf("%+v %v", sa, stale)
 	}
 	// Revision removed.
-	gone := build(t, inject.DefaultConfig(), nil, fixture(t, "1.28.10"))
+	gone := build(t, inject.DefaultConfig(), inject.Presence{}, fixture(t, "1.28.10"))
 	if sa, stale := gone.Stale(&injected.ObjectMeta, nil); !stale || !strings.Contains(sa.Reason, "no longer usable") {
 		t.Fatalf("%+v", sa)
 	}
@@ -253,7 +253,7 @@ func TestStale(t *testing.T) {
 func TestStaleIgnoresOtherIdentityProviders(t *testing.T) {
 	cfg := inject.DefaultConfig()
 	cfg.IdentityProvider.SPIRE = &inject.SPIREConfig{CSIDriver: inject.DefaultSPIRECSIDriver}
-	old := build(t, cfg, nil, fixture(t, "1.21.6"))
+	old := build(t, cfg, inject.Presence{}, fixture(t, "1.21.6"))
 	pod := gatewayPod()
 	pod.Labels[LabelRev] = "1-21"
 	pod.Annotations = map[string]string{inject.AnnotationFlavor: string(inject.FlavorSPIRE)}
@@ -269,8 +269,8 @@ func TestStaleIgnoresOtherIdentityProviders(t *testing.T) {
 		}
 	}
 	for name, s := range map[string]*Snapshot{
-		"upgraded": build(t, cfg, nil, cms),
-		"gone":     build(t, cfg, nil, fixture(t, "1.28.10")),
+		"upgraded": build(t, cfg, inject.Presence{}, cms),
+		"gone":     build(t, cfg, inject.Presence{}, fixture(t, "1.28.10")),
 	} {
 		if sa, stale := s.Stale(&res.Pod.ObjectMeta, nil); stale {
 			t.Errorf("%s: spire pod reported stale: %+v", name, sa)
@@ -311,7 +311,7 @@ func TestParseValuesTolerant(t *testing.T) {
 	if _, err := ParseValues("{not json"); err == nil {
 		t.Error("garbage accepted")
 	}
-	s := build(t, inject.DefaultConfig(), nil, []*corev1.ConfigMap{{
+	s := build(t, inject.DefaultConfig(), inject.Presence{}, []*corev1.ConfigMap{{
 		ObjectMeta: metav1.ObjectMeta{Name: InjectorConfigMap, Namespace: "istio-system"}, Data: map[string]string{"values": "{not json"}}})
 	if r := s.Revisions[DefaultRevision]; r == nil || r.Err == nil {
 		t.Fatal("a broken revision must be reported")

@@ -18,6 +18,8 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 
 // Names of the objects Istio creates (istio-discovery chart).
@@ -174,26 +176,14 @@ func ParseMesh(data string) (Mesh, error) {
 	}, nil
 }
 
-// ExplicitFields returns the top-level fields a configuration file sets to
-// a value (present, not null, not an empty string). Discovered values fill
-// only the other fields: what the user wrote always wins.
-func ExplicitFields(data []byte) (map[string]bool, error) {
-	out := map[string]bool{}
-	if len(strings.TrimSpace(string(data))) == 0 {
-		return out, nil
+// ExplicitFields returns the fields a configuration file sets to a value
+// (present, not null, not an empty string): inject.LoadConfig's Presence.
+// Discovered values fill only the other fields: what the user wrote always
+// wins.
+func ExplicitFields(data []byte) (inject.Presence, error) {
+	l, err := inject.LoadConfig(data)
+	if err != nil {
+		return inject.Presence{}, err
 	}
-	var m map[string]any
-	if err := yaml.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	for k, v := range m {
-		if v == nil {
-			continue
-		}
-		if s, ok := v.(string); ok && s == "" {
-			continue
-		}
-		out[k] = true
-	}
-	return out, nil
+	return l.Set, nil
 }

@@ -85,7 +85,11 @@ kept even when empty (an empty excludedNamespaces means "exclude none").
 {{- if not .Values.config.sdsAgentImage -}}
 {{- $_ := set $cfg "sdsAgentImage" (include "sds-injector.agentImage" .) -}}
 {{- end -}}
-{{- toYaml $cfg -}}
+{{- $_ := unset $cfg "apiVersion" -}}
+{{- $_ := unset $cfg "kind" -}}
+apiVersion: sds-injector.io/v1alpha1
+kind: InjectorConfig
+{{ toYaml $cfg -}}
 {{- end -}}
 
 {{/*

@@ -1,4 +1,4 @@
-package main
+package check
 
 import (
 	"context"
@@ -78,7 +78,7 @@ func (c *clusterSPIFFEID) selects(nsLabels, podLabels map[string]string) bool {
 }
 
 // spirePods lists the running or pending pods injected with the spire flavor.
-func (k *checker) spirePods(ctx context.Context) ([]*corev1.Pod, error) {
+func (k *Env) spirePods(ctx context.Context) ([]*corev1.Pod, error) {
 	var out []*corev1.Pod
 	err := k.eachPod(ctx, func(pod *corev1.Pod) {
 		raw, ok := pod.Annotations[inject.AnnotationStatus]
@@ -92,8 +92,8 @@ func (k *checker) spirePods(ctx context.Context) ([]*corev1.Pod, error) {
 	return out, err
 }
 
-func (k *checker) checkSPIRERegistration(ctx context.Context) checkResult {
-	res := checkResult{Name: checkSPIRERegistration, Status: statusPass}
+func (k *Env) checkSPIRERegistration(ctx context.Context) Result {
+	res := Result{Name: checkSPIRERegistration, Status: StatusPass}
 	pods, err := k.spirePods(ctx)
 	if err != nil {
 		return failed(res, err.Error())
@@ -104,7 +104,7 @@ func (k *checker) checkSPIRERegistration(ctx context.Context) checkResult {
 	var list unstructured.UnstructuredList
 	list.SetGroupVersionKind(clusterSPIFFEIDList)
 	if err := k.c.List(ctx, &list); err != nil {
-		res.Status = statusWarn
+		res.Status = StatusWarn
 		for _, u := range unreadableClusterSPIFFEIDs {
 			if u.is(err) {
 				res.Message = fmt.Sprintf("%d gateway pod(s) use the spire flavor, but %s: cannot tell whether SPIRE has registered them", len(pods), u.why(err))
@@ -123,14 +123,14 @@ func (k *checker) checkSPIRERegistration(ctx context.Context) checkResult {
 		var spec clusterSPIFFEIDSpec
 		raw, _, _ := unstructured.NestedMap(item.Object, "spec")
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(raw, &spec); err != nil {
-			res.Status = statusWarn
+			res.Status = StatusWarn
 			res.Details = append(res.Details, fmt.Sprintf("ClusterSPIFFEID %s: unreadable spec: %v", item.GetName(), err))
 			continue
 		}
 		ns, err1 := asSelector(spec.NamespaceSelector)
 		pod, err2 := asSelector(spec.PodSelector)
 		if err1 != nil || err2 != nil {
-			res.Status = statusWarn
+			res.Status = StatusWarn
 			res.Details = append(res.Details, fmt.Sprintf("ClusterSPIFFEID %s: invalid selector (%v %v): it selects nothing", item.GetName(), err1, err2))
 			continue
 		}
@@ -157,7 +157,7 @@ func (k *checker) checkSPIRERegistration(ctx context.Context) checkResult {
 			continue
 		}
 		unselected++
-		f := podFinding{Namespace: pod.Namespace, Name: pod.Name, Problem: "no-clusterspiffeid",
+		f := PodFinding{Namespace: pod.Namespace, Name: pod.Name, Problem: "no-clusterspiffeid",
 			Message: "no ClusterSPIFFEID selects this pod (namespaceSelector and podSelector), so SPIRE issues it no identity unless an entry was created another way"}
 		f.Owner, _ = k.restartCommand(ctx, pod)
 		res.Pods = append(res.Pods, f)
@@ -168,12 +168,12 @@ func (k *checker) checkSPIRERegistration(ctx context.Context) checkResult {
 		res.Details = append(res.Details, fmt.Sprintf("%s/%s%s: selected by no ClusterSPIFFEID", pod.Namespace, pod.Name, owner))
 	}
 	if unselected > 0 {
-		res.Status = statusWarn
+		res.Status = StatusWarn
 		res.Message = fmt.Sprintf("%d of %d spire-flavor gateway pod(s) are selected by none of the %d ClusterSPIFFEID(s)", unselected, len(pods), len(ids))
 		res.Fix = append(res.Fix, "create a ClusterSPIFFEID whose namespaceSelector and podSelector select the gateway, spiffeIDTemplate spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}: docs/spire.md#registration")
 		return res
 	}
-	if res.Status == statusPass {
+	if res.Status == StatusPass {
 		res.Message = fmt.Sprintf("all %d spire-flavor gateway pod(s) are selected by a ClusterSPIFFEID", len(pods))
 	} else {
 		res.Message = fmt.Sprintf("all %d spire-flavor gateway pod(s) are selected by a ClusterSPIFFEID; some ClusterSPIFFEIDs could not be read", len(pods))

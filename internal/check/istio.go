@@ -1,14 +1,11 @@
-package main
+package check
 
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
@@ -21,23 +18,18 @@ const (
 	checkStaleAgents    = "stale-agents"
 )
 
-// checkIstio reports the discovered Istio revisions and the injected
-// gateway pods whose agent no longer matches them (after an Istio upgrade),
-// with the command that re-injects them. Nothing when discovery is off.
-func (k *checker) checkIstio(ctx context.Context) []checkResult {
-	if k.settings == nil || !k.cfg.Istio.Auto() {
-		return nil
-	}
-	res := checkResult{Name: checkIstioRevisions, Status: statusPass}
-	ns := k.opts.istio.namespace
+// checkIstio reports the discovered Istio revisions (istio: auto).
+func (k *Env) checkIstio(ctx context.Context) Result {
+	res := Result{Name: checkIstioRevisions, Status: StatusPass}
+	ns := k.opts.IstioNamespace
 	snap, err := k.istioSnapshot(ctx)
 	if err != nil {
 		res = failed(res, err.Error())
 		res.Fix = append(res.Fix, fmt.Sprintf("the injector needs get/list/watch on ConfigMaps in %s and list/watch on mutatingwebhookconfigurations (the chart grants them)", ns))
-		return []checkResult{res}
+		return res
 	}
 	if len(snap.Revisions) == 0 {
-		return []checkResult{skipped(res, fmt.Sprintf("istio: auto, but no Istio control plane found in %s (no %s ConfigMap): injection uses the configuration and built-in defaults", ns, istio.InjectorConfigMap))}
+		return skipped(res, fmt.Sprintf("istio: auto, but no Istio control plane found in %s (no %s ConfigMap): injection uses the configuration and built-in defaults", ns, istio.InjectorConfigMap))
 	}
 	for _, name := range snap.Names() {
 		r := snap.Revisions[name]
@@ -50,7 +42,7 @@ func (k *checker) checkIstio(ctx context.Context) []checkResult {
 			res.Details = append(res.Details, "  "+name+": "+n)
 		}
 		if r.Err != nil {
-			res.Status = statusWarn
+			res.Status = StatusWarn
 			res.Fix = append(res.Fix, fmt.Sprintf("fix ConfigMap %s/%s, or set the failing fields in the injector's configuration", ns, r.InjectorConfigMap))
 		}
 	}
@@ -62,17 +54,18 @@ func (k *checker) checkIstio(ctx context.Context) []checkResult {
 		res.Message += "; no default revision: gateways must name one (namespace label or pod annotation " + inject.AnnotationIstioRevision + ")"
 	}
 	if snap.InjectorsUnknown {
-		res.Status = worse(res.Status, statusWarn)
+		res.Status = worse(res.Status, StatusWarn)
 		res.Details = append(res.Details, "Istio's MutatingWebhookConfigurations cannot be read: revision tags are unknown and Istio's own injection is guessed from its labels")
 		res.Fix = append(res.Fix, "grant the injector list/watch on mutatingwebhookconfigurations (the chart's ClusterRole does)")
 	} else {
 		res.Details = append(res.Details, fmt.Sprintf("%d webhook(s) of Istio's sidecar injector watched, so that gateways Istio injects are left to it", len(snap.Injectors)))
 	}
-	return []checkResult{res, k.checkStaleAgents(ctx, snap)}
+	return res
 }
 
-func (k *checker) checkStaleAgents(ctx context.Context, snap *istio.Snapshot) checkResult {
-	res := checkResult{Name: checkStaleAgents, Status: statusPass}
+func (k *Env) checkStaleAgents(ctx context.Context) Result {
+	snap := k.snap
+	res := Result{Name: checkStaleAgents, Status: StatusPass}
 	if err := k.loadNamespaces(ctx); err != nil {
 		return failed(res, err.Error())
 	}
@@ -98,7 +91,7 @@ func (k *checker) checkStaleAgents(ctx context.Context, snap *istio.Snapshot) ch
 			if !stale {
 				continue
 			}
-			f := podFinding{Namespace: pod.Namespace, Name: pod.Name, Problem: "stale-agent", Message: sa.Reason}
+			f := PodFinding{Namespace: pod.Namespace, Name: pod.Name, Problem: "stale-agent", Message: sa.Reason}
 			f.Owner, f.Command = k.restartCommand(ctx, pod)
 			res.Pods = append(res.Pods, f)
 			owner := ""
@@ -114,40 +107,10 @@ func (k *checker) checkStaleAgents(ctx context.Context, snap *istio.Snapshot) ch
 		opts = []client.ListOption{client.Limit(500), client.Continue(pods.Continue)}
 	}
 	if len(res.Pods) > 0 {
-		res.Status = statusWarn
+		res.Status = StatusWarn
 		res.Message = fmt.Sprintf("%d injected gateway pod(s) run an agent that no longer matches the installed Istio (e.g. after an upgrade): restart them to re-inject", len(res.Pods))
 		return res
 	}
 	res.Message = fmt.Sprintf("%d injected pod(s); every agent matches the installed Istio", injected)
 	return res
-}
-
-// explicitFields reads the configuration's explicitly set fields from the
-// same source as the configuration check.
-func (k *checker) explicitFields(ctx context.Context) (map[string]bool, error) {
-	var data []byte
-	if f := k.opts.ef.configFile; f != "" {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, err
-		}
-		data = b
-	} else {
-		var cm corev1.ConfigMap
-		err := k.c.Get(ctx, types.NamespacedName{Namespace: k.opts.namespace, Name: k.opts.configMap}, &cm)
-		if err != nil && !apierrors.IsNotFound(err) {
-			return nil, err
-		}
-		data = []byte(cm.Data["config.yaml"])
-	}
-	explicit, err := istio.ExplicitFields(data)
-	if err != nil {
-		return nil, err
-	}
-	for flag, field := range flagFields {
-		if k.cmd.Flags().Changed(flag) {
-			explicit[field] = true
-		}
-	}
-	return explicit, nil
 }

@@ -1,4 +1,4 @@
-package main
+package check
 
 import (
 	"bytes"
@@ -65,12 +65,24 @@ func TestSelectorAndRules(t *testing.T) {
 	if selectorMatches(&metav1.LabelSelector{MatchLabels: map[string]string{"a": "b"}}, nil) {
 		t.Error("a selector with requirements does not match a pod without labels")
 	}
-	create := []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{"CREATE"},
-		Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, Resources: []string{"pods"}}}}
-	update := []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{"UPDATE"},
-		Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, Resources: []string{"pods"}}}}
-	if !matchesPodCreate(create) || matchesPodCreate(update) {
-		t.Error("rules")
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}}
+	pod := gatewayPod("ns", "gw", nil, nil)
+	for _, tc := range []struct {
+		op       admissionregistrationv1.OperationType
+		versions []string
+		want     bool
+	}{
+		{admissionregistrationv1.Create, []string{"v1"}, true},
+		{admissionregistrationv1.OperationAll, []string{"*"}, true},
+		{admissionregistrationv1.Update, []string{"v1"}, false},
+		{admissionregistrationv1.Create, nil, false}, // no apiVersions: matches nothing, as in the apiserver
+	} {
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "w",
+			Rules: []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{tc.op},
+				Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: tc.versions, Resources: []string{"pods"}}}}}}}
+		if got := NewMatcher([]*admissionregistrationv1.MutatingWebhookConfiguration{mwc}).Matches(ns, pod); got != tc.want {
+			t.Errorf("rule %s %v: matches %v, want %v", tc.op, tc.versions, got, tc.want)
+		}
 	}
 }
 
@@ -102,7 +114,7 @@ func gatewayPod(ns, name string, labels, annotations map[string]string) *corev1.
 // TestInScopeShippedConfigurations evaluates the shipped webhook
 // configurations (selectors and CEL) the way the API server does.
 func TestInScopeShippedConfigurations(t *testing.T) {
-	k := &checker{ns: map[string]*corev1.Namespace{}}
+	k := &Env{ns: map[string]*corev1.Namespace{}}
 	for name, l := range map[string]map[string]string{"enabled": {inject.NamespaceLabel: "enabled"}, "plain": nil, "disabled": {inject.NamespaceLabel: "disabled"}, "kube-system": nil} {
 		labels := map[string]string{"kubernetes.io/metadata.name": name}
 		for a, b := range l {
@@ -135,16 +147,16 @@ func TestInScopeShippedConfigurations(t *testing.T) {
 		{"cluster-wide-mode.yaml", app("plain", map[string]string{"app": "web"}, nil), false},
 		{"cluster-wide-mode.yaml", app("plain", nil, map[string]string{inject.AnnotationGatewayContainer: "envoy"}), true},
 	} {
-		k.mwcs = []*admissionregistrationv1.MutatingWebhookConfiguration{shippedMWC(t, tc.file)}
-		if got := k.inScope(tc.pod); got != tc.want {
+		m := NewMatcher([]*admissionregistrationv1.MutatingWebhookConfiguration{shippedMWC(t, tc.file)})
+		if got := m.Matches(k.ns[tc.pod.Namespace], tc.pod); got != tc.want {
 			t.Errorf("%s: pod %s/%s labels %v annotations %v: in scope %v, want %v", tc.file, tc.pod.Namespace, tc.pod.Name, tc.pod.Labels, tc.pod.Annotations, got, tc.want)
 		}
 	}
 	// A condition this evaluator cannot compile counts as matching.
 	mwc := shippedMWC(t, "namespace-mode.yaml")
 	mwc.Webhooks[0].MatchConditions = []admissionregistrationv1.MatchCondition{{Name: "x", Expression: "authorizer.group('').resource('pods').check('create').allowed()"}}
-	k.mwcs = []*admissionregistrationv1.MutatingWebhookConfiguration{mwc}
-	if !k.inScope(gatewayPod("enabled", "gw", nil, nil)) {
+	m := NewMatcher([]*admissionregistrationv1.MutatingWebhookConfiguration{mwc})
+	if !m.Matches(k.ns["enabled"], gatewayPod("enabled", "gw", nil, nil)) {
 		t.Error("an unevaluable condition must not hide a gateway")
 	}
 }
@@ -168,7 +180,7 @@ func TestRestartCommand(t *testing.T) {
 	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "gw", Name: "gateway-proxy-abc", OwnerReferences: ctrl("Deployment", "gateway-proxy")}}
 	orphanRS := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "gw", Name: "lonely"}}
 	c := fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(rs, orphanRS).Build()
-	k := &checker{c: c}
+	k := &Env{c: c}
 	for _, tc := range []struct {
 		owners       []metav1.OwnerReference
 		owner, cmdPr string
@@ -249,20 +261,20 @@ func fakeWorld(t *testing.T, pki testPKI) []client.Object {
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "istio-system", Name: "istiod"}, Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "grpc-istiod", Port: 15012}}}},
 		slice("istio-system", "istiod", "grpc-istiod", 15012),
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "gloo-system", Name: "istio-ca-root-cert"}},
-		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "sds-injector", Name: "sds-injector"}, Data: map[string]string{"config.yaml": "flavor: istio-proxy\n"}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "sds-injector", Name: "sds-injector"}, Data: map[string]string{"config.yaml": "apiVersion: sds-injector.io/v1alpha1\nkind: InjectorConfig\nflavor: istio-proxy\n"}},
 		injected,
 	}
 }
 
-func runFakeCheck(t *testing.T, objs []client.Object) *checkReport {
+func runFakeCheck(t *testing.T, objs []client.Object) *Report {
 	t.Helper()
 	c := fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(objs...).Build()
-	o := checkOptions{namespace: "sds-injector", configMap: "sds-injector", certSecret: "sds-injector-tls",
-		webhookConfigs: DefaultWebhookConfigurations, minValidity: 7 * 24 * time.Hour}
-	return (&checker{opts: &o, c: c, cmd: newCheckCommand(), now: time.Now()}).run(context.Background())
+	o := Options{Namespace: "sds-injector", ConfigMap: "sds-injector", CertSecret: "sds-injector-tls",
+		WebhookConfigurations: []string{"sds-injector-namespace", "sds-injector-per-gateway", "sds-injector-cluster-wide"}, MinValidity: 7 * 24 * time.Hour}
+	return RunChecks(context.Background(), All(), NewEnv(c, o))
 }
 
-func statusOf(r *checkReport, name string) checkStatus {
+func statusOf(r *Report, name string) Status {
 	for _, c := range r.Checks {
 		if c.Name == name {
 			return c.Status
@@ -276,17 +288,17 @@ func TestCheckFake(t *testing.T) {
 	r := runFakeCheck(t, fakeWorld(t, pki))
 	if !r.OK {
 		var b bytes.Buffer
-		_ = writeReport(&b, r, "text")
+		_ = Write(&b, r, "text")
 		t.Fatalf("healthy world fails:\n%s", b.String())
 	}
 
 	t.Run("uninjected gateway", func(t *testing.T) {
 		objs := append(fakeWorld(t, pki), gatewayPod("gloo-system", "gw-late", nil, nil))
 		r := runFakeCheck(t, objs)
-		if statusOf(r, checkGatewayPods) != statusFail || r.OK {
+		if statusOf(r, checkGatewayPods) != StatusFail || r.OK {
 			t.Fatalf("%+v", r.Checks)
 		}
-		pods := r.Checks[len(r.Checks)-1].Pods
+		pods := resultOf(t, r, checkGatewayPods).Pods
 		if len(pods) != 1 || pods[0].Name != "gw-late" || pods[0].Problem != "not-injected" || !strings.Contains(pods[0].Command, "delete pod gw-late") {
 			t.Errorf("%+v", pods)
 		}
@@ -294,13 +306,13 @@ func TestCheckFake(t *testing.T) {
 	t.Run("expiring certificate", func(t *testing.T) {
 		short := makePKI(t, "sds-injector.sds-injector.svc", 2*24*time.Hour)
 		r := runFakeCheck(t, fakeWorld(t, short))
-		if statusOf(r, checkServingCert) != statusFail {
+		if statusOf(r, checkServingCert) != StatusFail {
 			t.Fatalf("%+v", r.Checks)
 		}
 	})
 	t.Run("certificate for another name", func(t *testing.T) {
 		r := runFakeCheck(t, fakeWorld(t, makePKI(t, "webhook.example.com", 90*24*time.Hour)))
-		if statusOf(r, checkServingCert) != statusFail {
+		if statusOf(r, checkServingCert) != StatusFail {
 			t.Fatalf("%+v", r.Checks)
 		}
 	})
@@ -313,29 +325,55 @@ func TestCheckFake(t *testing.T) {
 			}
 		}
 		r := runFakeCheck(t, kept)
-		if statusOf(r, checkRootCert) != statusFail {
+		if statusOf(r, checkRootCert) != StatusFail {
 			t.Fatalf("%+v", r.Checks)
+		}
+	})
+	t.Run("configuration without apiVersion", func(t *testing.T) {
+		objs := fakeWorld(t, pki)
+		for _, o := range objs {
+			if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == "sds-injector" {
+				cm.Data["config.yaml"] = "flavor: istio-proxy\n"
+			}
+		}
+		r := runFakeCheck(t, objs)
+		res := resultOf(t, r, checkConfiguration)
+		if res.Status != StatusWarn || len(res.Fix) != 1 || !strings.Contains(res.Fix[0], "apiVersion: sds-injector.io/v1alpha1") || !r.OK {
+			t.Fatalf("want a deprecation warning naming the apiVersion to add: %+v", res)
+		}
+	})
+	t.Run("configuration of an unknown version", func(t *testing.T) {
+		objs := fakeWorld(t, pki)
+		for _, o := range objs {
+			if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == "sds-injector" {
+				cm.Data["config.yaml"] = "apiVersion: sds-injector.io/v9\nkind: InjectorConfig\n"
+			}
+		}
+		r := runFakeCheck(t, objs)
+		res := resultOf(t, r, checkConfiguration)
+		if res.Status != StatusFail || !strings.Contains(res.Message, "supported: sds-injector.io/v1alpha1") {
+			t.Fatalf("want a failure naming the supported version: %+v", res)
 		}
 	})
 	t.Run("json output", func(t *testing.T) {
 		var b bytes.Buffer
-		if err := writeReport(&b, r, "json"); err != nil {
+		if err := Write(&b, r, "json"); err != nil {
 			t.Fatal(err)
 		}
-		var back checkReport
+		var back Report
 		if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Checks) != 7 || !back.OK || back.Summary["pass"] != 7 {
 			t.Errorf("%v %+v", err, back)
 		}
 	})
 }
 
-func TestCheckNeedsACluster(t *testing.T) {
-	_, _, err := run(t, "", "check", "--kubeconfig", filepath.Join(t.TempDir(), "missing"))
-	if err == nil || exitCode(err) != 1 {
-		t.Errorf("want a plain error (exit 1) without a cluster, got %v", err)
+func resultOf(t *testing.T, r *Report, name string) Result {
+	t.Helper()
+	for _, c := range r.Checks {
+		if c.Name == name {
+			return c
+		}
 	}
-	_, _, err = run(t, "", "check", "-o", "yaml")
-	if err == nil || !strings.Contains(err.Error(), "--output") {
-		t.Errorf("bad -o: %v", err)
-	}
+	t.Fatalf("no check %s in %+v", name, r.Checks)
+	return Result{}
 }
