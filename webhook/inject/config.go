@@ -2,6 +2,7 @@ package inject
 
 import (
 	"fmt"
+	"github.com/sds-injector/sds-injector/internal/agentcontract"
 	"path"
 	"slices"
 	"strings"
@@ -55,9 +56,9 @@ const (
 	DefaultIstioVersion      = "1.30.0"
 	DefaultHub               = "docker.io/istio"
 	DefaultSDSAgentImage     = "ghcr.io/sds-injector/sds-agent:v0.1.0"
-	DefaultCAAddress         = "istiod.istio-system.svc:15012"
-	DefaultClusterID         = "Kubernetes"
-	DefaultTrustDomain       = "cluster.local"
+	DefaultCAAddress         = agentcontract.DefaultCAAddr
+	DefaultClusterID         = agentcontract.DefaultClusterID
+	DefaultTrustDomain       = agentcontract.DefaultTrustDomain
 	DefaultClusterDomain     = "cluster.local"
 	DefaultTokenAudience     = "istio-ca"
 	DefaultRootCertConfigMap = "istio-ca-root-cert"
