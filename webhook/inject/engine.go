@@ -290,6 +290,12 @@ type plan struct {
 
 func (s *Settings) buildPlan(pod *corev1.Pod, params podParams, match gatewayMatch, gwIndex int) (*plan, error) {
 	gw := &pod.Spec.Containers[gwIndex]
+	// Containers are addressed by name (the status annotation, uninject,
+	// kubectl): a pod whose names are empty or repeated — which the API
+	// server's validation refuses after admission anyway — is left as it is.
+	if err := uniqueContainerNames(pod); err != nil {
+		return nil, err
+	}
 	agentName := agentContainerName(params.flavor)
 	if containerIndex(pod.Spec.Containers, agentName) >= 0 || containerIndex(pod.Spec.InitContainers, agentName) >= 0 {
 		return nil, fmt.Errorf("the pod already has a container named %q: rename it or opt the pod out", agentName)
