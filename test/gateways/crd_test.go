@@ -24,11 +24,13 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 
 // notAnObject lists the guide's kinds that are not API objects: the
 // EnvoyGateway configuration is a file in a ConfigMap, which
 // test/envoygateway decodes and validates with Envoy Gateway's own code.
+// sds-injector's own InjectorConfig is loaded with inject.LoadConfig.
 var notAnObject = []string{"EnvoyGateway"}
 
 // guideObject is one Kubernetes object of the guide.
@@ -51,6 +53,18 @@ func guideObjects(t *testing.T) []guideObject {
 				continue
 			}
 			if slices.Contains(notAnObject, fmt.Sprint(m["kind"])) {
+				continue
+			}
+			if m["kind"] == inject.ConfigKind && m["apiVersion"] == inject.ConfigAPIVersion {
+				// sds-injector's own configuration file, not an API
+				// object: it must load and resolve as the injector would.
+				l, err := inject.LoadConfig([]byte(d))
+				if err == nil {
+					_, err = l.Config.Resolve()
+				}
+				if err != nil || len(l.Warnings) > 0 {
+					t.Errorf("%s:%d (document %d): the guide's sds-injector configuration does not load cleanly: %v %v", guide, b.line, i+1, err, l.Warnings)
+				}
 				continue
 			}
 			out = append(out, guideObject{where: fmt.Sprintf("%s:%d (document %d, %s)", guide, b.line, i+1, m["kind"]), obj: &unstructured.Unstructured{Object: m}})
