@@ -82,6 +82,9 @@ type Node struct {
 	// PodLogsDir is the kubelet's podLogsDir:
 	// <ns>_<pod>_<uid>/<container>/<restart>.log in CRI format.
 	PodLogsDir string
+	// KubeletRootDir is the kubelet's --root-dir: pods/<uid>/volumes/...
+	// holds the volumes as the kubelet set them up.
+	KubeletRootDir string
 	// Timings of the start-up.
 	ControlPlaneStart, ContainerdStart, ImportTook, KubeletReady time.Duration
 	// ServiceCA signs the API server's in-cluster certificate (Options.Services).
@@ -332,6 +335,7 @@ func (n *Node) startKubelet(ctx context.Context, timeout time.Duration) error {
 	if err := os.MkdirAll(d, 0o750); err != nil {
 		return err
 	}
+	n.KubeletRootDir = filepath.Join(d, "root")
 	// The kubelet authenticates as system:node:<name> (Node authorizer).
 	user, err := n.CP.Env.AddUser(envtest.User{Name: "system:node:" + n.Name, Groups: []string{"system:nodes"}}, nil)
 	if err != nil {
@@ -389,7 +393,7 @@ volumeStatsAggPeriod: 0s
 		return err
 	}
 	pr, err := n.start("kubelet", []string{filepath.Join(n.p.KubeBinDir, controlplane.KubeletBinary),
-		"--config=" + cfgFile, "--kubeconfig=" + kubeconfig, "--root-dir=" + filepath.Join(d, "root"),
+		"--config=" + cfgFile, "--kubeconfig=" + kubeconfig, "--root-dir=" + n.KubeletRootDir,
 		"--cert-dir=" + filepath.Join(d, "pki"), "--hostname-override=" + n.Name, "--node-ip=" + NodeIP, "--v=2"}, nil)
 	if err != nil {
 		return err
