@@ -99,7 +99,7 @@ controlplane:
 ## the chart installed as pods)
 node:
 	test/controlplane/build-binaries.sh --with-kubelet >/dev/null
-	$(GO) test -race -count=1 -p 1 -timeout 40m -v ./test/node/ ./test/flavors/realnode/ ./test/chartnode/
+	$(GO) test -race -count=1 -p 1 -timeout 40m -v ./test/node/ ./test/flavors/ ./test/chartnode/
 
 ## demo: local control plane + sds-injector serve + an injected Gloo pod and an untouched app pod
 demo:

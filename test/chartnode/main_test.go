@@ -165,7 +165,7 @@ func inside(m *testing.M) (int, error) {
 // relayCA makes istiod's CA reachable at the engine's default address,
 // istiod.istio-system.svc:15012, for host-network pods: a TCP relay on the
 // node IP (inside the namespace) to istiod's secure gRPC port on loopback,
-// and the name in the namespace's private /etc/hosts (as realnode does).
+// and the name in the namespace's private /etc/hosts (as test/flavors does).
 func relayCA() (func(), error) {
 	_, port, err := net.SplitHostPort(ist.CAAddr)
 	if err != nil {

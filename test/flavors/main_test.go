@@ -1,281 +1,372 @@
-// Package flavors proves, for every agent flavor, that the pod the engine
-// produces gets its gateway a certificate issued by a real istiod.
+// Package flavors is the flavor proof on a real node: gateway pods from
+// docs/examples are created through the real kube-apiserver, injected by the
+// real webhook (`sds-injector serve`, reached through the shipped
+// MutatingWebhookConfiguration), and run by a real kubelet with containerd
+// and runc (package node) against a real istiod (package istiod), all inside
+// a network namespace of the test's own with no route out. The agent
+// containers run the real agent binaries from images written locally; the
+// gateway container runs gateway-checker as the gateway's user.
 //
-// A local kube-apiserver and etcd (package controlplane) and a real istiod
-// (package istiod, built from the istio.io/istio module) run on loopback.
-// Each case takes a gateway pod from docs/examples, injects it with
-// inject.Inject, creates the result in the apiserver and hands the stored pod
-// to the kubelet emulator (package kubelet), which prepares its volumes
-// (token from the TokenRequest API, istio-ca-root-cert as istiod published
-// it), and runs the agent container's command with the real binary. The
-// checks then look at the pod from the gateway container: a real SDS client
-// on the socket path the gateway mounts, or the certificate files at the
-// gateway's mount, running as the gateway container's user.
-//
-// See docs/flavor-proof.md for what is proven, what is not, and timings.
+// See docs/flavor-proof.md.
 package flavors
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
+	"net"
+	"net/http"
 	"os"
-	"path"
+	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 
+	"github.com/sds-injector/sds-injector/internal/imagebuild"
 	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/test/istiod"
-	"github.com/sds-injector/sds-injector/test/sdsclient"
+	"github.com/sds-injector/sds-injector/test/node"
 )
 
-// suite is the shared environment, set up once by TestMain.
-type suite struct {
-	cp        *controlplane.ControlPlane
-	istiod    *istiod.Istiod
-	clientset kubernetes.Interface
-	// binDir is readable by every user: the containers' UIDs run the copies
-	// of binaries it holds (the test binary as the gateway-view helper, the
-	// stand-in Envoy).
-	binDir string
-	// helper is this test binary, runnable by any user.
-	helper string
-	// standInEnvoy is the stand-in for the proxyv2 image's Envoy.
-	standInEnvoy string
-	// apiHost and apiPort are the apiserver's address (KUBERNETES_SERVICE_*).
-	apiHost, apiPort string
-	// setupTime is how long the control plane and istiod took to start.
-	cpStart, istiodStart time.Duration
-}
+// Test images (written by prepare, imported into the node's containerd).
+const (
+	// proxyv2Ref is the proxyv2 test image (pilot-agent of the Istio
+	// under test); its tag names the Istio module or release.
+	proxyv2Repo = "sds-injector.test/proxyv2"
+	sdsAgentRef = "sds-injector.test/sds-agent:dev"
+	checkerRef  = "sds-injector.test/gateway-checker:1"
+	// certTTL is the lifetime the agent images ask istiod for (image ENV
+	// CERT_TTL for sds-agent, SECRET_TTL for pilot-agent; the injected env
+	// sets neither), short so that a rotation happens within a case.
+	certTTL = 20 * time.Second
+)
 
 var (
-	env      *suite
-	setupErr error
-)
-
-// gatewayViewEnv switches the test binary into the gateway-view helper
-// (see gatewayViewMain).
-const (
-	gatewayViewEnv  = "SDS_INJECTOR_GATEWAY_VIEW"
-	gatewayViewPath = "SDS_INJECTOR_GATEWAY_VIEW_PATH"
-	gatewayViewNode = "SDS_INJECTOR_GATEWAY_VIEW_NODE"
-	gatewayViewMark = "GATEWAY-VIEW-RESULT: "
+	n        *node.Node
+	ist      *istiod.Istiod
+	prepared *node.Prepared
+	repoRoot string
+	// startup figures for the report
+	serveReady time.Duration
 )
 
 func TestMain(m *testing.M) {
-	if mode := os.Getenv(gatewayViewEnv); mode != "" {
-		os.Exit(gatewayViewMain(mode))
-	}
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
 	flag.Parse()
 	if testing.Short() {
-		// Every test skips with the reason (see needSuite).
-		return m.Run()
+		// Every test skips with the reason (skipShort).
+		os.Exit(m.Run())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
-	defer cancel()
-	s, cleanup, err := setUp(ctx)
-	defer cleanup()
-	if err != nil {
-		setupErr = err
-		fmt.Fprintln(os.Stderr, "flavors: setting up the control plane and istiod:", err)
-	}
-	env = s
-	return m.Run()
+	os.Exit(node.Main(prepare, func(p *node.Prepared) int {
+		prepared = p
+		code, err := inside(m)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "flavors: FAIL:", err)
+			return 1
+		}
+		return code
+	}))
 }
 
-func setUp(ctx context.Context) (*suite, func(), error) {
-	s := &suite{}
-	var cleanups []func()
-	cleanup := func() {
-		for i := len(cleanups) - 1; i >= 0; i-- {
-			cleanups[i]()
+// prepare runs outside the namespace: it builds the binaries and images.
+func prepare(ctx context.Context, p *node.Prepared) error {
+	bins := map[string]string{}
+	for _, pkg := range []string{"./cmd/sds-agent", "./cmd/sds-injector", "./test/node/cmd/gateway-checker", "./test/node/cmd/stand-in-envoy"} {
+		b, err := node.BuildStatic(ctx, p.Dir, pkg, "-X main.version=flavors-test")
+		if err != nil {
+			return err
 		}
+		bins[filepath.Base(pkg)] = b
 	}
-	started := time.Now()
-	cp, err := controlplane.Start(ctx, controlplane.Options{})
+	p.Values["sds-injector"] = bins["sds-injector"]
+	path := []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	// proxyv2 as Istio's Dockerfile.proxyv2 lays it out: pilot-agent as
+	// ENTRYPOINT, the bootstrap template, Envoy at /usr/local/bin/envoy --
+	// here the STAND-IN (test/node/cmd/stand-in-envoy), not Envoy.
+	if err := p.AddImage(&node.Image{Ref: proxyv2Ref(),
+		Files: map[string]string{
+			"/usr/local/bin/pilot-agent":                     filepath.Join(p.IstioBinDir, istiod.AgentBinary),
+			"/usr/local/bin/envoy":                           bins["stand-in-envoy"],
+			"/var/lib/istio/envoy/envoy_bootstrap_tmpl.json": bootstrapTemplate(p.IstioModuleDir),
+		},
+		Executable: []string{"/usr/local/bin/pilot-agent", "/usr/local/bin/envoy"},
+		Config: v1.Config{Entrypoint: []string{"/usr/local/bin/pilot-agent"}, WorkingDir: "/", User: "1337:1337",
+			Env: append(path, "SECRET_TTL="+certTTL.String())},
+	}); err != nil {
+		return err
+	}
+	// sds-agent: the release image itself (internal/imagebuild, what make
+	// images builds: scratch, uid 65532, WORKDIR /), from the test's
+	// binary, plus only CERT_TTL so that a rotation happens within a case.
+	agentSpec := imagebuild.ReleaseImages[1]
+	if agentSpec.Name != "sds-agent" {
+		return fmt.Errorf("imagebuild.ReleaseImages[1] is %q, not sds-agent", agentSpec.Name)
+	}
+	spec := agentSpec.Spec(bins["sds-agent"], v1.Platform{OS: "linux", Architecture: runtime.GOARCH}, "flavors-test", "test", time.Unix(1, 0))
+	spec.Env = append(path, "CERT_TTL="+certTTL.String())
+	agentImg, err := imagebuild.Build(spec)
 	if err != nil {
-		return nil, cleanup, err
+		return fmt.Errorf("the release sds-agent image: %w", err)
 	}
-	s.cp, s.cpStart = cp, time.Since(started)
-	cleanups = append(cleanups, func() {
-		if err := cp.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "flavors: stopping the control plane:", err)
-		}
+	agentTar := p.ArchivePath(sdsAgentRef)
+	if err := os.MkdirAll(filepath.Dir(agentTar), 0o755); err != nil {
+		return err
+	}
+	if err := imagebuild.WriteArchive(agentTar, sdsAgentRef, agentImg); err != nil {
+		return err
+	}
+	p.AddArchive(sdsAgentRef, agentTar)
+	return p.AddImage(&node.Image{Ref: checkerRef,
+		Files:      map[string]string{"/usr/local/bin/gateway-checker": bins["gateway-checker"]},
+		Executable: []string{"/usr/local/bin/gateway-checker"},
+		Config:     v1.Config{Entrypoint: []string{"/usr/local/bin/gateway-checker"}, WorkingDir: "/", Env: path},
 	})
-	u, err := url.Parse(cp.Config.Host)
-	if err != nil {
-		return nil, cleanup, err
-	}
-	s.apiHost, s.apiPort = u.Hostname(), u.Port()
-	if s.clientset, err = kubernetes.NewForConfig(cp.Config); err != nil {
-		return nil, cleanup, err
-	}
+}
 
-	started = time.Now()
-	ist, err := istiod.Start(ctx, cp, istiod.Options{})
-	if err != nil {
-		return nil, cleanup, err
+// proxyv2Ref is the proxyv2 test image's reference: tagged with the
+// release under test (test/istio-releases/run.sh), or dev for the Istio
+// module the suites build.
+func proxyv2Ref() string {
+	if rel := istiod.ReleaseUnderTest(); rel != "" {
+		return proxyv2Repo + ":" + rel
 	}
-	s.istiod, s.istiodStart = ist, time.Since(started)
-	cleanups = append(cleanups, func() {
+	return proxyv2Repo + ":module"
+}
+
+// bootstrapTemplate is the Envoy bootstrap template Istio's proxyv2 image
+// ships, from the Istio source under test (Istio 1.5 named it
+// envoy_bootstrap_v2.json).
+func bootstrapTemplate(istioSource string) string {
+	dir := filepath.Join(istioSource, "tools", "packaging", "common")
+	for _, name := range []string{"envoy_bootstrap.json", "envoy_bootstrap_v2.json"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return filepath.Join(dir, name)
+		}
+	}
+	return filepath.Join(dir, "envoy_bootstrap.json")
+}
+
+func inside(m *testing.M) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var err error
+	if repoRoot, err = node.RepoRoot(); err != nil {
+		return 1, err
+	}
+	n, err = node.Start(ctx, prepared, node.Options{ControlPlane: controlplane.Options{
+		WebhookInstallOptions: envtest.WebhookInstallOptions{LocalServingHost: "127.0.0.1"},
+	}})
+	if err != nil {
+		return 1, fmt.Errorf("starting the node: %w", err)
+	}
+	defer func() {
+		if err := n.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "flavors: FAIL: stopping the node:", err)
+		}
+	}()
+	started := time.Now()
+	if ist, err = istiod.Start(ctx, n.CP, istiod.Options{}); err != nil {
+		return 1, err
+	}
+	istiodStart := time.Since(started)
+	defer func() {
 		if err := ist.Stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "flavors: stopping istiod:", err)
 		}
-	})
-
-	// A directory every user can read: /tmp/... from MkdirTemp is 0700.
-	if s.binDir, err = os.MkdirTemp("", "flavors-bin-"); err != nil {
-		return nil, cleanup, err
-	}
-	cleanups = append(cleanups, func() { _ = os.RemoveAll(s.binDir) })
-	if err := os.Chmod(s.binDir, 0o755); err != nil {
-		return nil, cleanup, err
-	}
-	self, err := os.Executable()
+	}()
+	stopRelay, err := relayCA(ctx)
 	if err != nil {
-		return nil, cleanup, err
+		return 1, err
 	}
-	s.helper = filepath.Join(s.binDir, "gateway-view")
-	if err := linkOrCopy(self, s.helper, 0o755); err != nil {
-		return nil, cleanup, err
-	}
-	// The stand-in Envoy of the reference recipe: pilot-agent runs it as
-	// its Envoy and lives as long as it does. It only has to stay alive;
-	// exec, so that stopping the agent's process group ends it too.
-	s.standInEnvoy = filepath.Join(s.binDir, "stand-in-envoy")
-	script := "#!/bin/sh\n# Stand-in for Envoy (test only): stays alive, serves nothing.\nexec sleep 2147483647\n"
-	if err := os.WriteFile(s.standInEnvoy, []byte(script), 0o755); err != nil {
-		return nil, cleanup, err
-	}
-	if err := os.Chmod(s.standInEnvoy, 0o755); err != nil {
-		return nil, cleanup, err
-	}
-	return s, cleanup, nil
-}
-
-// needSuite skips under -short and fails if the environment could not be
-// set up.
-func needSuite(t *testing.T) *suite {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a local kube-apiserver + etcd and a real istiod (built from source and cached on first use); run without -short")
-	}
-	if setupErr != nil {
-		t.Fatalf("setting up the control plane and istiod: %v", setupErr)
-	}
-	return env
-}
-
-func linkOrCopy(src, dst string, mode os.FileMode) error {
-	if err := os.Link(src, dst); err == nil {
-		return nil
-	}
-	in, err := os.Open(src)
+	defer stopRelay()
+	stop, err := startWebhook(ctx)
 	if err != nil {
-		return err
+		return 1, err
 	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	return os.Chmod(dst, mode)
+	defer stop()
+	fmt.Fprintf(os.Stderr, "flavors: node %s Ready on %s (%s link); prepare %s, control plane %s, containerd %s, image import %s, kubelet to Ready %s, istiod %s, webhook %s\n",
+		n.Name, n.IP, prepared.Link, prepared.PrepareTook.Round(time.Millisecond), n.ControlPlaneStart.Round(time.Millisecond),
+		n.ContainerdStart.Round(time.Millisecond), n.ImportTook.Round(time.Millisecond), n.KubeletReady.Round(time.Millisecond),
+		istiodStart.Round(time.Millisecond), serveReady.Round(time.Millisecond))
+	return m.Run(), nil
 }
 
-// gatewayView is what the gateway container sees: the helper runs with the
-// gateway container's root as working directory, as its user, with its
-// environment.
-type gatewayView struct {
-	Mode   string   `json:"mode"`
-	Path   string   `json:"path"`
-	UID    int      `json:"uid"`
-	GID    int      `json:"gid"`
-	Groups []int    `json:"groups"`
-	Error  string   `json:"error,omitempty"`
-	Took   Duration `json:"took"`
-	// sds mode
-	Secrets map[string]*sdsclient.Secret `json:"secrets,omitempty"`
-	// files mode
-	Files      map[string][]byte `json:"files,omitempty"`
-	FileErrors map[string]string `json:"fileErrors,omitempty"`
-}
-
-// Duration marshals as a string.
-type Duration time.Duration
-
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return err
+// startWebhook installs the shipped namespace-mode webhook configuration
+// (pointed at the local serving address) and runs `sds-injector serve`
+// there, configured for this node: the local images (the CA address stays
+// the default, see relayCA).
+func startWebhook(ctx context.Context) (func(), error) {
+	w := n.CP.WebhookInstallOptions
+	if _, err := n.CP.InstallMutatingWebhookFile(ctx, filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml")); err != nil {
+		return nil, err
 	}
-	v, err := time.ParseDuration(s)
-	*d = Duration(v)
-	return err
-}
-
-// Files the istio-agent-files flavor writes (OUTPUT_CERTS).
-var certFiles = []string{"cert-chain.pem", "key.pem", "root-cert.pem"}
-
-// gatewayViewMain is the helper: it reads the path given in the
-// environment as the gateway would, relative to its root (the working
-// directory), and prints what it found as JSON.
-func gatewayViewMain(mode string) int {
 	started := time.Now()
-	p := os.Getenv(gatewayViewPath)
-	rel := "." + path.Clean("/"+p)
-	res := gatewayView{Mode: mode, Path: p, UID: os.Getuid(), GID: os.Getgid()}
-	res.Groups, _ = os.Getgroups()
-	switch mode {
-	case "sds":
-		if _, err := os.Stat(rel); err != nil {
-			res.Error = err.Error()
-			break
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		secrets, err := sdsclient.Fetch(ctx, rel, os.Getenv(gatewayViewNode), sdsclient.WorkloadCert, sdsclient.RootCA)
-		res.Secrets = secrets
-		if err != nil {
-			res.Error = err.Error()
-		}
-	case "files":
-		res.Files, res.FileErrors = map[string][]byte{}, map[string]string{}
-		for _, f := range certFiles {
-			b, err := os.ReadFile(path.Join(rel, f))
-			if err != nil {
-				res.FileErrors[f] = err.Error()
-				continue
-			}
-			res.Files[f] = b
-		}
-	default:
-		res.Error = "unknown mode " + mode
+	stop, err := serve(ctx, "main", w.LocalServingPort, "")
+	serveReady = time.Since(started)
+	return stop, err
+}
+
+// baseConfig is the injector configuration of every webhook here; against
+// a release (test/istio-releases/run.sh) the webhooks use its agent
+// contract (istioVersion). extra lines may override istioVersion.
+func baseConfig(extra string) string {
+	cfg := fmt.Sprintf("apiVersion: sds-injector.io/v1alpha1\nkind: InjectorConfig\nagentImage: %s\nsdsAgentImage: %s\nimagePullPolicy: Never\n", proxyv2Ref(), sdsAgentRef)
+	if rel := istiod.ReleaseUnderTest(); rel != "" && !strings.Contains(extra, "istioVersion:") {
+		cfg += "istioVersion: " + rel + "\n"
 	}
-	res.Took = Duration(time.Since(started))
-	b, err := json.Marshal(res)
+	return cfg + extra
+}
+
+// serve runs `sds-injector serve` on 127.0.0.1:port with baseConfig plus
+// extra (YAML lines) and waits until it is ready.
+func serve(ctx context.Context, name string, port int, extra string) (func(), error) {
+	w := n.CP.WebhookInstallOptions
+	cfgFile := filepath.Join(prepared.Dir, "sds-injector-"+name+".yaml")
+	if err := os.WriteFile(cfgFile, []byte(baseConfig(extra)), 0o644); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
+		return nil, err
 	}
-	fmt.Println(gatewayViewMark + string(b))
-	return 0
+	health := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	var out bytes.Buffer
+	cmd := exec.Command(prepared.Values["sds-injector"], "serve", "--config", cfgFile,
+		"--host", w.LocalServingHost, "--port", strconv.Itoa(port), "--cert-dir", w.LocalServingCertDir,
+		"--metrics-bind-address", "0", "--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(health))
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", health))
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("sds-injector serve (%s) not ready: %w\n%s", name, err, out.String())
+	}
+	return stop, nil
+}
+
+// extraWebhook runs a second, differently configured injector for the
+// namespaces labelled sds-injection=<label>: the shipped namespace-mode
+// configuration with that label value and its own name, pointed at its own
+// port.
+func extraWebhook(ctx context.Context, label, extra string) (func(), error) {
+	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict(data, &mwc); err != nil {
+		return nil, err
+	}
+	mwc.Name += "-" + label
+	for i := range mwc.Webhooks {
+		mwc.Webhooks[i].Name = label + "." + mwc.Webhooks[i].Name
+		for j, e := range mwc.Webhooks[i].NamespaceSelector.MatchExpressions {
+			if e.Key == "sds-injection" {
+				mwc.Webhooks[i].NamespaceSelector.MatchExpressions[j].Values = []string{label}
+			}
+		}
+	}
+	out, err := yaml.Marshal(&mwc)
+	if err != nil {
+		return nil, err
+	}
+	file := filepath.Join(prepared.Dir, "webhook-"+label+".yaml")
+	if err := os.WriteFile(file, out, 0o644); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	stop, err := serve(ctx, label, port, extra)
+	if err != nil {
+		return nil, err
+	}
+	installed, err := n.CP.InstallMutatingWebhookFileAt(ctx, file, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	return func() {
+		_ = n.CP.Client.Delete(context.Background(), installed)
+		stop()
+	}, nil
+}
+
+// istiodHost is the engine's default CA host; the pods reach it at the node IP.
+const istiodHost = "istiod.istio-system.svc"
+
+// relayCA makes istiod's CA reachable from the pods at the engine's default
+// address, istiod.istio-system.svc:15012: a TCP relay on the node IP
+// (inside the namespace) forwards to istiod's secure gRPC port on loopback,
+// so TLS is end to end with istiod (its certificate carries that DNS name).
+// Pod-network pods resolve the name through hostAliases (test-owned), and
+// host-network pods through the namespace's private /etc/hosts.
+func relayCA(ctx context.Context) (func(), error) {
+	_, port, err := net.SplitHostPort(ist.CAAddr)
+	if err != nil {
+		return nil, err
+	}
+	target := net.JoinHostPort("127.0.0.1", port)
+	l, err := net.Listen("tcp", net.JoinHostPort(node.NodeIP, "15012"))
+	if err != nil {
+		return nil, fmt.Errorf("CA relay: %w", err)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(u, c); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(c, u); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	f, err := os.OpenFile(filepath.Join(prepared.Dir, "hosts"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	_, err = fmt.Fprintf(f, "%s\t%s\n", node.NodeIP, istiodHost)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	return func() { l.Close() }, nil
 }

@@ -4,9 +4,11 @@
 # For each Istio release given: builds its pilot-discovery and pilot-agent
 # (build-release.sh: cached by version under
 # ${SDS_INJECTOR_CACHE:-$HOME/.cache/sds-injector}/istio-release/<version>/),
-# then runs the flavor proof (test/flavors: every flavor x gateway x
+# then runs the flavor proof on a real node (test/flavors: kubelet, containerd
+# and runc in a network namespace of its own; every flavor x gateway x
 # classic/native placement, and the negative controls) against that release,
-# with the engine's istioVersion set to it. Prints a result table at the end.
+# its pilot-agent in the proxyv2 test image and the webhooks' istioVersion
+# set to it. Needs root, like the suite. Prints a result table at the end.
 # Exit status: 0 when every case passed or is expected-unsupported.
 #
 # Env: FLAVORS_RUN (go test -run pattern, default every flavor case and
@@ -22,7 +24,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 log_dir="${LOG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/sds-injector-istio-releases.XXXXXX")}"
 mkdir -p "$log_dir"
-run_pattern="${FLAVORS_RUN:-^(TestFlavors|TestNegativeControls)$/^(istio-proxy|istio-agent-files|sds-agent)$}"
+run_pattern="${FLAVORS_RUN:-^(TestFlavorsOnRealNode|TestNegativeControlsOnRealNode)$}"
 timeout="${FLAVORS_TIMEOUT:-40m}"
 rows="$log_dir/results.tsv"
 # Each suite runs in its own session (setsid: session id = its pid). The
@@ -58,52 +60,20 @@ for arg in "$@"; do
   testlog="$log_dir/flavors-$version.log"
   echo "=== Istio $version: flavor proof (log: $testlog)"
   started=$(date +%s)
-  minor=$(echo "$version" | cut -d. -f2)
   gotest=(go test -count=1 -timeout "$timeout" -v -run "$run_pattern" ./test/flavors/)
   export ISTIO_BIN="$bin" ISTIO_SOURCE_DIR="$src" ISTIO_RELEASE="$version" SDS_INJECTOR_FLAVOR_RESULTS="$results"
-  if [ "$minor" -lt 14 ]; then
-    # Agents before 1.14 use /etc/istio/proxy (and 1.5's /usr/local/bin/envoy
-    # and /var/lib/istio/envoy/...) by absolute path: run the suite in a
-    # private mount namespace, as a node gives each container its own root,
-    # and a private network namespace (istiod 1.5's CA listens on every
-    # interface). Nothing changes on the host.
-    echo "    Istio $version: agent paths are absolute; running in a private mount and network namespace (unshare -m -n)"
-    ov=$(mktemp -d "${TMPDIR:-/tmp}/sds-injector-ns.XXXXXX")
-    bootstrap="$src/tools/packaging/common/envoy_bootstrap.json"
-    [ -f "$bootstrap" ] || bootstrap="$src/tools/packaging/common/envoy_bootstrap_v2.json"
-    (
-      cd "$repo" &&
-      OV="$ov" BOOTSTRAP="$bootstrap" SDS_INJECTOR_PRIVATE_MOUNT_NS=1 exec setsid unshare -m -n --propagation private bash -ec '
-        ip link set lo up; ip addr add 10.99.0.1/32 dev lo; ip route add default dev lo
-        for d in /etc /usr/local/bin /var/lib; do
-          mkdir -p "$OV/upper$d" "$OV/work$d"
-          mount -t overlay overlay -o "lowerdir=$d,upperdir=$OV/upper$d,workdir=$OV/work$d" "$d"
-        done
-        # istiod 1.5 serves its CA only under a service name (its DNS certificate).
-        echo "127.0.0.1 istiod.istio-system.svc" >>/etc/hosts
-        printf "#!/bin/sh\n# Stand-in for Envoy (test only): stays alive, serves nothing.\nexec sleep 2147483647\n" >/usr/local/bin/envoy
-        chmod 755 /usr/local/bin/envoy
-        mkdir -p /var/lib/istio/envoy
-        cp "$BOOTSTRAP" /var/lib/istio/envoy/envoy_bootstrap_tmpl.json
-        exec "$@"' bash "${gotest[@]}"
-    ) >"$testlog" 2>&1 &
-    suite_pid=$!
-    wait "$suite_pid"
-    rc=$?
-    suite_pid=""
-    rm -rf "$ov"
-  else
-    (cd "$repo" && exec setsid "${gotest[@]}") >"$testlog" 2>&1 &
-    suite_pid=$!
-    wait "$suite_pid"
-    rc=$?
-    suite_pid=""
-  fi
+  # Each container has its own root on the node, so the agents' absolute
+  # paths (/etc/istio/proxy before 1.14) need nothing from this host.
+  (cd "$repo" && exec setsid "${gotest[@]}") >"$testlog" 2>&1 &
+  suite_pid=$!
+  wait "$suite_pid"
+  rc=$?
+  suite_pid=""
   unset ISTIO_BIN ISTIO_SOURCE_DIR ISTIO_RELEASE SDS_INJECTOR_FLAVOR_RESULTS
   echo "    go test exit $rc after $(( $(date +%s) - started ))s"
   grep -E '^(--- |    --- )(FAIL|SKIP)|istiod \(Istio release|differs for Istio|^(ok|FAIL)\s' "$testlog" | head -60 | sed 's/^ */    /'
-  neg_pass=$(grep -c -- '--- PASS: TestNegativeControls/' "$testlog")
-  neg_fail=$(grep -c -- '--- FAIL: TestNegativeControls/' "$testlog")
+  neg_pass=$(grep -cE -- '--- PASS: TestNegativeControlsOnRealNode/[^/]+/' "$testlog")
+  neg_fail=$(grep -cE -- '--- FAIL: TestNegativeControlsOnRealNode/[^/]+/' "$testlog")
   echo "    negative controls: $neg_pass passed, $neg_fail failed"
   if [ ! -s "$results" ]; then
     why=$(grep -m1 -E 'setting up the control plane and istiod|panic:|build failed' "$testlog" || echo "no case ran")
