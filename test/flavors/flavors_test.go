@@ -347,7 +347,9 @@ func runCase(t *testing.T, flavor inject.Flavor, gw gateway, native bool, v vari
 		return rotatedAfter(evs, again) != nil
 	})
 	if err != nil {
-		t.Fatalf("no rotated certificate within %s (TTL %s): %v", certTTL+time.Minute, certTTL, err)
+		restarts := int(containerStatus(restarted, agent).RestartCount)
+		lines, lerr := logs.lines(agent, restarts)
+		t.Fatalf("no rotated certificate within %s (TTL %s): %v\nagent %s log since its restart (%v):\n%s", certTTL+time.Minute, certTTL, err, agent, lerr, joinLines(lines, 40))
 	}
 	rot := rotatedAfter(events, again)
 	row.Rotation = rot.Time.Sub(again.Time)
