@@ -113,3 +113,22 @@ func CheckerEvents(lines []LogLine) ([]CheckerEvent, error) {
 	}
 	return evs, nil
 }
+
+// RotatedAfter is the first certificate event with another serial than
+// prev's after prev, with no stream-end in between: a rotation pushed on the
+// stream that delivered prev. Nil if there is none (yet).
+func RotatedAfter(evs []CheckerEvent, prev *CheckerEvent) *CheckerEvent {
+	seen := false
+	for i := range evs {
+		e := &evs[i]
+		switch {
+		case !seen:
+			seen = e.Event == "cert" && e.Serial == prev.Serial && e.Time.Equal(prev.Time)
+		case e.Event == "stream-end":
+			return nil
+		case e.Event == "cert" && e.Serial != prev.Serial:
+			return e
+		}
+	}
+	return nil
+}

@@ -248,26 +248,6 @@ func first(evs []node.CheckerEvent, kind string) *node.CheckerEvent {
 	return nil
 }
 
-// rotatedAfter is the first certificate with a new serial after prev with
-// no stream-end in between (so on the same stream).
-func rotatedAfter(evs []node.CheckerEvent, prev *node.CheckerEvent) *node.CheckerEvent {
-	after := false
-	for i := range evs {
-		e := &evs[i]
-		if !after {
-			after = e.Event == "cert" && e.Serial == prev.Serial && e.Time.Equal(prev.Time)
-			continue
-		}
-		if e.Event == "stream-end" {
-			return nil
-		}
-		if e.Event == "cert" && e.Serial != prev.Serial {
-			return e
-		}
-	}
-	return nil
-}
-
 // checkIdentity waits for the gateway's first verified certificate and
 // ROOTCA and checks the checker ran as the gateway's uid with the socket
 // there at its start.
@@ -404,12 +384,12 @@ func TestSPIREFlavorOnRealNode(t *testing.T) {
 
 	t.Run("rotation", func(t *testing.T) {
 		evs, err := waitEvents(ctx, ready, eg.container, svidTTL+time.Minute, func(evs []node.CheckerEvent) bool {
-			return rotatedAfter(evs, cert) != nil || count(evs, "error") > 0
+			return node.RotatedAfter(evs, cert) != nil || count(evs, "error") > 0
 		})
 		if err != nil {
 			t.Fatalf("no rotated certificate on the open stream within %s (TTL %s): %v", svidTTL+time.Minute, svidTTL, err)
 		}
-		rot := rotatedAfter(evs, cert)
+		rot := node.RotatedAfter(evs, cert)
 		if rot == nil {
 			t.Fatalf("gateway-checker reported an error: %s", first(evs, "error").Error)
 		}
