@@ -152,7 +152,7 @@ func inside(m *testing.M) (int, error) {
 	}
 	// The spire flavor for every gateway, its socket from the agent's
 	// socket directory on the node (docs/spire.md, Configuration).
-	config := fmt.Sprintf("sdsAgentImage: %s\nimagePullPolicy: Never\nflavor: spire\nidentityProvider:\n  spire:\n    hostPath: %s\n",
+	config := fmt.Sprintf("sdsAgentImage: %s\nimagePullPolicy: Never\nflavor: spire\nidentityProvider:\n  spire:\n    hostPath: %s\n    startupTimeout: 2m\n",
 		sdsAgentRef, socketDir)
 	started = time.Now()
 	inj, err := n.ServeInjector(ctx, prepared.Values["sds-injector"], "spire", config)

@@ -314,7 +314,7 @@ func TestSPIREFlavorOnRealNode(t *testing.T) {
 	var waitLog []node.LogLine
 	waiting, err := n.WaitPod(ctx, eg.ns, podName, 2*time.Minute, func(p *corev1.Pod) bool {
 		s := node.StatusOf(p, inject.SPIREWaitContainer)
-		if s == nil || s.State.Running == nil {
+		if s == nil || s.State.Running == nil || node.StatusOf(p, eg.container) == nil {
 			return false
 		}
 		waitLog, _ = n.ContainerLog(eg.ns, podName, string(p.UID), inject.SPIREWaitContainer, 0)
