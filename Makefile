@@ -95,11 +95,11 @@ controlplane:
 	test/controlplane/build-binaries.sh --with-controller-manager
 
 ## node: the real-node suites alone (root: kubelet + containerd + runc in a
-## private network namespace; the node harness smoke test, the flavor proof and
-## the chart installed as pods)
+## private network namespace; the node harness smoke test, the flavor proof,
+## the chart installed as pods and the spire flavor with a real SPIRE)
 node:
 	test/controlplane/build-binaries.sh --with-kubelet >/dev/null
-	$(GO) test -race -count=1 -p 1 -timeout 40m -v ./test/node/ ./test/flavors/ ./test/chartnode/
+	$(GO) test -race -count=1 -p 1 -timeout 40m -v ./test/node/ ./test/flavors/ ./test/chartnode/ ./test/spirenode/
 
 ## demo: local control plane + sds-injector serve + an injected Gloo pod and an untouched app pod
 demo:

@@ -17,7 +17,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -171,34 +170,13 @@ func relayCA() (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	target := net.JoinHostPort("127.0.0.1", port)
-	l, err := net.Listen("tcp", net.JoinHostPort(node.NodeIP, "15012"))
+	stop, err := node.Relay(net.JoinHostPort(node.NodeIP, "15012"), net.JoinHostPort("127.0.0.1", port))
 	if err != nil {
 		return nil, fmt.Errorf("CA relay: %w", err)
 	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(u, c); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(c, u); done <- struct{}{} }()
-				<-done
-			}()
-		}
-	}()
 	f, err := os.OpenFile(filepath.Join(prepared.Dir, "hosts"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
-		l.Close()
+		stop()
 		return nil, err
 	}
 	_, err = fmt.Fprintf(f, "%s\t%s\n", node.NodeIP, istiodHost)
@@ -206,8 +184,8 @@ func relayCA() (func(), error) {
 		err = cerr
 	}
 	if err != nil {
-		l.Close()
+		stop()
 		return nil, err
 	}
-	return func() { l.Close() }, nil
+	return stop, nil
 }

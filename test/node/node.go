@@ -67,6 +67,10 @@ type Options struct {
 	// plugin, gives pods a route to ServiceCIDR and the API server an
 	// in-cluster address (see services.go).
 	Services bool
+	// KubeletReadOnlyPort opens the kubelet's read-only port on NodeIP
+	// (Node.KubeletReadOnlyPort): unauthenticated GET /pods, which SPIRE's
+	// k8s workload attestor reads. Closed by default.
+	KubeletReadOnlyPort bool
 }
 
 // Node is a running node. Use Start to get one and Stop to end it.
@@ -91,6 +95,9 @@ type Node struct {
 	ServiceCA []byte
 	// ServicesReady is how long kube-scheduler and kube-proxy took to be healthy.
 	ServicesReady time.Duration
+	// KubeletReadOnlyPort is the kubelet's read-only port on IP
+	// (Options.KubeletReadOnlyPort), 0 when closed.
+	KubeletReadOnlyPort int
 
 	p        *Prepared
 	services bool
@@ -183,6 +190,11 @@ func Start(ctx context.Context, p *Prepared, opts Options) (_ *Node, retErr erro
 	n.ImportTook = time.Since(started)
 
 	started = time.Now()
+	if opts.KubeletReadOnlyPort {
+		if n.KubeletReadOnlyPort, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
 	if err := n.startKubelet(ctx, opts.ReadyTimeout); err != nil {
 		return nil, err
 	}
@@ -367,7 +379,7 @@ address: %s
 port: %d
 healthzBindAddress: 127.0.0.1
 healthzPort: %d
-readOnlyPort: 0
+readOnlyPort: %d
 podLogsDir: %s
 authentication:
   anonymous: {enabled: false}
@@ -387,7 +399,7 @@ resolvConf: ""
 syncFrequency: 10s
 nodeStatusUpdateFrequency: 2s
 volumeStatsAggPeriod: 0s
-`, n.ctrdSock, NodeIP, port, healthz, n.PodLogsDir)
+`, n.ctrdSock, NodeIP, port, healthz, n.KubeletReadOnlyPort, n.PodLogsDir)
 	cfgFile := filepath.Join(d, "config.yaml")
 	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
 		return err

@@ -208,9 +208,34 @@ func AgentID(token string) string {
 // RegisterUID registers spiffeID for processes of uid under the agent,
 // with X.509 SVIDs of the given TTL.
 func (s *Server) RegisterUID(ctx context.Context, parentID, spiffeID string, uid int, svidTTL time.Duration) error {
-	_, err := s.CLI(ctx, []string{"entry", "create"}, "-parentID", parentID, "-spiffeID", spiffeID,
-		"-selector", "unix:uid:"+strconv.Itoa(uid), "-x509SVIDTTL", strconv.Itoa(int(svidTTL/time.Second)))
+	return s.Register(ctx, parentID, spiffeID, svidTTL, "unix:uid:"+strconv.Itoa(uid))
+}
+
+// Register registers spiffeID under the agent for the workloads that have
+// every one of selectors ("<attestor>:<key>:<value>", e.g. k8s:ns:edge),
+// with X.509 SVIDs of the given TTL.
+func (s *Server) Register(ctx context.Context, parentID, spiffeID string, svidTTL time.Duration, selectors ...string) error {
+	if len(selectors) == 0 {
+		return errors.New("a registration entry needs at least one selector")
+	}
+	flags := []string{"-parentID", parentID, "-spiffeID", spiffeID, "-x509SVIDTTL", strconv.Itoa(int(svidTTL / time.Second))}
+	for _, sel := range selectors {
+		flags = append(flags, "-selector", sel)
+	}
+	_, err := s.CLI(ctx, []string{"entry", "create"}, flags...)
 	return err
+}
+
+// Bundle is the trust domain's X.509 bundle (the CA certificates, PEM).
+func (s *Server) Bundle(ctx context.Context) ([]byte, error) {
+	out, err := s.CLI(ctx, []string{"bundle", "show"}, "-format", "pem")
+	if err != nil {
+		return nil, err
+	}
+	if !strings.Contains(out, "-----BEGIN CERTIFICATE-----") {
+		return nil, fmt.Errorf("spire-server bundle show printed no certificate: %q", out)
+	}
+	return []byte(out), nil
 }
 
 // Stop ends the server.
@@ -232,8 +257,16 @@ type Agent struct {
 }
 
 // StartAgent starts spire-agent attested with token, its Workload API
-// socket at <socketDir>/socket, and waits until it is healthy.
+// socket at <socketDir>/socket, and waits until it is healthy. Its only
+// workload attestor is unix (by uid, gid, ...).
 func StartAgent(ctx context.Context, b Binaries, dir, socketDir string, srv *Server, token string) (*Agent, error) {
+	return StartAgentWith(ctx, b, dir, socketDir, srv, token, "")
+}
+
+// StartAgentWith is StartAgent with more plugins: extraPlugins is HCL
+// inside the configuration's plugins block, e.g. another workload attestor
+// (`WorkloadAttestor "k8s" { plugin_data { ... } }`).
+func StartAgentWith(ctx context.Context, b Binaries, dir, socketDir string, srv *Server, token, extraPlugins string) (*Agent, error) {
 	a := &Agent{Socket: filepath.Join(socketDir, "socket")}
 	conf := fmt.Sprintf(`agent {
   data_dir = %q
@@ -254,8 +287,9 @@ plugins {
   WorkloadAttestor "unix" {
     plugin_data {}
   }
+%s
 }
-`, filepath.Join(dir, "agent-data"), srv.Port, a.Socket, TrustDomain)
+`, filepath.Join(dir, "agent-data"), srv.Port, a.Socket, TrustDomain, extraPlugins)
 	confPath := filepath.Join(dir, "agent.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return nil, err

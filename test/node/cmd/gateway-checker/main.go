@@ -11,7 +11,10 @@
 // Environment: CHECK_MODE (sds or files), CHECK_PATH (the socket, or the
 // directory of cert-chain.pem/key.pem/root-cert.pem), CHECK_SPIFFE (the
 // expected SPIFFE ID), CHECK_ROOT (the expected root, PEM), CHECK_NODE (the
-// SDS node ID).
+// SDS node ID), CHECK_ROOTCA_SHAPE (sds mode: the form ROOTCA must have,
+// trusted_ca by default, as istiod's agents serve it, or spiffe, the SPIRE
+// agent's default: Envoy's SPIFFE certificate validator config with exactly
+// the trust domain of CHECK_SPIFFE, its bundle holding the root).
 package main
 
 import (
@@ -23,11 +26,15 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/sds-injector/sds-injector/test/sdsclient"
 )
@@ -87,25 +94,36 @@ func main() {
 		emit(Event{Event: "error", Error: "CHECK_SPIFFE and CHECK_ROOT are required"})
 		os.Exit(2)
 	}
+	shape := os.Getenv("CHECK_ROOTCA_SHAPE")
+	if shape != "" && shape != shapeTrustedCA && shape != shapeSPIFFE {
+		emit(Event{Event: "error", Error: fmt.Sprintf("CHECK_ROOTCA_SHAPE %q: want %s or %s", shape, shapeTrustedCA, shapeSPIFFE)})
+		os.Exit(2)
+	}
 	if mode == "sds" {
-		watchSDS(ctx, path, os.Getenv("CHECK_NODE"), want, root)
+		watchSDS(ctx, path, os.Getenv("CHECK_NODE"), want, root, shape)
 	} else {
 		watchFiles(ctx, path, want, root)
 	}
 }
 
-func watchSDS(ctx context.Context, socket, node, want string, root []byte) {
+// The ROOTCA shapes CHECK_ROOTCA_SHAPE names.
+const (
+	shapeTrustedCA = "trusted_ca"
+	shapeSPIFFE    = "spiffe"
+)
+
+func watchSDS(ctx context.Context, socket, node, want string, root []byte, shape string) {
 	go func() {
 		// ROOTCA once per connection is enough to show it carries the root.
 		for ctx.Err() == nil {
 			fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			s, err := sdsclient.Fetch(fctx, socket, node, sdsclient.RootCA)
+			r, err := sdsclient.First(fctx, socket, &corev3.Node{Id: node}, sdsclient.RootCA)
 			cancel()
 			if err == nil {
-				if !bytes.Contains(s[sdsclient.RootCA].TrustedCA, bytes.TrimSpace(root)) {
-					emit(Event{Event: "error", Error: "ROOTCA does not contain the expected root"})
+				if err := checkRootCA(r.Secret(), shape, want, root); err != nil {
+					emit(Event{Event: "error", Version: r.Version(), Error: "ROOTCA: " + err.Error()})
 				} else {
-					emit(Event{Event: "rootca", Version: s[sdsclient.RootCA].Version})
+					emit(Event{Event: "rootca", Version: r.Version()})
 				}
 				return
 			}
@@ -131,6 +149,43 @@ func watchSDS(ctx context.Context, socket, node, want string, root []byte) {
 		emit(Event{Event: "stream-end", Error: fmt.Sprint(err)})
 		sleep(ctx, 200*time.Millisecond)
 	}
+}
+
+// checkRootCA checks that sec, the ROOTCA secret, has the given shape and
+// carries root.
+func checkRootCA(sec *tlsv3.Secret, shape, want string, root []byte) error {
+	vc := sec.GetValidationContext()
+	var bundle []byte
+	switch shape {
+	case shapeSPIFFE:
+		cvc := vc.GetCustomValidatorConfig()
+		if cvc.GetName() != "envoy.tls.cert_validator.spiffe" {
+			return fmt.Errorf("not a SPIFFE certificate validator config (custom validator %q, trusted_ca %d bytes)", cvc.GetName(), len(vc.GetTrustedCa().GetInlineBytes()))
+		}
+		var cfg tlsv3.SPIFFECertValidatorConfig
+		if err := cvc.GetTypedConfig().UnmarshalTo(&cfg); err != nil {
+			return fmt.Errorf("SPIFFE validator config: %w", err)
+		}
+		id, err := url.Parse(want)
+		if err != nil {
+			return fmt.Errorf("CHECK_SPIFFE: %w", err)
+		}
+		tds := cfg.GetTrustDomains()
+		if len(tds) != 1 || tds[0].GetName() != id.Host {
+			names := make([]string, 0, len(tds))
+			for _, td := range tds {
+				names = append(names, td.GetName())
+			}
+			return fmt.Errorf("trust domains %v, want exactly [%s]", names, id.Host)
+		}
+		bundle = tds[0].GetTrustBundle().GetInlineBytes()
+	default:
+		bundle = vc.GetTrustedCa().GetInlineBytes()
+	}
+	if !bytes.Contains(bundle, bytes.TrimSpace(root)) {
+		return errors.New("does not contain the expected root")
+	}
+	return nil
 }
 
 func watchFiles(ctx context.Context, dir, want string, root []byte) {
