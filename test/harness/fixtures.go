@@ -7,7 +7,14 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/sds-injector/sds-injector/webhook/inject"
 )
+
+// ConfigHeader starts every sds-injector configuration file (serve/inject/
+// check --config) a test writes: without it the file is read with a
+// deprecation warning.
+const ConfigHeader = "apiVersion: " + inject.ConfigAPIVersion + "\nkind: " + inject.ConfigKind + "\n"
 
 // ExamplePod loads docs/examples/<file> (a Pod, strictly decoded) into
 // namespace ns as name, adding labels and annotations.

@@ -91,7 +91,7 @@ func TestCheckSPIRERegistration(t *testing.T) {
 	dir := t.TempDir()
 	bin := harness.MustBuild(t, harness.Injector, harness.BuildOptions{})
 	config := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(config, []byte("identityProvider:\n  spire:\n    csiDriver: csi.spiffe.io\n"), 0o600); err != nil {
+	if err := os.WriteFile(config, []byte(harness.ConfigHeader+"identityProvider:\n  spire:\n    csiDriver: csi.spiffe.io\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c := cp.Client

@@ -34,6 +34,7 @@ import (
 
 	"github.com/sds-injector/sds-injector/internal/imagebuild"
 	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/test/harness"
 	"github.com/sds-injector/sds-injector/test/istiod"
 	"github.com/sds-injector/sds-injector/test/node"
 )
@@ -192,7 +193,7 @@ func startWebhook(ctx context.Context) (func(), error) {
 
 // baseConfig is the injector configuration of every webhook here.
 func baseConfig() string {
-	return fmt.Sprintf("agentImage: %s\nsdsAgentImage: %s\nimagePullPolicy: Never\n", proxyv2Ref, sdsAgentRef)
+	return fmt.Sprintf("%sagentImage: %s\nsdsAgentImage: %s\nimagePullPolicy: Never\n", harness.ConfigHeader, proxyv2Ref, sdsAgentRef)
 }
 
 // serve runs `sds-injector serve` on 127.0.0.1:port with baseConfig plus
@@ -203,21 +204,20 @@ func serve(ctx context.Context, name string, port int, extra string) (func(), er
 	if err := os.WriteFile(cfgFile, []byte(baseConfig()+extra), 0o644); err != nil {
 		return nil, err
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	health, release, err := harness.ReservePort("127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
-	health := l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	var out bytes.Buffer
 	cmd := exec.Command(prepared.Values["sds-injector"], "serve", "--config", cfgFile,
 		"--host", w.LocalServingHost, "--port", strconv.Itoa(port), "--cert-dir", w.LocalServingCertDir,
 		"--metrics-bind-address", "0", "--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(health))
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
+		release()
 		return nil, err
 	}
-	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); release() }
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", health))
 		if err != nil {
