@@ -17,13 +17,10 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -78,11 +75,9 @@ func prepare(ctx context.Context, p *node.Prepared) error {
 	if err := node.BuildExtras(ctx, p); err != nil {
 		return err
 	}
-	helmOut, err := exec.CommandContext(ctx, "bash", filepath.Join(root, "test", "helm", "build-helm.sh")).Output()
-	if err != nil {
-		return fmt.Errorf("test/helm/build-helm.sh: %w", err)
+	if p.Values["helm"], err = controlplane.HelmBinary(ctx); err != nil {
+		return fmt.Errorf("building helm: %w", err)
 	}
-	p.Values["helm"] = strings.TrimSpace(lastLine(string(helmOut)))
 	platform := v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
 	st := imagebuild.Stamp{Version: imageTag, Revision: "chartnode-test", Created: time.Unix(1, 0).UTC()}
 	for _, r := range imagebuild.ReleaseImages {
@@ -115,11 +110,6 @@ func prepare(ctx context.Context, p *node.Prepared) error {
 		Executable: []string{"/usr/local/bin/gateway-checker"},
 		Config:     v1.Config{Entrypoint: []string{"/usr/local/bin/gateway-checker"}, WorkingDir: "/", Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin"}},
 	})
-}
-
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return lines[len(lines)-1]
 }
 
 func inside(m *testing.M) (int, error) {
@@ -171,43 +161,5 @@ func relayCA() (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	target := net.JoinHostPort("127.0.0.1", port)
-	l, err := net.Listen("tcp", net.JoinHostPort(node.NodeIP, "15012"))
-	if err != nil {
-		return nil, fmt.Errorf("CA relay: %w", err)
-	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(u, c); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(c, u); done <- struct{}{} }()
-				<-done
-			}()
-		}
-	}()
-	f, err := os.OpenFile(filepath.Join(prepared.Dir, "hosts"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		l.Close()
-		return nil, err
-	}
-	_, err = fmt.Fprintf(f, "%s\t%s\n", node.NodeIP, istiodHost)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		l.Close()
-		return nil, err
-	}
-	return func() { l.Close() }, nil
+	return prepared.Relay(istiodHost, "15012", net.JoinHostPort("127.0.0.1", port))
 }

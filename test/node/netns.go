@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -180,3 +182,50 @@ func enter(dir string) (*Prepared, error) {
 // interface other than lo, the node link(s), cni0 and veth*, or a route to
 // a public address (netns.Network.CheckNoRouteOut).
 func CheckNoRouteOut() error { return nodeNet.CheckNoRouteOut() }
+
+// Relay makes a server that listens on loopback inside the namespace
+// (target, host:port) reachable from the node's pods as name:port: a TCP
+// relay on NodeIP:port forwards every connection to target (so TLS stays
+// end to end), and name resolves to NodeIP in the namespace's private
+// /etc/hosts (host-network pods; pod-network pods need hostAliases). The
+// returned function stops the relay.
+func (p *Prepared) Relay(name, port, target string) (func(), error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(NodeIP, port))
+	if err != nil {
+		return nil, fmt.Errorf("relay to %s: %w", target, err)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(u, c); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(c, u); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	f, err := os.OpenFile(filepath.Join(p.Dir, "hosts"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	_, err = fmt.Fprintf(f, "%s\t%s\n", NodeIP, name)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	return func() { l.Close() }, nil
+}

@@ -15,7 +15,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -159,7 +158,7 @@ func inside(m *testing.M) (int, error) {
 			fmt.Fprintln(os.Stderr, "realnode: stopping istiod:", err)
 		}
 	}()
-	stopRelay, err := relayCA(ctx)
+	stopRelay, err := relayCA()
 	if err != nil {
 		return 1, err
 	}
@@ -293,48 +292,10 @@ const istiodHost = "istiod.istio-system.svc"
 // so TLS is end to end with istiod (its certificate carries that DNS name).
 // Pod-network pods resolve the name through hostAliases (test-owned), and
 // host-network pods through the namespace's private /etc/hosts.
-func relayCA(ctx context.Context) (func(), error) {
+func relayCA() (func(), error) {
 	_, port, err := net.SplitHostPort(ist.CAAddr)
 	if err != nil {
 		return nil, err
 	}
-	target := net.JoinHostPort("127.0.0.1", port)
-	l, err := net.Listen("tcp", net.JoinHostPort(node.NodeIP, "15012"))
-	if err != nil {
-		return nil, fmt.Errorf("CA relay: %w", err)
-	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(u, c); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(c, u); done <- struct{}{} }()
-				<-done
-			}()
-		}
-	}()
-	f, err := os.OpenFile(filepath.Join(prepared.Dir, "hosts"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		l.Close()
-		return nil, err
-	}
-	_, err = fmt.Fprintf(f, "%s\t%s\n", node.NodeIP, istiodHost)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		l.Close()
-		return nil, err
-	}
-	return func() { l.Close() }, nil
+	return prepared.Relay(istiodHost, "15012", net.JoinHostPort("127.0.0.1", port))
 }
