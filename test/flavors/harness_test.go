@@ -338,11 +338,7 @@ func (s *suite) prepare(t *testing.T, c caseSpec) (*running, error) {
 // (kubelet also records the relative-path mapping of absolute paths).
 func (s *suite) start(t *testing.T, r *running) {
 	t.Helper()
-	ports, err := istiod.FreePorts(3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	portMap := map[int32]int{15020: ports[0], 15021: ports[1], 15090: ports[2]}
+	portMap := map[int32]int{15020: harness.FreePort(t, "127.0.0.1"), 15021: harness.FreePort(t, "127.0.0.1"), 15090: harness.FreePort(t, "127.0.0.1")}
 	rewrite := func(name, value string) (string, string) {
 		switch name {
 		case "CA_ADDR":
@@ -353,7 +349,7 @@ func (s *suite) start(t *testing.T, r *running) {
 				t.Fatalf("PROXY_CONFIG %q: %v", value, err)
 			}
 			pc["discoveryAddress"] = s.istiod.CAAddr
-			pc["statusPort"] = ports[0]
+			pc["statusPort"] = portMap[15020]
 			why := "discovery address: same istiod as CA_ADDR; statusPort: 15020 must be free here (the agent binds it on all interfaces)"
 			if r.spec.flavor == inject.FlavorIstioProxy {
 				pc["binaryPath"] = s.standInEnvoy

@@ -470,10 +470,7 @@ func (w *world) runPilotAgent(t testing.TB) (wd, outCerts string, proc *harness.
 	if err := os.WriteFile(filepath.Join(rootDir, "root-cert.pem"), w.root, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ports, err := istiod.FreePorts(1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	statusPort := harness.FreePort(t, "127.0.0.1")
 	cmd := exec.Command(filepath.Join(w.ist.BinaryDir, istiod.AgentBinary), "proxy", "sidecar", "--log_output_level=default:info")
 	// The agent reads its token and CA root relative to its working directory.
 	cmd.Dir = wd
@@ -485,7 +482,7 @@ func (w *world) runPilotAgent(t testing.TB) (wd, outCerts string, proc *harness.
 		"CLOUD_PLATFORM=none", "ISTIO_META_CLUSTER_ID=Kubernetes", "TRUST_DOMAIN=cluster.local", "JWT_POLICY=third-party-jwt",
 		// The status port cannot be turned off and binds all interfaces:
 		// a free port keeps parallel runs apart.
-		fmt.Sprintf(`PROXY_CONFIG={"discoveryAddress":"%s","statusPort":%d}`, w.ist.CAAddr, ports[0]),
+		fmt.Sprintf(`PROXY_CONFIG={"discoveryAddress":"%s","statusPort":%d}`, w.ist.CAAddr, statusPort),
 	}
 	return wd, outCerts, harness.Start(t, "pilot-agent", cmd)
 }
