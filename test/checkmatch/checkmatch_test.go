@@ -202,15 +202,7 @@ func TestMatcherAgreesWithTheAPIServer(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	cp, err := controlplane.Start(ctx, controlplane.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cp.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	cp := controlplane.MustStart(ctx, t, controlplane.Options{})
 
 	rec := &recorder{seen: map[string]bool{}}
 	srv := httptest.NewUnstartedServer(rec)

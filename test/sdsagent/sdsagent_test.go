@@ -59,11 +59,7 @@ func setup(tb testing.TB) *world {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
 	start := time.Now()
-	cp, err := controlplane.Start(ctx, controlplane.Options{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = cp.Stop() })
+	cp := controlplane.MustStart(ctx, tb, controlplane.Options{})
 	ist, err := istiod.Start(ctx, cp, istiod.Options{})
 	if err != nil {
 		tb.Fatal(err)

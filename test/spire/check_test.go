@@ -79,15 +79,7 @@ func TestCheckSPIRERegistration(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	cp, err := controlplane.Start(ctx, controlplane.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cp.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	cp := controlplane.MustStart(ctx, t, controlplane.Options{})
 	dir := t.TempDir()
 	bin := harness.MustBuild(t, harness.Injector, harness.BuildOptions{})
 	config := filepath.Join(dir, "config.yaml")
