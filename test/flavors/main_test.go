@@ -20,7 +20,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"path"
@@ -31,6 +30,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/test/flavors/kubelet"
 	"github.com/sds-injector/sds-injector/test/istiod"
 	"github.com/sds-injector/sds-injector/test/sdsclient"
 )
@@ -146,7 +146,7 @@ func setUp(ctx context.Context) (*suite, func(), error) {
 		return nil, cleanup, err
 	}
 	s.helper = filepath.Join(s.binDir, "gateway-view")
-	if err := linkOrCopy(self, s.helper, 0o755); err != nil {
+	if err := kubelet.LinkOrCopy(self, s.helper, 0o755); err != nil {
 		return nil, cleanup, err
 	}
 	// The stand-in Envoy of the reference recipe: pilot-agent runs it as
@@ -174,29 +174,6 @@ func needSuite(t *testing.T) *suite {
 		t.Fatalf("setting up the control plane and istiod: %v", setupErr)
 	}
 	return env
-}
-
-func linkOrCopy(src, dst string, mode os.FileMode) error {
-	if err := os.Link(src, dst); err == nil {
-		return nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	return os.Chmod(dst, mode)
 }
 
 // gatewayView is what the gateway container sees: the helper runs with the

@@ -734,26 +734,7 @@ func layOut(root string, f File) error {
 		}
 	}
 	if f.Source != "" {
-		if err := os.Link(f.Source, dst); err == nil {
-			return nil
-		}
-		in, err := os.Open(f.Source)
-		if err != nil {
-			return err
-		}
-		defer in.Close()
-		out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(out, in); err != nil {
-			out.Close()
-			return err
-		}
-		if err := out.Close(); err != nil {
-			return err
-		}
-		return os.Chmod(dst, mode)
+		return LinkOrCopy(f.Source, dst, mode)
 	}
 	if err := os.WriteFile(dst, f.Data, mode); err != nil {
 		return err
@@ -1525,4 +1506,29 @@ func LifecycleAsProbe(h *corev1.LifecycleHandler) (corev1.ProbeHandler, error) {
 		return corev1.ProbeHandler{}, errors.New("sleep handlers are not supported")
 	}
 	return corev1.ProbeHandler{Exec: h.Exec, HTTPGet: h.HTTPGet, TCPSocket: h.TCPSocket}, nil
+}
+
+// LinkOrCopy puts src at dst (which must not exist) with mode: a hard link
+// where src and dst share a file system, else a copy.
+func LinkOrCopy(src, dst string, mode os.FileMode) error {
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Chmod(dst, mode)
 }
