@@ -17,7 +17,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -38,7 +37,6 @@ import (
 const (
 	imageTag   = "0.0.0-chartnode"
 	checkerRef = "sds-injector.test/gateway-checker:1"
-	istiodHost = "istiod.istio-system.svc"
 )
 
 var (
@@ -119,47 +117,22 @@ func inside(m *testing.M) (int, error) {
 	if repoRoot, err = node.RepoRoot(); err != nil {
 		return 1, err
 	}
-	n, err = node.Start(ctx, prepared, node.Options{Services: true, ControlPlane: controlplane.Options{
+	mesh, err := node.StartMesh(ctx, prepared, node.Options{Services: true, ControlPlane: controlplane.Options{
 		WebhookInstallOptions: envtest.WebhookInstallOptions{LocalServingHost: "127.0.0.1"},
 	}})
 	if err != nil {
-		return 1, fmt.Errorf("starting the node: %w", err)
-	}
-	defer func() {
-		if err := n.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "chartnode: FAIL: stopping the node:", err)
-		}
-	}()
-	started := time.Now()
-	if ist, err = istiod.Start(ctx, n.CP, istiod.Options{}); err != nil {
 		return 1, err
 	}
-	istiodStart := time.Since(started)
 	defer func() {
-		if err := ist.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "chartnode: stopping istiod:", err)
+		if err := mesh.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "chartnode: FAIL:", err)
 		}
 	}()
-	stopRelay, err := relayCA()
-	if err != nil {
-		return 1, err
-	}
-	defer stopRelay()
+	n, ist = mesh.Node, mesh.Istiod
+	istiodStart := mesh.IstiodStart
 	fmt.Fprintf(os.Stderr, "chartnode: node %s Ready on %s; prepare %s, control plane %s, containerd %s, image import %s, kubelet to Ready %s, scheduler + kube-proxy %s, istiod %s\n",
 		n.Name, n.IP, prepared.PrepareTook.Round(time.Millisecond), n.ControlPlaneStart.Round(time.Millisecond),
 		n.ContainerdStart.Round(time.Millisecond), n.ImportTook.Round(time.Millisecond), n.KubeletReady.Round(time.Millisecond),
 		n.ServicesReady.Round(time.Millisecond), istiodStart.Round(time.Millisecond))
 	return m.Run(), nil
-}
-
-// relayCA makes istiod's CA reachable at the engine's default address,
-// istiod.istio-system.svc:15012, for host-network pods: a TCP relay on the
-// node IP (inside the namespace) to istiod's secure gRPC port on loopback,
-// and the name in the namespace's private /etc/hosts (as realnode does).
-func relayCA() (func(), error) {
-	_, port, err := net.SplitHostPort(ist.CAAddr)
-	if err != nil {
-		return nil, err
-	}
-	return prepared.Relay(istiodHost, "15012", net.JoinHostPort("127.0.0.1", port))
 }

@@ -183,13 +183,13 @@ func enter(dir string) (*Prepared, error) {
 // a public address (netns.Network.CheckNoRouteOut).
 func CheckNoRouteOut() error { return nodeNet.CheckNoRouteOut() }
 
-// Relay makes a server that listens on loopback inside the namespace
+// relay makes a server that listens on loopback inside the namespace
 // (target, host:port) reachable from the node's pods as name:port: a TCP
 // relay on NodeIP:port forwards every connection to target (so TLS stays
 // end to end), and name resolves to NodeIP in the namespace's private
 // /etc/hosts (host-network pods; pod-network pods need hostAliases). The
 // returned function stops the relay.
-func (p *Prepared) Relay(name, port, target string) (func(), error) {
+func (p *Prepared) relay(name, port, target string) (func(), error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(NodeIP, port))
 	if err != nil {
 		return nil, fmt.Errorf("relay to %s: %w", target, err)

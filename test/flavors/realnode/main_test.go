@@ -137,32 +137,19 @@ func inside(m *testing.M) (int, error) {
 	if repoRoot, err = node.RepoRoot(); err != nil {
 		return 1, err
 	}
-	n, err = node.Start(ctx, prepared, node.Options{ControlPlane: controlplane.Options{
+	mesh, err := node.StartMesh(ctx, prepared, node.Options{ControlPlane: controlplane.Options{
 		WebhookInstallOptions: envtest.WebhookInstallOptions{LocalServingHost: "127.0.0.1"},
 	}})
 	if err != nil {
-		return 1, fmt.Errorf("starting the node: %w", err)
-	}
-	defer func() {
-		if err := n.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "realnode: FAIL: stopping the node:", err)
-		}
-	}()
-	started := time.Now()
-	if ist, err = istiod.Start(ctx, n.CP, istiod.Options{}); err != nil {
 		return 1, err
 	}
-	istiodStart := time.Since(started)
 	defer func() {
-		if err := ist.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "realnode: stopping istiod:", err)
+		if err := mesh.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "realnode: FAIL:", err)
 		}
 	}()
-	stopRelay, err := relayCA()
-	if err != nil {
-		return 1, err
-	}
-	defer stopRelay()
+	n, ist = mesh.Node, mesh.Istiod
+	istiodStart := mesh.IstiodStart
 	stop, err := startWebhook(ctx)
 	if err != nil {
 		return 1, err
@@ -281,21 +268,4 @@ func extraWebhook(ctx context.Context, label, extra string) (func(), error) {
 		_ = n.CP.Client.Delete(context.Background(), installed)
 		stop()
 	}, nil
-}
-
-// istiodHost is the engine's default CA host; the pods reach it at the node IP.
-const istiodHost = "istiod.istio-system.svc"
-
-// relayCA makes istiod's CA reachable from the pods at the engine's default
-// address, istiod.istio-system.svc:15012: a TCP relay on the node IP
-// (inside the namespace) forwards to istiod's secure gRPC port on loopback,
-// so TLS is end to end with istiod (its certificate carries that DNS name).
-// Pod-network pods resolve the name through hostAliases (test-owned), and
-// host-network pods through the namespace's private /etc/hosts.
-func relayCA() (func(), error) {
-	_, port, err := net.SplitHostPort(ist.CAAddr)
-	if err != nil {
-		return nil, err
-	}
-	return prepared.Relay(istiodHost, "15012", net.JoinHostPort("127.0.0.1", port))
 }
