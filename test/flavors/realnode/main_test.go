@@ -165,7 +165,7 @@ func inside(m *testing.M) (int, error) {
 // startWebhook installs the shipped namespace-mode webhook configuration
 // (pointed at the local serving address) and runs `sds-injector serve`
 // there, configured for this node: the local images (the CA address stays
-// the default, see relayCA).
+// the default, see node.StartMesh).
 func startWebhook(ctx context.Context) (func(), error) {
 	w := n.CP.WebhookInstallOptions
 	if _, err := n.CP.InstallMutatingWebhookFile(ctx, filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml")); err != nil {
