@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
@@ -46,4 +47,23 @@ func ExamplePod(t testing.TB, file, ns, name string, labels, annotations map[str
 		pod.Annotations[k] = v
 	}
 	return &pod
+}
+
+// ShippedWebhook loads deploy/webhook/<file> (a MutatingWebhookConfiguration,
+// strictly decoded) exactly as users apply it.
+func ShippedWebhook(t testing.TB, file string) *admissionregistrationv1.MutatingWebhookConfiguration {
+	t.Helper()
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(root, "deploy", "webhook", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict(data, &mwc); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	return &mwc
 }
