@@ -85,7 +85,7 @@ func Main(s Suite) int {
 
 func (s Suite) outer() (int, error) {
 	if os.Geteuid() != 0 {
-		return 1, fmt.Errorf("the %s suite needs root (%s); CI runs as root. Run it as root: sudo go test ...", s.Name, s.RootFor)
+		return 1, fmt.Errorf("the %s suite needs root (%s), as CI runs it: run it as root (sudo go test)", s.Name, s.RootFor)
 	}
 	started := time.Now()
 	timeout := s.PrepareTimeout
