@@ -21,18 +21,8 @@ const ConfigHeader = "apiVersion: " + inject.ConfigAPIVersion + "\nkind: " + inj
 // namespace ns as name, adding labels and annotations.
 func ExamplePod(t testing.TB, file, ns, name string, labels, annotations map[string]string) *corev1.Pod {
 	t.Helper()
-	root, err := RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(filepath.Join(root, "docs", "examples", file))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var pod corev1.Pod
-	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
-		t.Fatalf("%s: %v", file, err)
-	}
+	loadStrict(t, &pod, "docs", "examples", file)
 	pod.Namespace, pod.Name = ns, name
 	for k, v := range labels {
 		if pod.Labels == nil {
@@ -53,17 +43,24 @@ func ExamplePod(t testing.TB, file, ns, name string, labels, annotations map[str
 // strictly decoded) exactly as users apply it.
 func ShippedWebhook(t testing.TB, file string) *admissionregistrationv1.MutatingWebhookConfiguration {
 	t.Helper()
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	loadStrict(t, &mwc, "deploy", "webhook", file)
+	return &mwc
+}
+
+// loadStrict decodes the repository's file at path (YAML, strictly) into out.
+func loadStrict(t testing.TB, out any, path ...string) {
+	t.Helper()
 	root, err := RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, err := os.ReadFile(filepath.Join(root, "deploy", "webhook", file))
+	file := filepath.Join(append([]string{root}, path...)...)
+	data, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mwc admissionregistrationv1.MutatingWebhookConfiguration
-	if err := yaml.UnmarshalStrict(data, &mwc); err != nil {
+	if err := yaml.UnmarshalStrict(data, out); err != nil {
 		t.Fatalf("%s: %v", file, err)
 	}
-	return &mwc
 }
