@@ -91,7 +91,9 @@ func TestMain(m *testing.M) {
 				// so the tests point a hand-made EndpointSlice at the webhook they
 				// run on the namespace's address, and the API server verifies the
 				// real serving certificate for sds-injector.sds-injector.svc.
-				APIServerArgs:         map[string][]string{"enable-aggregator-routing": {"true"}},
+				APIServerArgs: map[string][]string{"enable-aggregator-routing": {"true"},
+					// No default route: the apiserver cannot pick an address itself.
+					"advertise-address": {installNet.IP()}},
 				WebhookInstallOptions: envtest.WebhookInstallOptions{},
 			}, setup)
 		},
