@@ -14,7 +14,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +26,7 @@ import (
 	"time"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // Version is the cert-manager release the script builds.
@@ -114,7 +114,9 @@ type CertManager struct {
 	args       map[string][]string
 	mu         sync.Mutex
 	procs      []*proc
-	stopOnce   sync.Once
+	// releasePorts frees the reserved ports (Stop).
+	releasePorts func()
+	stopOnce     sync.Once
 }
 
 type proc struct {
@@ -130,11 +132,11 @@ func Start(ctx context.Context, o Options) (_ *CertManager, retErr error) {
 	if o.ClusterResourceNamespace == "" {
 		o.ClusterResourceNamespace = "kube-system"
 	}
-	ports, err := loopbackPorts(3)
+	ports, release, err := harness.ReservePorts("127.0.0.1", 3)
 	if err != nil {
 		return nil, err
 	}
-	cm := &CertManager{HealthAddr: "127.0.0.1:" + strconv.Itoa(ports[0]), opts: o, args: map[string][]string{}}
+	cm := &CertManager{HealthAddr: "127.0.0.1:" + strconv.Itoa(ports[0]), opts: o, args: map[string][]string{}, releasePorts: release}
 	defer func() {
 		if retErr != nil {
 			_ = cm.Stop()
@@ -277,25 +279,7 @@ func (cm *CertManager) Stop() error {
 			p.stop()
 		}
 		cm.procs = nil
+		cm.releasePorts()
 	})
 	return nil
-}
-
-func loopbackPorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

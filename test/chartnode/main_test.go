@@ -17,12 +17,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -40,7 +37,6 @@ import (
 const (
 	imageTag   = "0.0.0-chartnode"
 	checkerRef = "sds-injector.test/gateway-checker:1"
-	istiodHost = "istiod.istio-system.svc"
 )
 
 var (
@@ -77,11 +73,9 @@ func prepare(ctx context.Context, p *node.Prepared) error {
 	if err := node.BuildExtras(ctx, p); err != nil {
 		return err
 	}
-	helmOut, err := exec.CommandContext(ctx, "bash", filepath.Join(root, "test", "helm", "build-helm.sh")).Output()
-	if err != nil {
-		return fmt.Errorf("test/helm/build-helm.sh: %w", err)
+	if p.Values["helm"], err = controlplane.HelmBinary(ctx); err != nil {
+		return fmt.Errorf("building helm: %w", err)
 	}
-	p.Values["helm"] = strings.TrimSpace(lastLine(string(helmOut)))
 	platform := v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
 	st := imagebuild.Stamp{Version: imageTag, Revision: "chartnode-test", Created: time.Unix(1, 0).UTC()}
 	for _, r := range imagebuild.ReleaseImages {
@@ -116,11 +110,6 @@ func prepare(ctx context.Context, p *node.Prepared) error {
 	})
 }
 
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return lines[len(lines)-1]
-}
-
 func inside(m *testing.M) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -128,64 +117,22 @@ func inside(m *testing.M) (int, error) {
 	if repoRoot, err = node.RepoRoot(); err != nil {
 		return 1, err
 	}
-	n, err = node.Start(ctx, prepared, node.Options{Services: true, ControlPlane: controlplane.Options{
+	mesh, err := node.StartMesh(ctx, prepared, node.Options{Services: true, ControlPlane: controlplane.Options{
 		WebhookInstallOptions: envtest.WebhookInstallOptions{LocalServingHost: "127.0.0.1"},
 	}})
 	if err != nil {
-		return 1, fmt.Errorf("starting the node: %w", err)
-	}
-	defer func() {
-		if err := n.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "chartnode: FAIL: stopping the node:", err)
-		}
-	}()
-	started := time.Now()
-	if ist, err = istiod.Start(ctx, n.CP, istiod.Options{}); err != nil {
 		return 1, err
 	}
-	istiodStart := time.Since(started)
 	defer func() {
-		if err := ist.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "chartnode: stopping istiod:", err)
+		if err := mesh.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "chartnode: FAIL:", err)
 		}
 	}()
-	stopRelay, err := relayCA()
-	if err != nil {
-		return 1, err
-	}
-	defer stopRelay()
+	n, ist = mesh.Node, mesh.Istiod
+	istiodStart := mesh.IstiodStart
 	fmt.Fprintf(os.Stderr, "chartnode: node %s Ready on %s; prepare %s, control plane %s, containerd %s, image import %s, kubelet to Ready %s, scheduler + kube-proxy %s, istiod %s\n",
 		n.Name, n.IP, prepared.PrepareTook.Round(time.Millisecond), n.ControlPlaneStart.Round(time.Millisecond),
 		n.ContainerdStart.Round(time.Millisecond), n.ImportTook.Round(time.Millisecond), n.KubeletReady.Round(time.Millisecond),
 		n.ServicesReady.Round(time.Millisecond), istiodStart.Round(time.Millisecond))
 	return m.Run(), nil
-}
-
-// relayCA makes istiod's CA reachable at the engine's default address,
-// istiod.istio-system.svc:15012, for host-network pods: a TCP relay on the
-// node IP (inside the namespace) to istiod's secure gRPC port on loopback,
-// and the name in the namespace's private /etc/hosts (as test/flavors does).
-func relayCA() (func(), error) {
-	_, port, err := net.SplitHostPort(ist.CAAddr)
-	if err != nil {
-		return nil, err
-	}
-	stop, err := node.Relay(net.JoinHostPort(node.NodeIP, "15012"), net.JoinHostPort("127.0.0.1", port))
-	if err != nil {
-		return nil, fmt.Errorf("CA relay: %w", err)
-	}
-	f, err := os.OpenFile(filepath.Join(prepared.Dir, "hosts"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		stop()
-		return nil, err
-	}
-	_, err = fmt.Fprintf(f, "%s\t%s\n", node.NodeIP, istiodHost)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		stop()
-		return nil, err
-	}
-	return stop, nil
 }

@@ -22,8 +22,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"testing"
@@ -35,10 +33,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/internal/check"
 	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/test/harness"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 
@@ -107,19 +105,6 @@ func servingCert(t *testing.T) (tls.Certificate, []byte) {
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
-}
-
-func shippedMWC(t *testing.T, file string) *admissionregistrationv1.MutatingWebhookConfiguration {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "deploy", "webhook", file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mwc admissionregistrationv1.MutatingWebhookConfiguration
-	if err := yaml.UnmarshalStrict(data, &mwc); err != nil {
-		t.Fatalf("%s: %v", file, err)
-	}
-	return &mwc
 }
 
 // pointAt makes every webhook of mwc call url, trusting caPEM.
@@ -202,15 +187,7 @@ func TestMatcherAgreesWithTheAPIServer(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	cp, err := controlplane.Start(ctx, controlplane.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cp.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	cp := controlplane.MustStart(ctx, t, controlplane.Options{})
 
 	rec := &recorder{seen: map[string]bool{}}
 	srv := httptest.NewUnstartedServer(rec)
@@ -254,7 +231,7 @@ func TestMatcherAgreesWithTheAPIServer(t *testing.T) {
 			name string
 			mwc  *admissionregistrationv1.MutatingWebhookConfiguration
 			wait func(*admissionregistrationv1.MutatingWebhookConfiguration, bool) error
-		}{f, shippedMWC(t, f), shipped})
+		}{f, harness.ShippedWebhook(t, f), shipped})
 	}
 	probe := pods[0].pod("enabled")
 	configs = append(configs, struct {

@@ -44,3 +44,20 @@ func RunSuite(m *testing.M, cp **ControlPlane, opts Options, setup func(ctx cont
 	}
 	return m.Run()
 }
+
+// MustStart is Start for one test: a control plane that cannot start fails
+// tb, and the control plane is stopped when tb ends (a failed stop fails
+// tb too).
+func MustStart(ctx context.Context, tb testing.TB, opts Options) *ControlPlane {
+	tb.Helper()
+	c, err := Start(ctx, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return c
+}

@@ -35,7 +35,7 @@ import (
 
 // zeroConfig is the whole sds-injector configuration of these tests: the
 // chart's default (discovery on, nothing else set).
-const zeroConfig = "istio: auto\n"
+const zeroConfig = harness.ConfigHeader + "istio: auto\n"
 
 const (
 	image121 = "docker.io/istio/proxyv2:1.21.6"

@@ -693,7 +693,7 @@ func preparePod(ctx context.Context, t *testing.T, nsName, label string, flavor 
 	hostNet := flavor == inject.FlavorSDSAgent
 	pod.Spec.NodeName, pod.Spec.HostNetwork = n.Name, hostNet
 	if !hostNet {
-		pod.Spec.HostAliases = append(pod.Spec.HostAliases, corev1.HostAlias{IP: node.NodeIP, Hostnames: []string{istiodHost}})
+		pod.Spec.HostAliases = append(pod.Spec.HostAliases, corev1.HostAlias{IP: node.NodeIP, Hostnames: []string{node.IstiodHost}})
 	}
 	grace := int64(1)
 	pod.Spec.TerminationGracePeriodSeconds = &grace

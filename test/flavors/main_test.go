@@ -15,7 +15,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -35,6 +34,7 @@ import (
 
 	"github.com/sds-injector/sds-injector/internal/imagebuild"
 	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/test/harness"
 	"github.com/sds-injector/sds-injector/test/istiod"
 	"github.com/sds-injector/sds-injector/test/node"
 )
@@ -163,32 +163,19 @@ func inside(m *testing.M) (int, error) {
 	if repoRoot, err = node.RepoRoot(); err != nil {
 		return 1, err
 	}
-	n, err = node.Start(ctx, prepared, node.Options{ControlPlane: controlplane.Options{
+	mesh, err := node.StartMesh(ctx, prepared, node.Options{ControlPlane: controlplane.Options{
 		WebhookInstallOptions: envtest.WebhookInstallOptions{LocalServingHost: "127.0.0.1"},
 	}})
 	if err != nil {
-		return 1, fmt.Errorf("starting the node: %w", err)
-	}
-	defer func() {
-		if err := n.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "flavors: FAIL: stopping the node:", err)
-		}
-	}()
-	started := time.Now()
-	if ist, err = istiod.Start(ctx, n.CP, istiod.Options{}); err != nil {
 		return 1, err
 	}
-	istiodStart := time.Since(started)
 	defer func() {
-		if err := ist.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "flavors: stopping istiod:", err)
+		if err := mesh.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "flavors: FAIL:", err)
 		}
 	}()
-	stopRelay, err := relayCA(ctx)
-	if err != nil {
-		return 1, err
-	}
-	defer stopRelay()
+	n, ist = mesh.Node, mesh.Istiod
+	istiodStart := mesh.IstiodStart
 	stop, err := startWebhook(ctx)
 	if err != nil {
 		return 1, err
@@ -204,7 +191,7 @@ func inside(m *testing.M) (int, error) {
 // startWebhook installs the shipped namespace-mode webhook configuration
 // (pointed at the local serving address) and runs `sds-injector serve`
 // there, configured for this node: the local images (the CA address stays
-// the default, see relayCA).
+// the default, see node.StartMesh).
 func startWebhook(ctx context.Context) (func(), error) {
 	w := n.CP.WebhookInstallOptions
 	if _, err := n.CP.InstallMutatingWebhookFile(ctx, filepath.Join(repoRoot, "deploy", "webhook", "namespace-mode.yaml")); err != nil {
@@ -220,7 +207,7 @@ func startWebhook(ctx context.Context) (func(), error) {
 // a release (test/istio-releases/run.sh) the webhooks use its agent
 // contract (istioVersion). extra lines may override istioVersion.
 func baseConfig(extra string) string {
-	cfg := fmt.Sprintf("apiVersion: sds-injector.io/v1alpha1\nkind: InjectorConfig\nagentImage: %s\nsdsAgentImage: %s\nimagePullPolicy: Never\n", proxyv2Ref(), sdsAgentRef)
+	cfg := fmt.Sprintf("%sagentImage: %s\nsdsAgentImage: %s\nimagePullPolicy: Never\n", harness.ConfigHeader, proxyv2Ref(), sdsAgentRef)
 	if rel := istiod.ReleaseUnderTest(); rel != "" && !strings.Contains(extra, "istioVersion:") {
 		cfg += "istioVersion: " + rel + "\n"
 	}
@@ -235,21 +222,20 @@ func serve(ctx context.Context, name string, port int, extra string) (func(), er
 	if err := os.WriteFile(cfgFile, []byte(baseConfig(extra)), 0o644); err != nil {
 		return nil, err
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	health, release, err := harness.ReservePort("127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
-	health := l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	var out bytes.Buffer
 	cmd := exec.Command(prepared.Values["sds-injector"], "serve", "--config", cfgFile,
 		"--host", w.LocalServingHost, "--port", strconv.Itoa(port), "--cert-dir", w.LocalServingCertDir,
 		"--metrics-bind-address", "0", "--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(health))
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
+		release()
 		return nil, err
 	}
-	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); release() }
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", health))
 		if err != nil {
@@ -314,59 +300,4 @@ func extraWebhook(ctx context.Context, label, extra string) (func(), error) {
 		_ = n.CP.Client.Delete(context.Background(), installed)
 		stop()
 	}, nil
-}
-
-// istiodHost is the engine's default CA host; the pods reach it at the node IP.
-const istiodHost = "istiod.istio-system.svc"
-
-// relayCA makes istiod's CA reachable from the pods at the engine's default
-// address, istiod.istio-system.svc:15012: a TCP relay on the node IP
-// (inside the namespace) forwards to istiod's secure gRPC port on loopback,
-// so TLS is end to end with istiod (its certificate carries that DNS name).
-// Pod-network pods resolve the name through hostAliases (test-owned), and
-// host-network pods through the namespace's private /etc/hosts.
-func relayCA(ctx context.Context) (func(), error) {
-	_, port, err := net.SplitHostPort(ist.CAAddr)
-	if err != nil {
-		return nil, err
-	}
-	target := net.JoinHostPort("127.0.0.1", port)
-	l, err := net.Listen("tcp", net.JoinHostPort(node.NodeIP, "15012"))
-	if err != nil {
-		return nil, fmt.Errorf("CA relay: %w", err)
-	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(u, c); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(c, u); done <- struct{}{} }()
-				<-done
-			}()
-		}
-	}()
-	f, err := os.OpenFile(filepath.Join(prepared.Dir, "hosts"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		l.Close()
-		return nil, err
-	}
-	_, err = fmt.Fprintf(f, "%s\t%s\n", node.NodeIP, istiodHost)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		l.Close()
-		return nil, err
-	}
-	return func() { l.Close() }, nil
 }

@@ -123,11 +123,7 @@ func TestGuideObjectsStrictOnRealAPIServer(t *testing.T) {
 	egDir := moduleDir(t, ctx, "github.com/envoyproxy/gateway", requiredVersion(t, "github.com/envoyproxy/gateway"))
 	gwDir := moduleDir(t, ctx, "sigs.k8s.io/gateway-api", requiredVersion(t, "sigs.k8s.io/gateway-api"))
 
-	cp, err := controlplane.Start(ctx, controlplane.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cp.Stop() })
+	cp := controlplane.MustStart(ctx, t, controlplane.Options{})
 
 	paths := []string{
 		glooDir + "crds/gloo.solo.io_v1_Upstream.yaml",

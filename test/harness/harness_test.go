@@ -39,6 +39,29 @@ func TestReservePortReleased(t *testing.T) {
 	}
 }
 
+func TestReservePortsReleasedTogether(t *testing.T) {
+	ports, release, err := ReservePorts("127.0.0.1", 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if seen[p] {
+			t.Fatalf("port %d handed out twice in %v", p, ports)
+		}
+		seen[p] = true
+		if _, err := os.Stat(lockPath(p)); err != nil {
+			t.Fatalf("port %d not reserved: %v", p, err)
+		}
+	}
+	release()
+	for _, p := range ports {
+		if _, err := os.Stat(lockPath(p)); !os.IsNotExist(err) {
+			t.Fatalf("port %d still reserved after release: %v", p, err)
+		}
+	}
+}
+
 func TestStaleLockTakenOver(t *testing.T) {
 	// A PID that is not running: a finished child's.
 	c := exec.Command("true")

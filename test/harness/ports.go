@@ -111,3 +111,23 @@ func FreePort(t testing.TB, host string) int {
 	t.Cleanup(release)
 	return port
 }
+
+// ReservePorts is ReservePort n times: n distinct ports on host, released
+// together by release.
+func ReservePorts(host string, n int) (ports []int, release func(), err error) {
+	var releases []func()
+	release = func() {
+		for _, r := range releases {
+			r()
+		}
+	}
+	for range n {
+		port, r, err := ReservePort(host)
+		if err != nil {
+			release()
+			return nil, nil, err
+		}
+		ports, releases = append(ports, port), append(releases, r)
+	}
+	return ports, release, nil
+}

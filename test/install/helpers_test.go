@@ -2,14 +2,12 @@ package install
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -20,8 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
-
-	"github.com/sds-injector/sds-injector/test/controlplane"
 )
 
 const (
@@ -32,19 +28,17 @@ const (
 )
 
 // helm returns the helm binary built from the Go module proxy by
-// test/helm/build-helm.sh (cached; the first build takes a few minutes).
+// test/helm/build-helm.sh (TestMain's prepare builds it outside the network
+// namespace; cached, the first build takes a few minutes).
 func helm(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs the helm CLI built from the Go module proxy; run without -short")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	defer cancel()
-	path, err := controlplane.HelmBinary(ctx)
-	if err != nil {
-		t.Fatalf("building helm: %v", err)
+	if bins.Helm == "" {
+		t.Fatal("no helm binary: TestMain's prepare did not build one")
 	}
-	return path
+	return bins.Helm
 }
 
 // helmTemplate renders the chart as release sds-injector in namespace

@@ -406,7 +406,7 @@ func TestInstallCertManager(t *testing.T) {
 	})
 	t.Run("fault: invalid or missing configuration", func(t *testing.T) {
 		bad := filepath.Join(t.TempDir(), "bad.yaml")
-		if err := os.WriteFile(bad, []byte("flavor: envoy\n"), 0o600); err != nil {
+		if err := os.WriteFile(bad, []byte(harness.ConfigHeader+"flavor: envoy\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		res := runCheck(t, "--config", bad)

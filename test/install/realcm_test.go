@@ -32,32 +32,18 @@ import (
 	"github.com/sds-injector/sds-injector/test/harness"
 )
 
-var (
-	cmBuildOnce sync.Once
-	cmBuildDir  string
-	cmBuildErr  error
-)
-
 // startRealCertManager runs the real cert-manager controller and cainjector
 // against the local API server until the test ends. Without their sources
 // (../shared/third-party/cert-manager) the test fails saying so: it is
 // never skipped silently.
 func startRealCertManager(t *testing.T) *certmanager.CertManager {
 	t.Helper()
-	cmBuildOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-		defer cancel()
-		cmBuildDir, cmBuildErr = certmanager.BinaryDir(ctx)
-	})
-	var missing *certmanager.SourcesMissingError
-	if errors.As(cmBuildErr, &missing) {
-		t.Fatalf("NOT RUN: %v", cmBuildErr)
-	}
-	if cmBuildErr != nil {
-		t.Fatalf("building cert-manager %s: %v", certmanager.Version, cmBuildErr)
+	// Built (or found missing) by TestMain's prepare.
+	if bins.CertManagerMissing != "" {
+		t.Fatalf("NOT RUN: %s", bins.CertManagerMissing)
 	}
 	cm, err := certmanager.Start(context.Background(), certmanager.Options{
-		Dir: cmBuildDir, Kubeconfig: cp.KubeconfigPath, LogDir: t.TempDir(),
+		Dir: bins.CertManagerDir, Kubeconfig: cp.KubeconfigPath, LogDir: t.TempDir(),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -19,7 +18,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
 
@@ -41,15 +39,7 @@ const (
 // users apply it.
 func loadShipped(t *testing.T, mode Mode) *admissionregistrationv1.MutatingWebhookConfiguration {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "webhook", string(mode)+".yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mwc admissionregistrationv1.MutatingWebhookConfiguration
-	if err := yaml.UnmarshalStrict(data, &mwc); err != nil {
-		t.Fatalf("%s: %v", mode, err)
-	}
-	return &mwc
+	return harness.ShippedWebhook(t, string(mode)+".yaml")
 }
 
 // installMode applies the shipped configuration for mode, pointing its

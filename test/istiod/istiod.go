@@ -58,6 +58,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // DefaultModuleVersion is the istio.io/istio module version built and run by
@@ -155,15 +156,17 @@ type Istiod struct {
 	// StartDuration is the time from exec to /ready.
 	StartDuration time.Duration
 
-	cp       *controlplane.ControlPlane
-	q        quirks
-	dir      string
-	cmd      *exec.Cmd
-	done     chan struct{}
-	waitErr  error
-	logFile  *os.File
-	stopOnce sync.Once
-	stopErr  error
+	cp      *controlplane.ControlPlane
+	q       quirks
+	dir     string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	waitErr error
+	logFile *os.File
+	// releasePorts frees the running process's reserved ports.
+	releasePorts func()
+	stopOnce     sync.Once
+	stopErr      error
 }
 
 // BinaryDir returns a directory holding pilot-discovery and pilot-agent of
@@ -369,10 +372,11 @@ func revisionOr(rev string) string {
 
 // start execs pilot-discovery on fresh free ports and waits for /ready.
 func (i *Istiod) start(ctx context.Context, opts Options, meshFile string) error {
-	ports, err := FreePorts(7)
+	ports, release, err := harness.ReservePorts("127.0.0.1", 7)
 	if err != nil {
 		return err
 	}
+	i.releasePorts = release
 	httpPort, grpcPort, secureGRPCPort, httpsPort, monitoringPort, ctrlzPort := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
 	i.CAAddr = net.JoinHostPort("localhost", strconv.Itoa(secureGRPCPort))
 	if i.q.istiodAddrCA {
@@ -536,6 +540,10 @@ func (i *Istiod) Log() string {
 }
 
 func (i *Istiod) kill() {
+	if i.releasePorts != nil {
+		defer i.releasePorts()
+		i.releasePorts = nil
+	}
 	if i.cmd == nil {
 		return
 	}
@@ -566,27 +574,6 @@ func (i *Istiod) Stop() error {
 		}
 	})
 	return i.stopErr
-}
-
-// FreePorts returns n distinct TCP ports that were free on 127.0.0.1 a
-// moment ago.
-func FreePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			_ = l.Close()
-		}
-	}()
-	out := make([]int, 0, n)
-	for len(out) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	return out, nil
 }
 
 // findScript locates build-istio.sh.

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // runCPU measures what one review costs the server: its CPU time (user +
@@ -51,7 +53,12 @@ func runCPU() error {
 	if err != nil {
 		return err
 	}
-	port, metricsPort := freePort(), freePort()
+	ports, release, err := harness.ReservePorts("127.0.0.1", 2)
+	if err != nil {
+		return err
+	}
+	defer release()
+	port, metricsPort := ports[0], ports[1]
 	srv, err := startServerWith(bin, "127.0.0.1", port, work, fmt.Sprintf("127.0.0.1:%d", metricsPort))
 	if err != nil {
 		return err

@@ -114,21 +114,12 @@ func buildBinary(string) (string, error) {
 	return harness.Build(context.Background(), harness.Injector, harness.BuildOptions{})
 }
 
-// freePort reserves a loopback port for the rest of this run
-// (test/harness: no other test process of the run is handed it; the
-// reservation lapses when this process exits).
-func freePort() int {
-	port, _, err := harness.ReservePort("127.0.0.1")
-	if err != nil {
-		panic(err)
-	}
-	return port
-}
-
 // server is a running `sds-injector serve` process.
 type server struct {
 	cmd        *exec.Cmd
 	readyAfter time.Duration
+	// releasePort frees the health port's reservation.
+	releasePort func()
 }
 
 func startServer(bin, host string, port int, certDir string) (*server, error) {
@@ -138,30 +129,37 @@ func startServer(bin, host string, port int, certDir string) (*server, error) {
 // startServerWith starts the server with its metrics on metricsAddr ("0":
 // off).
 func startServerWith(bin, host string, port int, certDir, metricsAddr string) (*server, error) {
-	health := freePort()
+	health, release, err := harness.ReservePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
 	cmd := exec.Command(bin, "serve", "--host", host, "--port", strconv.Itoa(port), "--cert-dir", certDir,
 		"--metrics-bind-address", metricsAddr, "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health), "--zap-log-level", "error")
 	cmd.Stderr = os.Stderr
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
+		release()
 		return nil, err
 	}
 	for time.Since(start) < 30*time.Second {
 		if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", health)); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return &server{cmd: cmd, readyAfter: time.Since(start)}, nil
+				return &server{cmd: cmd, readyAfter: time.Since(start), releasePort: release}, nil
 			}
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	release()
 	return nil, fmt.Errorf("server not ready after 30s")
 }
 
 func (s *server) stop() {
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	_ = s.cmd.Wait()
+	s.releasePort()
 }
 
 // rss reads the process's current and peak resident set size in MiB.

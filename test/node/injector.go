@@ -67,7 +67,7 @@ func (n *Node) ServeInjector(ctx context.Context, bin, name, config string) (*In
 	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
 		return nil, err
 	}
-	health, err := freePort()
+	health, err := n.freePort()
 	if err != nil {
 		return nil, err
 	}

@@ -3,17 +3,16 @@ package node
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/test/istiod"
+	"github.com/sds-injector/sds-injector/test/netns"
 )
 
 // The node's network. The namespace holds lo and one more interface with
@@ -60,6 +59,9 @@ type Prepared struct {
 	NodeName string `json:"nodeName"`
 }
 
+// nodeNet is the node's network namespace (package netns).
+var nodeNet = netns.Network{CIDR: nodeCIDR, Link: nodeLink, Peer: nodePeer, Allow: []string{"cni0", "veth*"}}
+
 // Main runs a test binary's suite on a real node inside a network namespace
 // of its own. Call it from TestMain:
 //
@@ -70,103 +72,82 @@ type Prepared struct {
 // the control plane (package controlplane) and istiod (package istiod), builds
 // the pause image, calls prepare (which may add images and values), and then
 // runs this same test binary again, with the same arguments, in new network
-// and mount namespaces; its exit code is returned. The inner call sets up the
-// network (lo, NodeIP, no route out: it fails if there is one) and a private
-// /etc/hosts and /run/containerd, then calls inside. Anything that cannot be
-// set up fails the run with the reason; nothing is skipped.
+// and mount namespaces (package netns); its exit code is returned. The inner
+// call sets up the network (lo, NodeIP, no route out: it fails if there is
+// one) and a private /etc/hosts and /run/containerd, then calls inside.
+// Anything that cannot be set up fails the run with the reason; nothing is
+// skipped.
 func Main(prepare func(ctx context.Context, p *Prepared) error, inside func(p *Prepared) int) int {
-	if os.Getenv(insideEnv) != "" {
-		p, err := enter(os.Getenv(insideEnv))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "node: inside the network namespace:", err)
-			return 1
-		}
-		return inside(p)
-	}
-	code, err := outer(prepare)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "node: FAIL:", err)
-		return 1
-	}
-	return code
+	return netns.Main(netns.Suite{
+		Name:    "node",
+		RootFor: "network namespace, containerd, kubelet",
+		Network: nodeNet,
+		Prepare: func(ctx context.Context) ([]string, func(), error) { return outer(ctx, prepare) },
+		Run: func(link string) int {
+			p, err := enter(os.Getenv(insideEnv))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "node: FAIL: inside the network namespace:", err)
+				return 1
+			}
+			p.Link = link
+			return inside(p)
+		},
+	})
 }
 
-func outer(prepare func(ctx context.Context, p *Prepared) error) (int, error) {
-	if os.Geteuid() != 0 {
-		return 1, errors.New("the real-node suite needs root (network namespace, containerd, kubelet); CI runs as root. Run it as root: sudo go test ... ")
-	}
+// outer prepares the node outside the namespace and returns the inner
+// run's environment.
+func outer(ctx context.Context, prepare func(ctx context.Context, p *Prepared) error) (_ []string, cleanup func(), _ error) {
 	started := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
-	defer cancel()
 	if err := EnsurePackages(ctx); err != nil {
-		return 1, err
+		return nil, nil, err
 	}
 	dir, err := os.MkdirTemp("", "sdsnode-")
 	if err != nil {
-		return 1, err
+		return nil, nil, err
 	}
-	defer os.RemoveAll(dir)
+	cleanup = func() { _ = os.RemoveAll(dir) }
 	if err := os.Chmod(dir, 0o755); err != nil {
-		return 1, err
+		return nil, cleanup, err
 	}
 	p := &Prepared{Dir: dir, Values: map[string]string{}, NodeName: filepath.Base(dir)}
 	if p.KubeBinDir, err = controlplane.NodeBinaryDir(ctx); err != nil {
-		return 1, err
+		return nil, cleanup, err
 	}
 	if p.IstioBinDir, err = istiod.BinaryDir(ctx, ""); err != nil {
-		return 1, err
+		return nil, cleanup, err
 	}
 	if p.IstioModuleDir, err = istiod.ModuleDir(ctx, ""); err != nil {
-		return 1, err
+		return nil, cleanup, err
 	}
 	pause, err := BuildStatic(ctx, dir, "./test/node/cmd/pause")
 	if err != nil {
-		return 1, err
+		return nil, cleanup, err
 	}
 	if err := p.AddImage(&Image{Ref: PauseRef, Files: map[string]string{"/pause": pause}, Executable: []string{"/pause"},
 		Config: imageConfig([]string{"/pause"}, "65535")}); err != nil {
-		return 1, err
+		return nil, cleanup, err
 	}
 	if prepare != nil {
 		if err := prepare(ctx, p); err != nil {
-			return 1, fmt.Errorf("preparing: %w", err)
+			return nil, cleanup, fmt.Errorf("the suite's prepare: %w", err)
 		}
 	}
 	p.PrepareTook = time.Since(started)
 	b, err := json.Marshal(p)
 	if err != nil {
-		return 1, err
+		return nil, cleanup, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, preparedFn), b, 0o644); err != nil {
-		return 1, err
+		return nil, cleanup, err
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return 1, err
-	}
-	fmt.Fprintf(os.Stderr, "node: prepared in %s; entering a new network namespace\n", p.PrepareTook.Round(time.Millisecond))
-	cmd := exec.Command(self, os.Args[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(), insideEnv+"="+dir,
-		"KUBEBUILDER_ASSETS="+p.KubeBinDir, istiod.EnvBinaryDir+"="+p.IstioBinDir, istiod.EnvSourceDir+"="+p.IstioModuleDir,
-		// Nothing inside can reach the module proxy.
-		"GOPROXY=off", "GOFLAGS=-mod=mod")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return 1, fmt.Errorf("starting the test binary in new network and mount namespaces (CLONE_NEWNET|CLONE_NEWNS): %w", err)
-	}
-	err = cmd.Wait()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), nil
-	}
-	if err != nil {
-		return 1, err
-	}
-	return 0, nil
+	return []string{insideEnv + "=" + dir,
+		"KUBEBUILDER_ASSETS=" + p.KubeBinDir, istiod.EnvBinaryDir + "=" + p.IstioBinDir, istiod.EnvSourceDir + "=" + p.IstioModuleDir,
+	}, cleanup, nil
 }
 
-// enter runs inside the new namespaces: network, hosts file, run dirs.
+// enter runs inside the new namespaces, once package netns has set up the
+// network: the prepared state, the hosts file, run dirs.
 func enter(dir string) (*Prepared, error) {
 	b, err := os.ReadFile(filepath.Join(dir, preparedFn))
 	if err != nil {
@@ -174,42 +155,6 @@ func enter(dir string) (*Prepared, error) {
 	}
 	var p Prepared
 	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, err
-	}
-	// Mounts made here stay here.
-	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
-		return nil, fmt.Errorf("making / a private mount: %w", err)
-	}
-	ip := func(args ...string) error {
-		out, err := exec.Command("ip", args...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-		}
-		return nil
-	}
-	if err := ip("link", "set", "lo", "up"); err != nil {
-		return nil, err
-	}
-	// A dummy link is the natural home of the node address; kernels
-	// without the dummy driver get a veth pair whose both ends stay in
-	// this namespace.
-	p.Link = "dummy"
-	if err := ip("link", "add", nodeLink, "type", "dummy"); err != nil {
-		p.Link = "veth (no dummy driver: " + err.Error() + ")"
-		if err := ip("link", "add", nodeLink, "type", "veth", "peer", "name", nodePeer); err != nil {
-			return nil, fmt.Errorf("neither a dummy nor a veth link can be created: %w", err)
-		}
-		if err := ip("link", "set", nodePeer, "up"); err != nil {
-			return nil, err
-		}
-	}
-	if err := ip("addr", "add", nodeCIDR, "dev", nodeLink); err != nil {
-		return nil, err
-	}
-	if err := ip("link", "set", nodeLink, "up"); err != nil {
-		return nil, err
-	}
-	if err := CheckNoRouteOut(); err != nil {
 		return nil, err
 	}
 	// Name resolution for the node and localhost, private to this run.
@@ -233,43 +178,33 @@ func enter(dir string) (*Prepared, error) {
 }
 
 // CheckNoRouteOut fails if this network namespace has a default route, an
-// interface other than lo and the node link(s), or a route to a public
-// address.
-func CheckNoRouteOut() error {
-	out, err := exec.Command("ip", "route", "show", "default").CombinedOutput()
+// interface other than lo, the node link(s), cni0 and veth*, or a route to
+// a public address (netns.Network.CheckNoRouteOut).
+func CheckNoRouteOut() error { return nodeNet.CheckNoRouteOut() }
+
+// relay makes a server that listens on loopback inside the namespace
+// (target, host:port) reachable from the node's pods as name:port: a TCP
+// relay on NodeIP:port forwards every connection to target (so TLS stays
+// end to end), and name resolves to NodeIP in the namespace's private
+// /etc/hosts (host-network pods; pod-network pods need hostAliases). The
+// returned function stops the relay.
+func (p *Prepared) relay(name, port, target string) (func(), error) {
+	stop, err := Relay(net.JoinHostPort(NodeIP, port), target)
 	if err != nil {
-		return fmt.Errorf("ip route show default: %w: %s", err, out)
+		return nil, err
 	}
-	if s := strings.TrimSpace(string(out)); s != "" {
-		return fmt.Errorf("the node's network namespace has a default route: %s", s)
-	}
-	for _, dst := range []string{"1.1.1.1", "8.8.8.8", "192.168.1.1", "172.16.0.1"} {
-		out, err := exec.Command("ip", "route", "get", dst).CombinedOutput()
-		if err == nil {
-			return fmt.Errorf("the node's network namespace has a route to %s: %s", dst, strings.TrimSpace(string(out)))
-		}
-		if !strings.Contains(string(out), "unreachable") {
-			return fmt.Errorf("ip route get %s: %v: %s", dst, err, out)
-		}
-	}
-	// (Not /sys/class/net: that sysfs shows the namespace it was mounted in.)
-	out, err = exec.Command("ip", "-o", "link", "show").CombinedOutput()
+	f, err := os.OpenFile(filepath.Join(p.Dir, "hosts"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
-		return fmt.Errorf("ip -o link show: %w: %s", err, out)
+		stop()
+		return nil, err
 	}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
-		switch name {
-		case "lo", nodeLink, nodePeer, "cni0":
-		default:
-			if !strings.HasPrefix(name, "veth") {
-				return fmt.Errorf("unexpected network interface %s in the node's namespace", name)
-			}
-		}
+	_, err = fmt.Fprintf(f, "%s\t%s\n", NodeIP, name)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	return nil
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	return stop, nil
 }

@@ -22,7 +22,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +41,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // PauseRef is the sandbox image the node's containerd uses.
@@ -105,6 +105,7 @@ type Node struct {
 	sysctls  map[string]string
 	procs    []*proc // in start order
 	ctrdSock string
+	releases []func() // of reserved ports
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -191,7 +192,7 @@ func Start(ctx context.Context, p *Prepared, opts Options) (_ *Node, retErr erro
 
 	started = time.Now()
 	if opts.KubeletReadOnlyPort {
-		if n.KubeletReadOnlyPort, err = freePort(); err != nil {
+		if n.KubeletReadOnlyPort, err = n.freePort(); err != nil {
 			return nil, err
 		}
 	}
@@ -333,13 +334,15 @@ func (n *Node) waitFor(ctx context.Context, timeout time.Duration, what string, 
 	return nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// freePort reserves a loopback port for one of the node's processes
+// (harness.ReservePort), released when the node stops.
+func (n *Node) freePort() (int, error) {
+	port, release, err := harness.ReservePort("127.0.0.1")
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	n.releases = append(n.releases, release)
+	return port, nil
 }
 
 func (n *Node) startKubelet(ctx context.Context, timeout time.Duration) error {
@@ -361,11 +364,11 @@ func (n *Node) startKubelet(ctx context.Context, timeout time.Duration) error {
 	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
 		return err
 	}
-	port, err := freePort()
+	port, err := n.freePort()
 	if err != nil {
 		return err
 	}
-	healthz, err := freePort()
+	healthz, err := n.freePort()
 	if err != nil {
 		return err
 	}
@@ -470,6 +473,9 @@ func (n *Node) Stop() error {
 			}
 		}
 		errs = append(errs, removeCgroups("kubepods", "k8s.io")...)
+		for _, release := range n.releases {
+			release()
+		}
 		n.stopErr = errors.Join(errs...)
 	})
 	return n.stopErr

@@ -195,7 +195,7 @@ func (n *Node) startServices(ctx context.Context, timeout time.Duration) error {
 	if n.p.ExtrasBinDir == "" {
 		return fmt.Errorf("Options.Services needs kube-proxy and kube-scheduler: call node.BuildExtras in prepare")
 	}
-	schedPort, err := freePort()
+	schedPort, err := n.freePort()
 	if err != nil {
 		return err
 	}
@@ -213,11 +213,11 @@ func (n *Node) startServices(ctx context.Context, timeout time.Duration) error {
 	if err := n.waitFor(ctx, timeout, "kube-scheduler to be healthy", sched, healthy(insecure, fmt.Sprintf("https://127.0.0.1:%d/healthz", schedPort))); err != nil {
 		return err
 	}
-	healthPort, err := freePort()
+	healthPort, err := n.freePort()
 	if err != nil {
 		return err
 	}
-	metricsPort, err := freePort()
+	metricsPort, err := n.freePort()
 	if err != nil {
 		return err
 	}

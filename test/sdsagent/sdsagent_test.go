@@ -59,11 +59,7 @@ func setup(tb testing.TB) *world {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
 	start := time.Now()
-	cp, err := controlplane.Start(ctx, controlplane.Options{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = cp.Stop() })
+	cp := controlplane.MustStart(ctx, tb, controlplane.Options{})
 	ist, err := istiod.Start(ctx, cp, istiod.Options{})
 	if err != nil {
 		tb.Fatal(err)
@@ -470,10 +466,7 @@ func (w *world) runPilotAgent(t testing.TB) (wd, outCerts string, proc *harness.
 	if err := os.WriteFile(filepath.Join(rootDir, "root-cert.pem"), w.root, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ports, err := istiod.FreePorts(1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	statusPort := harness.FreePort(t, "127.0.0.1")
 	cmd := exec.Command(filepath.Join(w.ist.BinaryDir, istiod.AgentBinary), "proxy", "sidecar", "--log_output_level=default:info")
 	// The agent reads its token and CA root relative to its working directory.
 	cmd.Dir = wd
@@ -485,7 +478,7 @@ func (w *world) runPilotAgent(t testing.TB) (wd, outCerts string, proc *harness.
 		"CLOUD_PLATFORM=none", "ISTIO_META_CLUSTER_ID=Kubernetes", "TRUST_DOMAIN=cluster.local", "JWT_POLICY=third-party-jwt",
 		// The status port cannot be turned off and binds all interfaces:
 		// a free port keeps parallel runs apart.
-		fmt.Sprintf(`PROXY_CONFIG={"discoveryAddress":"%s","statusPort":%d}`, w.ist.CAAddr, ports[0]),
+		fmt.Sprintf(`PROXY_CONFIG={"discoveryAddress":"%s","statusPort":%d}`, w.ist.CAAddr, statusPort),
 	}
 	return wd, outCerts, harness.Start(t, "pilot-agent", cmd)
 }

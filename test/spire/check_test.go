@@ -79,19 +79,11 @@ func TestCheckSPIRERegistration(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	cp, err := controlplane.Start(ctx, controlplane.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cp.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
+	cp := controlplane.MustStart(ctx, t, controlplane.Options{})
 	dir := t.TempDir()
 	bin := harness.MustBuild(t, harness.Injector, harness.BuildOptions{})
 	config := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(config, []byte("identityProvider:\n  spire:\n    csiDriver: csi.spiffe.io\n"), 0o600); err != nil {
+	if err := os.WriteFile(config, []byte(harness.ConfigHeader+"identityProvider:\n  spire:\n    csiDriver: csi.spiffe.io\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c := cp.Client
