@@ -20,26 +20,20 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/sds-injector/sds-injector/internal/imagebuild"
+	"github.com/sds-injector/sds-injector/test/chartinstall"
 	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/test/istiod"
 	"github.com/sds-injector/sds-injector/test/node"
 )
 
-// The release images as the chart names them (repository:tag), built in
-// prepare and imported into the node's containerd.
 const (
-	imageTag   = "0.0.0-chartnode"
 	checkerRef = "sds-injector.test/gateway-checker:1"
 	istiodHost = "istiod.istio-system.svc"
 )
@@ -48,7 +42,6 @@ var (
 	n        *node.Node
 	ist      *istiod.Istiod
 	prepared *node.Prepared
-	repoRoot string
 )
 
 func TestMain(m *testing.M) {
@@ -67,44 +60,12 @@ func TestMain(m *testing.M) {
 	}))
 }
 
-// prepare runs outside the namespace: the release images (as make images
-// builds them: internal/imagebuild.BuildRelease for this machine's
-// platform), the gateway checker, helm, kube-proxy and kube-scheduler.
+// prepare runs outside the namespace: the release images, helm,
+// kube-proxy and kube-scheduler (chartinstall.Prepare) and the gateway
+// checker.
 func prepare(ctx context.Context, p *node.Prepared) error {
-	root, err := node.RepoRoot()
-	if err != nil {
+	if err := chartinstall.Prepare(ctx, p); err != nil {
 		return err
-	}
-	if err := node.BuildExtras(ctx, p); err != nil {
-		return err
-	}
-	helmOut, err := exec.CommandContext(ctx, "bash", filepath.Join(root, "test", "helm", "build-helm.sh")).Output()
-	if err != nil {
-		return fmt.Errorf("test/helm/build-helm.sh: %w", err)
-	}
-	p.Values["helm"] = strings.TrimSpace(lastLine(string(helmOut)))
-	platform := v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
-	st := imagebuild.Stamp{Version: imageTag, Revision: "chartnode-test", Created: time.Unix(1, 0).UTC()}
-	for _, r := range imagebuild.ReleaseImages {
-		idx, err := imagebuild.BuildRelease(ctx, root, filepath.Join(p.Dir, "release"), r, []v1.Platform{platform}, st)
-		if err != nil {
-			return fmt.Errorf("release image %s: %w", r.Name, err)
-		}
-		ref := r.Ref("", imageTag)
-		file := p.ArchivePath(ref)
-		if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
-			return err
-		}
-		if err := imagebuild.WriteArchive(file, ref, idx); err != nil {
-			return err
-		}
-		digest, err := idx.Digest()
-		if err != nil {
-			return err
-		}
-		p.AddArchive(ref, file)
-		p.Values[r.Name] = ref
-		p.Values[r.Name+"-digest"] = digest.String()
 	}
 	checker, err := node.BuildStatic(ctx, p.Dir, "./test/node/cmd/gateway-checker")
 	if err != nil {
@@ -117,18 +78,10 @@ func prepare(ctx context.Context, p *node.Prepared) error {
 	})
 }
 
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return lines[len(lines)-1]
-}
-
 func inside(m *testing.M) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	var err error
-	if repoRoot, err = node.RepoRoot(); err != nil {
-		return 1, err
-	}
 	n, err = node.Start(ctx, prepared, node.Options{Services: true, ControlPlane: controlplane.Options{
 		WebhookInstallOptions: envtest.WebhookInstallOptions{LocalServingHost: "127.0.0.1"},
 	}})
