@@ -24,8 +24,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/sds-injector/sds-injector/internal/imagebuild"
+	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/test/node"
 )
 
@@ -93,6 +95,20 @@ func Prepare(ctx context.Context, p *node.Prepared) error {
 		p.Values[r.Name+"-digest"] = digest.String()
 	}
 	return nil
+}
+
+// StartNode starts the node the chart needs (call it inside node.Main):
+// node.Start with Services (kube-scheduler places the Deployment's pods,
+// kube-proxy gives the webhook Service its ClusterIP) and the p's images
+// imported. Stop it with its Stop.
+func StartNode(ctx context.Context, p *node.Prepared) (*node.Node, error) {
+	n, err := node.Start(ctx, p, node.Options{Services: true, ControlPlane: controlplane.Options{
+		WebhookInstallOptions: envtest.WebhookInstallOptions{LocalServingHost: "127.0.0.1"},
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("starting the node: %w", err)
+	}
+	return n, nil
 }
 
 // LastLine is the last non-empty line of s.

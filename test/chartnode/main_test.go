@@ -25,10 +25,8 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/sds-injector/sds-injector/test/chartinstall"
-	"github.com/sds-injector/sds-injector/test/controlplane"
 	"github.com/sds-injector/sds-injector/test/istiod"
 	"github.com/sds-injector/sds-injector/test/node"
 )
@@ -82,11 +80,8 @@ func inside(m *testing.M) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	var err error
-	n, err = node.Start(ctx, prepared, node.Options{Services: true, ControlPlane: controlplane.Options{
-		WebhookInstallOptions: envtest.WebhookInstallOptions{LocalServingHost: "127.0.0.1"},
-	}})
-	if err != nil {
-		return 1, fmt.Errorf("starting the node: %w", err)
+	if n, err = chartinstall.StartNode(ctx, prepared); err != nil {
+		return 1, err
 	}
 	defer func() {
 		if err := n.Stop(); err != nil {
