@@ -13,7 +13,7 @@ FUZZMINIMIZE ?= 2s
 PKGS      := ./...
 GOTESTSUM ?= $(GO) run gotest.tools/gotestsum@v1.13.0 --format standard-quiet
 
-.PHONY: all build test unit lint fmt fuzz fuzz-smoke fuzz-corpus bench golden controlplane node demo clean
+.PHONY: all build test unit lint fmt fuzz fuzz-smoke fuzz-corpus bench bench-node golden controlplane node demo clean
 
 all: lint test build
 
@@ -85,6 +85,23 @@ fuzz: fuzz-smoke
 ## (recorded figures: docs/performance.md)
 bench:
 	test/load/bench.sh
+
+## bench-node: the apiserver's view of the webhook on a real node (root;
+## about 12 minutes): the chart installed as pods (test/chartinstall), then
+## Gloo gateway pods created through kube-apiserver at NODE_RATES per second
+## for NODE_DURATION each, with and without the webhook, interleaved, for
+## NODE_ROUNDS rounds (BenchmarkPodCreation in test/nodeload); prints a
+## Markdown report and writes it to NODE_OUT (recorded figures:
+## docs/performance.md)
+NODE_RATES    ?= 50,200
+NODE_DURATION ?= 20s
+NODE_ROUNDS   ?= 5
+NODE_OUT      ?= _output/bench-node.md
+bench-node:
+	test/controlplane/build-binaries.sh --with-kubelet >/dev/null
+	@mkdir -p $(dir $(NODE_OUT))
+	$(GO) test -count=1 -timeout 40m -run '^$$' -bench '^BenchmarkPodCreation$$' -benchtime $(NODE_ROUNDS)x ./test/nodeload/ \
+	  -args -nodeload.rates=$(NODE_RATES) -nodeload.duration=$(NODE_DURATION) -nodeload.out=$(abspath $(NODE_OUT))
 
 ## golden: rewrite golden files after an intended output change
 golden:

@@ -21,15 +21,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/sds-injector/sds-injector/test/chartinstall"
 	"github.com/sds-injector/sds-injector/test/node"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 
 const (
-	release   = "sds-injector"
-	releaseNS = "sds-injector"
+	release   = chartinstall.Release
+	releaseNS = chartinstall.Namespace
 	gwNS      = "gloo-system"
-	selector  = "app.kubernetes.io/name=sds-injector,app.kubernetes.io/instance=" + release
 )
 
 func skipShort(t *testing.T) {
@@ -84,69 +84,23 @@ func injectorPods(ctx context.Context, t *testing.T) []corev1.Pod {
 }
 
 func listInjectorPods(ctx context.Context) ([]corev1.Pod, error) {
-	pods, err := n.Clientset.CoreV1().Pods(releaseNS).List(ctx, metav1.ListOptions{LabelSelector: selector})
-	if err != nil {
-		return nil, err
-	}
-	return pods.Items, nil
+	return chartinstall.ListPods(ctx, n.Clientset)
 }
 
-func ready(p *corev1.Pod) bool {
-	if p.DeletionTimestamp != nil {
-		return false
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
+func ready(p *corev1.Pod) bool { return chartinstall.Ready(p) }
 
 func helmInstall(ctx context.Context, t *testing.T) {
-	cs := n.Clientset
-	for _, ns := range []string{releaseNS, gwNS} {
-		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		// What the controller-manager's root-ca publisher would do, with
-		// the CA of the API server's in-cluster certificate.
-		if err := n.PublishRootCA(ctx, ns); err != nil {
-			t.Fatal(err)
-		}
-	}
-	inj, agent := prepared.Values["sds-injector"], prepared.Values["sds-agent"]
-	repo := func(ref string) string { r, _, _ := strings.Cut(ref, ":"+imageTag); return r }
-	args := []string{"install", release, filepath.Join(repoRoot, "deploy", "helm", "sds-injector"),
-		"--namespace", releaseNS, "--kubeconfig", n.CP.KubeconfigPath,
-		"--set", "image.repository=" + repo(inj), "--set", "image.tag=" + imageTag, "--set", "image.pullPolicy=Never",
-		"--set", "agentImage.repository=" + repo(agent), "--set", "agentImage.tag=" + imageTag,
-		"--set", "config.imagePullPolicy=Never", "--set", "config.istio=off",
-		"--set", "certificates.mode=self-managed"}
-	started := time.Now()
-	cmd := exec.CommandContext(ctx, prepared.Values["helm"], args...)
-	out, err := cmd.CombinedOutput()
+	inst, err := chartinstall.Install(ctx, n, prepared, chartinstall.Options{Namespaces: []string{gwNS}})
 	if err != nil {
-		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	t.Logf("helm install: %s", firstLines(string(out), 6))
-	var pods []corev1.Pod
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		if got, err := listInjectorPods(ctx); err == nil {
-			pods = got
+		var pods []corev1.Pod
+		if inst != nil {
+			pods = inst.Pods
 		}
-		r := 0
-		for i := range pods {
-			if ready(&pods[i]) {
-				r++
-			}
-		}
-		return r == 2, nil
-	})
-	if err != nil {
-		t.Fatalf("the injector pods did not both become Ready: %v\n%s", err, describePods(pods)+events(releaseNS))
+		t.Fatalf("%v\n%s", err, describePods(pods)+events(releaseNS))
 	}
-	t.Logf("2 injector pods Ready %s after helm install started", time.Since(started).Round(time.Millisecond))
+	t.Logf("helm install: %s", firstLines(inst.HelmOutput, 6))
+	t.Logf("%d injector pods Ready %s after helm install started", chartinstall.Replicas, inst.Took.Round(time.Millisecond))
+	pods, inj := inst.Pods, prepared.Values[chartinstall.ValueInjector]
 	for _, p := range pods {
 		if p.Spec.NodeName != n.Name {
 			t.Errorf("pod %s scheduled to %q, want %s", p.Name, p.Spec.NodeName, n.Name)
@@ -170,32 +124,13 @@ func helmInstall(ctx context.Context, t *testing.T) {
 		}
 	}
 	// The API server reaches the webhook through the Service's ClusterIP
-	// (no aggregator routing here): kube-proxy has programmed it.
-	svc, err := n.Clientset.CoreV1().Services(releaseNS).Get(ctx, release, metav1.GetOptions{})
+	// (no aggregator routing here): kube-proxy has programmed it, once it
+	// caught up with the EndpointSlice of the just-Ready pods.
+	clusterIP, err := chartinstall.WaitProxied(ctx, n.Clientset, chartinstall.Replicas, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Wait for kube-proxy to catch up with the EndpointSlice of the
-	// just-Ready pods.
-	var svcRules int
-	var dump string
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		rules, err := exec.CommandContext(ctx, "iptables-save", "-t", "nat").CombinedOutput()
-		if err != nil {
-			return false, fmt.Errorf("iptables-save: %w\n%s", err, rules)
-		}
-		dump, svcRules = string(rules), 0
-		for _, l := range strings.Split(dump, "\n") {
-			if strings.Contains(l, releaseNS+"/"+release+":https-webhook") && strings.Contains(l, "-j KUBE-SEP-") {
-				svcRules++
-			}
-		}
-		return strings.Contains(dump, "-d "+svc.Spec.ClusterIP+"/32") && svcRules == 2, nil
-	})
-	if err != nil {
-		t.Fatalf("kube-proxy's nat rules lack the webhook Service %s (ClusterIP %s) with 2 endpoints (%d found): %v", release, svc.Spec.ClusterIP, svcRules, err)
-	}
-	t.Logf("Service %s/%s: ClusterIP %s, kube-proxy (iptables) DNATs it to the %d pod endpoints", releaseNS, release, svc.Spec.ClusterIP, svcRules)
+	t.Logf("Service %s/%s: ClusterIP %s, kube-proxy (iptables) DNATs it to the %d pod endpoints", releaseNS, release, clusterIP, chartinstall.Replicas)
 	// Still no route out with kube-proxy's rules and the pods' links in
 	// place (interfaces are not listed: CNI links come and go).
 	if out, err := exec.CommandContext(ctx, "ip", "route", "show", "default").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "" {
@@ -460,7 +395,7 @@ func glooDeploymentInjected(ctx context.Context, t *testing.T) {
 	if st.Flavor != inject.FlavorSDSAgent || st.GatewayContainer != "gateway-proxy" || st.GatewayProfile != "gloo-edge" {
 		t.Errorf("injected %s into %s (profile %s), want sds-agent into gateway-proxy (gloo-edge)", st.Flavor, st.GatewayContainer, st.GatewayProfile)
 	}
-	agentImage := prepared.Values["sds-agent"]
+	agentImage := prepared.Values[chartinstall.ValueAgent]
 	found := false
 	for _, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
 		if c.Image == agentImage {

@@ -18,32 +18,22 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/sds-injector/sds-injector/internal/imagebuild"
-	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/test/chartinstall"
 	"github.com/sds-injector/sds-injector/test/istiod"
 	"github.com/sds-injector/sds-injector/test/node"
 )
 
-// The release images as the chart names them (repository:tag), built in
-// prepare and imported into the node's containerd.
-const (
-	imageTag   = "0.0.0-chartnode"
-	checkerRef = "sds-injector.test/gateway-checker:1"
-)
+const checkerRef = "sds-injector.test/gateway-checker:1"
 
 var (
 	n        *node.Node
 	ist      *istiod.Istiod
 	prepared *node.Prepared
-	repoRoot string
 )
 
 func TestMain(m *testing.M) {
@@ -66,38 +56,8 @@ func TestMain(m *testing.M) {
 // builds them: internal/imagebuild.BuildRelease for this machine's
 // platform), the gateway checker, helm, kube-proxy and kube-scheduler.
 func prepare(ctx context.Context, p *node.Prepared) error {
-	root, err := node.RepoRoot()
-	if err != nil {
+	if err := chartinstall.Prepare(ctx, p); err != nil {
 		return err
-	}
-	if err := node.BuildExtras(ctx, p); err != nil {
-		return err
-	}
-	if p.Values["helm"], err = controlplane.HelmBinary(ctx); err != nil {
-		return fmt.Errorf("building helm: %w", err)
-	}
-	platform := v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
-	st := imagebuild.Stamp{Version: imageTag, Revision: "chartnode-test", Created: time.Unix(1, 0).UTC()}
-	for _, r := range imagebuild.ReleaseImages {
-		idx, err := imagebuild.BuildRelease(ctx, root, filepath.Join(p.Dir, "release"), r, []v1.Platform{platform}, st)
-		if err != nil {
-			return fmt.Errorf("release image %s: %w", r.Name, err)
-		}
-		ref := r.Ref("", imageTag)
-		file := p.ArchivePath(ref)
-		if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
-			return err
-		}
-		if err := imagebuild.WriteArchive(file, ref, idx); err != nil {
-			return err
-		}
-		digest, err := idx.Digest()
-		if err != nil {
-			return err
-		}
-		p.AddArchive(ref, file)
-		p.Values[r.Name] = ref
-		p.Values[r.Name+"-digest"] = digest.String()
 	}
 	checker, err := node.BuildStatic(ctx, p.Dir, "./test/node/cmd/gateway-checker")
 	if err != nil {
@@ -114,12 +74,7 @@ func inside(m *testing.M) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	var err error
-	if repoRoot, err = node.RepoRoot(); err != nil {
-		return 1, err
-	}
-	mesh, err := node.StartMesh(ctx, prepared, node.Options{Services: true, ControlPlane: controlplane.Options{
-		WebhookInstallOptions: envtest.WebhookInstallOptions{LocalServingHost: "127.0.0.1"},
-	}})
+	mesh, err := node.StartMesh(ctx, prepared, chartinstall.NodeOptions())
 	if err != nil {
 		return 1, err
 	}

@@ -29,7 +29,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,12 +40,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
+	"github.com/sds-injector/sds-injector/test/load/measure"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 
 	"github.com/sds-injector/sds-injector/test/harness"
@@ -210,14 +208,7 @@ func selfSigned(dir string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-func examplePod(name string) (*corev1.Pod, error) {
-	data, err := os.ReadFile(filepath.Join(repoRoot(), "docs", "examples", name))
-	if err != nil {
-		return nil, err
-	}
-	var pod corev1.Pod
-	return &pod, yaml.UnmarshalStrict(data, &pod)
-}
+func examplePod(name string) (*corev1.Pod, error) { return measure.ExamplePod(repoRoot(), name) }
 
 func reviewBody(pod *corev1.Pod, uid string) ([]byte, error) {
 	raw, err := json.Marshal(pod)
@@ -368,34 +359,12 @@ func runAPIServer() error {
 		return err
 	}
 	create := func(prefix string) ([]time.Duration, int, error) {
-		var lat []time.Duration
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		errs := 0
-		n := int(duration.Seconds() * float64(*podRate))
-		tick := time.NewTicker(time.Second / time.Duration(*podRate))
-		defer tick.Stop()
-		for i := 0; i < n; i++ {
-			<-tick.C
-			wg.Add(1)
-			go func(i int) {
-				defer wg.Done()
-				p := pod.DeepCopy()
-				p.Namespace, p.Name = ns, fmt.Sprintf("%s-%d", prefix, i)
-				start := time.Now()
-				err := c.Create(ctx, p)
-				d := time.Since(start)
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					errs++
-					return
-				}
-				lat = append(lat, d)
-			}(i)
-		}
-		wg.Wait()
-		return lat, errs, nil
+		run := measure.Paced(ctx, *podRate, *duration, func(ctx context.Context, i int) error {
+			p := pod.DeepCopy()
+			p.Namespace, p.Name = ns, fmt.Sprintf("%s-%d", prefix, i)
+			return c.Create(ctx, p)
+		})
+		return run.Latencies, len(run.Errors), nil
 	}
 	// Without the webhook first, then with it, at the same rate.
 	base, baseErrs, _ := create("plain")
@@ -417,16 +386,16 @@ func runAPIServer() error {
 		return err
 	}
 	_, peak := srv.rss()
-	h := after.minus(before)
+	h := after.Minus(before)
 	if *markdown {
 		fmt.Printf("| apiserver | %d pods/s | webhook p99 %s (%.1f%% ≤ 5 ms, %d calls) | create p50 %s → %s | create p99 %s → %s (×%.2f) | %d | %.1f MiB |\n",
-			*podRate, h.quantileUpper(0.99), 100*h.fractionBelow(0.005), int(h.count), pct(base, 0.5), pct(with, 0.5), pct(base, 0.99), pct(with, 0.99),
+			*podRate, h.QuantileUpper(0.99), 100*h.FractionBelow(0.005), int(h.Count), pct(base, 0.5), pct(with, 0.5), pct(base, 0.99), pct(with, 0.99),
 			float64(pct(with, 0.99))/float64(pct(base, 0.99)), baseErrs+withErrs, peak)
 		return nil
 	}
 	fmt.Printf("pods created through kube-apiserver at %d/s for %s each (namespace-mode webhook, real sds-injector binary)\n", *podRate, *duration)
 	fmt.Printf("  apiserver_admission_webhook_admission_duration_seconds{name=%q}: %d calls, %.1f%% in the ≤5 ms bucket, p99 ≤ %s\n",
-		mwc.Webhooks[0].Name, int(h.count), 100*h.fractionBelow(0.005), h.quantileUpper(0.99))
+		mwc.Webhooks[0].Name, int(h.Count), 100*h.FractionBelow(0.005), h.QuantileUpper(0.99))
 	fmt.Printf("  pod creation latency without webhook: p50 %s p99 %s (%d ok, %d errors)\n", pct(base, 0.5), pct(base, 0.99), len(base), baseErrs)
 	fmt.Printf("  pod creation latency with webhook:    p50 %s p99 %s (%d ok, %d errors); p99 ratio %.2f\n",
 		pct(with, 0.5), pct(with, 0.99), len(with), withErrs, float64(pct(with, 0.99))/float64(pct(base, 0.99)))
@@ -434,77 +403,15 @@ func runAPIServer() error {
 	return nil
 }
 
-func pct(d []time.Duration, q float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[int(math.Min(float64(len(s)-1), q*float64(len(s))))].Round(10 * time.Microsecond)
-}
+func pct(d []time.Duration, q float64) time.Duration { return measure.Percentile(d, q) }
 
-// histogram is a cumulative Prometheus histogram for one webhook.
-type histogram struct {
-	buckets map[float64]float64
-	count   float64
-}
-
-func (h histogram) minus(o histogram) histogram {
-	out := histogram{buckets: map[float64]float64{}, count: h.count - o.count}
-	for le, v := range h.buckets {
-		out.buckets[le] = v - o.buckets[le]
-	}
-	return out
-}
-
-func (h histogram) fractionBelow(le float64) float64 {
-	if h.count == 0 {
-		return 0
-	}
-	return h.buckets[le] / h.count
-}
-
-// quantileUpper is the upper bound of the bucket holding quantile q.
-func (h histogram) quantileUpper(q float64) string {
-	les := make([]float64, 0, len(h.buckets))
-	for le := range h.buckets {
-		les = append(les, le)
-	}
-	sort.Float64s(les)
-	for _, le := range les {
-		if h.count > 0 && h.buckets[le]/h.count >= q {
-			return (time.Duration(le * float64(time.Second))).String()
-		}
-	}
-	return "+Inf"
-}
-
-func scrapeHistogram(cp *controlplane.ControlPlane, webhook string) (histogram, error) {
-	cs, err := kubernetes.NewForConfig(cp.Config)
+// scrapeHistogram is the apiserver's admission latency histogram of the
+// webhook named webhook (mutating calls of every operation and outcome).
+func scrapeHistogram(cp *controlplane.ControlPlane, webhook string) (measure.Histogram, error) {
+	families, err := cp.APIServerMetrics(context.Background())
 	if err != nil {
-		return histogram{}, err
+		return measure.Histogram{}, err
 	}
-	raw, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
-	if err != nil {
-		return histogram{}, err
-	}
-	h := histogram{buckets: map[float64]float64{}}
-	name := `name="` + webhook + `"`
-	for _, line := range strings.Split(string(raw), "\n") {
-		if !strings.Contains(line, name) || !strings.Contains(line, `type="admit"`) {
-			continue
-		}
-		v, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
-		switch {
-		case strings.HasPrefix(line, "apiserver_admission_webhook_admission_duration_seconds_bucket"):
-			i := strings.Index(line, `le="`)
-			le, err := strconv.ParseFloat(line[i+4:i+4+strings.Index(line[i+4:], `"`)], 64)
-			if err == nil {
-				h.buckets[le] += v
-			}
-		case strings.HasPrefix(line, "apiserver_admission_webhook_admission_duration_seconds_count"):
-			h.count += v
-		}
-	}
-	return h, nil
+	return measure.HistogramOf(families, "apiserver_admission_webhook_admission_duration_seconds",
+		map[string]string{"name": webhook, "type": "admit"}), nil
 }
