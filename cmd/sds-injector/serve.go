@@ -43,6 +43,7 @@ var DefaultWebhookConfigurations = []string{"sds-injector-namespace", "sds-injec
 type serveOptions struct {
 	host, certDir, metricsAddr, healthAddr, onError string
 	port                                            int
+	http2                                           bool
 
 	certMode, namespace, secretName, serviceName, kubeconfig string
 	webhookConfigs                                           []string
@@ -102,14 +103,15 @@ Fields set in the file or by flags still win. Needs API access (in-cluster or --
 			defer stop()
 
 			opts := server.Options{
-				Settings:    settings,
-				OnError:     policy,
-				Host:        o.host,
-				Port:        o.port,
-				CertDir:     o.certDir,
-				MetricsAddr: o.metricsAddr,
-				HealthAddr:  o.healthAddr,
-				Logger:      log,
+				Settings:     settings,
+				OnError:      policy,
+				Host:         o.host,
+				Port:         o.port,
+				CertDir:      o.certDir,
+				MetricsAddr:  o.metricsAddr,
+				HealthAddr:   o.healthAddr,
+				DisableHTTP2: !o.http2,
+				Logger:       log,
 			}
 			opts.ReadyChecks = map[string]healthz.Checker{}
 			g, ctx := errgroup.WithContext(ctx)
@@ -155,6 +157,7 @@ Fields set in the file or by flags still win. Needs API access (in-cluster or --
 	fs := cmd.Flags()
 	fs.StringVar(&o.host, "host", "", "address the webhook listens on (default all)")
 	fs.IntVar(&o.port, "port", 9443, "HTTPS port of the webhook")
+	fs.BoolVar(&o.http2, "http2", true, "offer HTTP/2 on the webhook port (the API server then multiplexes its calls over one TLS connection); false: HTTP/1.1 only")
 	fs.StringVar(&o.certDir, "cert-dir", DefaultCertDir, "directory holding tls.crt and tls.key")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint; 0 disables it")
 	fs.StringVar(&o.healthAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz; 0 disables them")

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/sds-injector/sds-injector/test/chartinstall"
+	"github.com/sds-injector/sds-injector/test/load/measure"
 	"github.com/sds-injector/sds-injector/test/node"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
@@ -64,6 +66,7 @@ func TestChartOnRealNode(t *testing.T) {
 		{"PDBAndAntiAffinity", pdbAndAntiAffinity},
 		{"CABundlePatched", caBundlePatched},
 		{"GlooDeploymentInjected", glooDeploymentInjected},
+		{"OneWebhookCallPerPod", oneWebhookCallPerPod},
 		{"RolloutUnderLoad", rolloutUnderLoad},
 		{"FailClosedWithoutInjector", failClosedWithoutInjector},
 	}
@@ -488,6 +491,64 @@ func countEvents(evs []checkEvent, kind string) int {
 // per-gateway webhook (failurePolicy Fail: any failed call is a refused
 // pod). The pods name a node selector no node has, so they stay Pending:
 // admission is what is measured.
+// oneWebhookCallPerPod: as shipped (reinvocationPolicy Never) the API server
+// calls the webhook once per pod, although the ServiceAccount admission
+// plugin re-runs after the webhooks and mounts the API token into the
+// injected agent container — the change that makes IfNeeded call the
+// webhook a second time for every injected pod (docs/performance.md, "The
+// apiserver's view on a real node"). Counted by the apiserver's own
+// admission webhook histogram.
+func oneWebhookCallPerPod(ctx context.Context, t *testing.T) {
+	const pods = 10
+	calls := func() float64 {
+		fams, err := n.CP.APIServerMetrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return measure.HistogramOf(fams, "apiserver_admission_webhook_admission_duration_seconds", map[string]string{"type": "admit"}).Count
+	}
+	before := calls()
+	t.Cleanup(func() {
+		_ = n.Clientset.CoreV1().Pods(gwNS).DeleteCollection(context.Background(), metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: "chartnode=calls"})
+	})
+	for i := range pods {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("calls-%02d", i), Namespace: gwNS,
+				Labels:      map[string]string{"gloo": "gateway-proxy", "sds-injector.io/inject": "true", "chartnode": "calls"},
+				Annotations: map[string]string{inject.AnnotationFlavor: "sds-agent"}},
+			Spec: corev1.PodSpec{ServiceAccountName: "gateway-proxy",
+				NodeSelector: map[string]string{"chartnode.sds-injector.test/no-such-node": "true"},
+				Containers:   []corev1.Container{{Name: "gateway-proxy", Image: checkerRef, ImagePullPolicy: corev1.PullNever}}},
+		}
+		got, err := n.Clientset.CoreV1().Pods(gwNS).Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Annotations[inject.AnnotationStatus] == "" {
+			t.Fatalf("%s was not injected", pod.Name)
+		}
+		var agent *corev1.Container
+		for i := range got.Spec.Containers {
+			if got.Spec.Containers[i].Name == "sds-agent" {
+				agent = &got.Spec.Containers[i]
+			}
+		}
+		if agent == nil {
+			t.Fatalf("%s has no sds-agent container", pod.Name)
+		}
+		if !slices.ContainsFunc(agent.VolumeMounts, func(m corev1.VolumeMount) bool {
+			return m.MountPath == "/var/run/secrets/kubernetes.io/serviceaccount"
+		}) {
+			t.Fatalf("the ServiceAccount plugin did not mount the API token into the injected sds-agent container after the webhook, so this test no longer shows what IfNeeded would reinvoke on: %+v", agent.VolumeMounts)
+		}
+	}
+	got := calls() - before
+	if got != pods {
+		t.Errorf("the API server made %v admission webhook calls for %d pods, want one per pod (reinvocationPolicy Never)", got, pods)
+	}
+	t.Logf("%d injected pods (API token mounted into sds-agent after the webhook): %v admission webhook calls", pods, got)
+}
+
 func rolloutUnderLoad(ctx context.Context, t *testing.T) {
 	cs := n.Clientset
 	before := map[string]bool{}

@@ -84,6 +84,8 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"bad failurePolicy", "modes: {namespace: {failurePolicy: Deny}}", "/modes/namespace/failurePolicy"},
 		{"timeout above the API server's 30s", "modes: {perGateway: {timeoutSeconds: 45}}", "/modes/perGateway/timeoutSeconds"},
 		{"timeout as a string", "modes: {clusterWide: {timeoutSeconds: '5'}}", "/modes/clusterWide/timeoutSeconds"},
+		{"unknown reinvocationPolicy", "modes: {namespace: {reinvocationPolicy: Always}}", "/modes/namespace/reinvocationPolicy"},
+		{"http2 as a string", "http2: 'off'", "/http2"},
 		{"unknown flavor", "config: {flavor: envoy}", "/config/flavor"},
 		{"Istio before 1.5", "config: {istioVersion: '1.4.6'}", "/config/istioVersion"},
 		{"Istio version as a number", "config: {istioVersion: 1.3}", "/config/istioVersion"},
@@ -459,7 +461,7 @@ func TestCertManagerObjects(t *testing.T) {
 // TestWebhookValues: modes select and combine, and the per-mode
 // failurePolicy and timeout reach the webhook configurations.
 func TestWebhookValues(t *testing.T) {
-	r := mustRender(t, "--set", "modes.namespace.enabled=false,modes.perGateway.failurePolicy=Ignore,modes.perGateway.timeoutSeconds=3,modes.clusterWide.enabled=true,modes.clusterWide.failurePolicy=Fail,modes.clusterWide.timeoutSeconds=10")
+	r := mustRender(t, "--set", "modes.namespace.enabled=false,modes.perGateway.failurePolicy=Ignore,modes.perGateway.timeoutSeconds=3,modes.clusterWide.enabled=true,modes.clusterWide.failurePolicy=Fail,modes.clusterWide.timeoutSeconds=10,modes.clusterWide.reinvocationPolicy=IfNeeded,http2=false")
 	mwcs := all[*admissionregistrationv1.MutatingWebhookConfiguration](r)
 	var names []string
 	for _, m := range mwcs {
@@ -475,6 +477,12 @@ func TestWebhookValues(t *testing.T) {
 			if *w.FailurePolicy != want.p || *w.TimeoutSeconds != want.s {
 				t.Errorf("%s/%s: failurePolicy %s timeout %d, want %s %d", m.Name, w.Name, *w.FailurePolicy, *w.TimeoutSeconds, want.p, want.s)
 			}
+			wantRe := map[string]admissionregistrationv1.ReinvocationPolicyType{
+				"sds-injector-per-gateway": admissionregistrationv1.NeverReinvocationPolicy, "sds-injector-cluster-wide": admissionregistrationv1.IfNeededReinvocationPolicy,
+			}[m.Name]
+			if w.ReinvocationPolicy == nil || *w.ReinvocationPolicy != wantRe {
+				t.Errorf("%s/%s: reinvocationPolicy %v, want %s", m.Name, w.Name, w.ReinvocationPolicy, wantRe)
+			}
 		}
 	}
 	slices.Sort(names)
@@ -484,6 +492,12 @@ func TestWebhookValues(t *testing.T) {
 	dep := one[*appsv1.Deployment](t, r, "sds-injector")
 	if !slices.Contains(dep.Spec.Template.Spec.Containers[0].Args, "--webhook-configurations=sds-injector-per-gateway,sds-injector-cluster-wide") {
 		t.Errorf("self-managed mode must maintain exactly the enabled configurations: %v", dep.Spec.Template.Spec.Containers[0].Args)
+	}
+	if !slices.Contains(dep.Spec.Template.Spec.Containers[0].Args, "--http2=false") {
+		t.Errorf("http2=false must reach serve: %v", dep.Spec.Template.Spec.Containers[0].Args)
+	}
+	if args := one[*appsv1.Deployment](t, mustRender(t), "sds-injector").Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--http2=true") {
+		t.Errorf("the default must serve HTTP/2: %v", args)
 	}
 
 	// Another release name and namespace move every reference.

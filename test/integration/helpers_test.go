@@ -48,7 +48,13 @@ func loadShipped(t *testing.T, mode Mode) *admissionregistrationv1.MutatingWebho
 // timeouts, reinvocation — is as shipped.
 func installMode(t *testing.T, mode Mode) *admissionregistrationv1.MutatingWebhookConfiguration {
 	t.Helper()
-	mwc, err := cp.InstallMutatingWebhookFile(context.Background(), filepath.Join(repoRoot, "deploy", "webhook", string(mode)+".yaml"))
+	return installFile(t, filepath.Join(repoRoot, "deploy", "webhook", string(mode)+".yaml"))
+}
+
+// installFile is installMode for a configuration file of the test's own.
+func installFile(t *testing.T, file string) *admissionregistrationv1.MutatingWebhookConfiguration {
+	t.Helper()
+	mwc, err := cp.InstallMutatingWebhookFile(context.Background(), file)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,8 +33,10 @@ func TestShippedConfigurations(t *testing.T) {
 				if w.TimeoutSeconds == nil || *w.TimeoutSeconds < 1 || *w.TimeoutSeconds > 10 {
 					t.Errorf("%s: an explicit timeoutSeconds of at most 10 is required", w.Name)
 				}
-				if w.ReinvocationPolicy == nil || *w.ReinvocationPolicy != admissionregistrationv1.IfNeededReinvocationPolicy {
-					t.Errorf("%s: reinvocationPolicy must be IfNeeded", w.Name)
+				// One call per pod (values.yaml says why); IfNeeded is
+				// the user's choice, proven by TestReinvocation.
+				if w.ReinvocationPolicy == nil || *w.ReinvocationPolicy != admissionregistrationv1.NeverReinvocationPolicy {
+					t.Errorf("%s: reinvocationPolicy must be Never", w.Name)
 				}
 				if w.FailurePolicy == nil || *w.FailurePolicy != policy {
 					t.Errorf("%s: failurePolicy %v, documented %s", w.Name, w.FailurePolicy, policy)

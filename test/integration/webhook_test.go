@@ -202,9 +202,11 @@ func TestDryRunCreatesNothing(t *testing.T) {
 	}
 }
 
-// TestReinvocation: another webhook changes the pod after ours, so the
-// apiserver calls ours again (reinvocationPolicy IfNeeded); the engine must
-// leave the injected pod as it is.
+// TestReinvocation: with reinvocationPolicy IfNeeded (the chart's
+// modes.*.reinvocationPolicy, for clusters with a webhook after ours that
+// changes gateway pods), another webhook changes the pod after ours, so the
+// apiserver calls ours again; the engine must leave the injected pod as it
+// is. As shipped (Never) the second webhook's change is not seen by ours.
 func TestReinvocation(t *testing.T) {
 	harness.NeedControlPlane(t, cp)
 	relabel := &webhook.Admission{Handler: admission.HandlerFunc(func(ctx context.Context, req admission.Request) admission.Response {
@@ -218,29 +220,59 @@ func TestReinvocation(t *testing.T) {
 		return admission.Patched("", jsonPatchAddLabel("relabelled", "yes"))
 	})}
 	startWebhook(t, inject.DefaultConfig(), map[string]http.Handler{"/relabel": relabel})
-	mwc := installMode(t, ModeNamespace)
-
-	// A second configuration, sorted after ours by name, served in-process.
-	other := mwc.DeepCopy()
-	other.ObjectMeta = metaNamed("zz-test-relabel")
-	url := strings.Replace(*other.Webhooks[0].ClientConfig.URL, "/inject", "/relabel", 1)
-	other.Webhooks[0].ClientConfig.URL = &url
-	other.Webhooks[0].Name = "relabel.test.sds-injector.io"
-	if err := cp.Client.Create(context.Background(), other); err != nil {
+	shipped, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "webhook", string(ModeNamespace)+".yaml"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { removeWebhooks(t, other) })
-	waitWebhooks(t, other, true)
+	for _, tc := range []struct {
+		policy     string
+		reinvoked  float64
+		configured func(t *testing.T) []byte
+	}{
+		{"Never", 0, func(*testing.T) []byte { return shipped }},
+		{"IfNeeded", 1, func(t *testing.T) []byte {
+			b := bytes.ReplaceAll(shipped, []byte("reinvocationPolicy: Never"), []byte("reinvocationPolicy: IfNeeded"))
+			if bytes.Equal(b, shipped) {
+				t.Fatal("the shipped namespace mode has no reinvocationPolicy: Never to change")
+			}
+			return b
+		}},
+	} {
+		t.Run(tc.policy, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "namespace-mode.yaml")
+			if err := os.WriteFile(file, tc.configured(t), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			mwc := installFile(t, file)
 
-	ns := namespace(t, map[string]string{nsLabel: "enabled"})
-	before := requestsFor(t, "skipped", "already-injected")
-	pod := create(t, glooPod(t, ns, "reinvoked", nil, nil))
-	assertInjected(t, pod)
-	if pod.Labels["relabelled"] != "yes" {
-		t.Fatalf("the second webhook did not run")
-	}
-	if after := requestsFor(t, "skipped", "already-injected"); after != before+1 {
-		t.Errorf("sds-injector was not reinvoked on the injected pod exactly once (%v -> %v)", before, after)
+			// A second configuration, sorted after ours by name, served
+			// in-process.
+			other := mwc.DeepCopy()
+			other.ObjectMeta = metaNamed("zz-test-relabel")
+			url := strings.Replace(*other.Webhooks[0].ClientConfig.URL, "/inject", "/relabel", 1)
+			other.Webhooks[0].ClientConfig.URL = &url
+			other.Webhooks[0].Name = "relabel.test.sds-injector.io"
+			if err := cp.Client.Create(context.Background(), other); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { removeWebhooks(t, other) })
+			waitWebhooks(t, other, true)
+
+			ns := namespace(t, map[string]string{nsLabel: "enabled"})
+			injected := requestsFor(t, "injected", "injected")
+			before := requestsFor(t, "skipped", "already-injected")
+			pod := create(t, glooPod(t, ns, "reinvoked", nil, nil))
+			assertInjected(t, pod)
+			if pod.Labels["relabelled"] != "yes" {
+				t.Fatalf("the second webhook did not run")
+			}
+			if got := requestsFor(t, "injected", "injected"); got != injected+1 {
+				t.Errorf("injections %v -> %v, want one more", injected, got)
+			}
+			if after := requestsFor(t, "skipped", "already-injected"); after != before+tc.reinvoked {
+				t.Errorf("reinvocationPolicy %s: sds-injector was reinvoked on the injected pod %v times, want %v", tc.policy, after-before, tc.reinvoked)
+			}
+		})
 	}
 }
 

@@ -62,6 +62,11 @@ type Options struct {
 	// RequestReadTimeout bounds how long reading one request body may take
 	// (slow clients cannot hold a handler forever; default 10s).
 	RequestReadTimeout time.Duration
+	// DisableHTTP2 serves HTTP/1.1 only. By default the listener offers
+	// HTTP/2 as well (ALPN h2), and the API server, whose webhook client
+	// prefers it, multiplexes its calls over one TLS connection instead of
+	// opening one per concurrent call (docs/webhook.md, "HTTP/2").
+	DisableHTTP2 bool
 	// ReadyChecks are added to /readyz (e.g. "the API server trusts our
 	// certificate" in self-managed certificate mode).
 	ReadyChecks map[string]healthz.Checker
@@ -114,9 +119,16 @@ func New(o Options) (*Server, error) {
 			// TLS 1.2 only with forward-secret AEAD suites; TLS 1.3 suites
 			// are not configurable and all modern.
 			c.CipherSuites = ModernCipherSuites
-			// HTTP/2 is off: the API server speaks HTTP/1.1 with keep-alive
-			// to webhooks, and HTTP/2 brought the Rapid Reset CVEs.
-			c.NextProtos = []string{"http/1.1"}
+			// HTTP/2 unless disabled: the API server's webhook client
+			// multiplexes its calls over one connection. net/http's HTTP/2
+			// server carries the Rapid Reset mitigation (CVE-2023-44487):
+			// at most MaxConcurrentStreams handlers run per connection, and
+			// a connection queueing more than four times that many is
+			// closed with ENHANCE_YOUR_CALM.
+			c.NextProtos = []string{"h2", "http/1.1"}
+			if o.DisableHTTP2 {
+				c.NextProtos = []string{"http/1.1"}
+			}
 		}},
 	})
 	h := NewHandler(o.Settings, o.OnError, m, o.Logger.WithName("inject"))

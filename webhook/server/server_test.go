@@ -438,36 +438,68 @@ func TestGracefulShutdown(t *testing.T) {
 	ts.cancel = nil
 }
 
-// TestTLSPolicy: TLS 1.2 minimum, forward-secret AEAD suites only, no
-// HTTP/2, and no plaintext admission endpoint.
+// TestTLSPolicy: TLS 1.2 minimum, forward-secret AEAD suites only, HTTP/2
+// offered (and reviews answered over it) unless disabled, and no plaintext
+// admission endpoint.
 func TestTLSPolicy(t *testing.T) {
 	ts := startTestServer(t, nil)
 	addr := strings.TrimSuffix(strings.TrimPrefix(ts.url, "https://"), InjectPath)
 	pool := ts.client.Transport.(*http.Transport).TLSClientConfig.RootCAs
-	dial := func(cfg *tls.Config) (*tls.Conn, error) {
-		cfg.RootCAs = pool
+	dial := func(addr string, cfg *tls.Config) (*tls.Conn, error) {
+		if cfg.RootCAs == nil {
+			cfg.RootCAs = pool
+		}
 		return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
 	}
-	if c, err := dial(&tls.Config{MaxVersion: tls.VersionTLS11, MinVersion: tls.VersionTLS10}); err == nil { //nolint:gosec // must be refused
+	if c, err := dial(addr, &tls.Config{MaxVersion: tls.VersionTLS11, MinVersion: tls.VersionTLS10}); err == nil { //nolint:gosec // must be refused
 		c.Close()
 		t.Error("a TLS 1.1 handshake succeeded")
 	}
-	if c, err := dial(&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA}}); err == nil {
+	if c, err := dial(addr, &tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA}}); err == nil {
 		c.Close()
 		t.Error("a CBC cipher suite was accepted")
 	}
-	c, err := dial(&tls.Config{MaxVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}})
+	c, err := dial(addr, &tls.Config{MaxVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}})
 	if err != nil {
 		t.Fatalf("a modern TLS 1.2 client was refused: %v", err)
 	}
-	if p := c.ConnectionState().NegotiatedProtocol; p == "h2" {
-		t.Error("HTTP/2 was negotiated")
+	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Errorf("negotiated %q with a client offering h2, want h2", p)
 	}
 	c.Close()
+
+	// A review over HTTP/2, as the API server's webhook client sends it.
+	h2 := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
+	defer h2.CloseIdleConnections()
+	resp, err := h2.Post(ts.url, "application/json", bytes.NewReader(review(t, "admission.k8s.io/v1", examplePodJSONB(t, "gloo-gateway-proxy.yaml"), nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var ar admissionv1.AdmissionReview
+	if resp.ProtoMajor != 2 {
+		t.Errorf("answered over %s, want HTTP/2", resp.Proto)
+	}
+	if err := json.Unmarshal(raw, &ar); err != nil || ar.Response == nil || !ar.Response.Allowed || len(ar.Response.Patch) == 0 {
+		t.Errorf("the review over HTTP/2 was not answered with an injection: %.300s", raw)
+	}
+
+	off := startTestServer(t, func(o *Options) { o.DisableHTTP2 = true })
+	offAddr := strings.TrimSuffix(strings.TrimPrefix(off.url, "https://"), InjectPath)
+	c, err = dial(offAddr, &tls.Config{NextProtos: []string{"h2", "http/1.1"}, RootCAs: off.client.Transport.(*http.Transport).TLSClientConfig.RootCAs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.ConnectionState().NegotiatedProtocol; p != "http/1.1" {
+		t.Errorf("DisableHTTP2: negotiated %q, want http/1.1", p)
+	}
+	c.Close()
+	c.Close()
 	// The admission port speaks TLS only.
-	resp, err := http.Post("http://"+addr+InjectPath, "application/json", bytes.NewReader([]byte("{}")))
+	resp, err = http.Post("http://"+addr+InjectPath, "application/json", bytes.NewReader([]byte("{}")))
 	if err == nil {
-		raw, _ := io.ReadAll(resp.Body)
+		raw, _ = io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if bytes.Contains(raw, []byte("AdmissionReview")) {
 			t.Error("a plaintext request was served an admission review")
