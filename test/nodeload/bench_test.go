@@ -46,7 +46,12 @@ type sample struct {
 	Round int
 	Rate  int
 	With  bool
-	Run   measure.Run
+	// Skip (with With false): the pod is in nsWith but opts out with the
+	// annotation sds-injector.io/inject=false, which no selector sees: the
+	// apiserver calls the webhook and it answers "skip" without a patch —
+	// what any webhook call costs the apiserver.
+	Skip bool
+	Run  measure.Run
 	// Wrong counts created pods whose injection was not what the
 	// namespace asks for (not injected in nsWith, injected in nsWithout).
 	Wrong int
@@ -92,26 +97,25 @@ func BenchmarkPodCreation(b *testing.B) {
 	header := machine()
 	// Warm-up (not recorded): connections, the webhook's caches, the
 	// apiserver's and etcd's first allocations.
-	for _, with := range []bool{true, false} {
-		if _, err := m.measure(ctx, 0, rates[0], 3*time.Second, with); err != nil {
+	for _, a := range arms {
+		if _, err := m.measure(ctx, 0, rates[0], 3*time.Second, a); err != nil {
 			b.Fatal(err)
 		}
 	}
 	var samples []sample
 	for round := 1; b.Loop(); round++ {
 		for _, rate := range rates {
-			order := []bool{true, false}
-			if round%2 == 0 {
-				order = []bool{false, true}
-			}
-			for _, with := range order {
-				s, err := m.measure(ctx, round, rate, *durationFlag, with)
+			// The arms rotate from round to round, so that none always
+			// runs first or after another.
+			for i := range arms {
+				a := arms[(i+round)%len(arms)]
+				s, err := m.measure(ctx, round, rate, *durationFlag, a)
 				if err != nil {
 					b.Fatal(err)
 				}
 				samples = append(samples, s)
 				fmt.Fprintf(os.Stderr, "nodeload: round %d, %d/s, %s: %d created (%.1f/s), %d errors, p50 %s, p99 %s, webhook calls %.0f\n",
-					round, rate, withName(with), len(s.Run.Latencies), s.Run.Rate(), len(s.Run.Errors)+s.Wrong, s.p(0.5), s.p(0.99), s.Calls)
+					round, rate, a, len(s.Run.Latencies), s.Run.Rate(), len(s.Run.Errors)+s.Wrong, s.p(0.5), s.p(0.99), s.Calls)
 			}
 		}
 	}
@@ -129,10 +133,13 @@ func BenchmarkPodCreation(b *testing.B) {
 	}
 	for _, s := range samples {
 		if len(s.Run.Errors)+s.Wrong > 0 {
-			b.Errorf("round %d, %d/s, %s: %d failed creations, %d pods injected wrongly; first: %v", s.Round, s.Rate, withName(s.With), len(s.Run.Errors), s.Wrong, firstErr(s.Run.Errors))
+			b.Errorf("round %d, %d/s, %s: %d failed creations, %d pods injected wrongly; first: %v", s.Round, s.Rate, armOf(s), len(s.Run.Errors), s.Wrong, firstErr(s.Run.Errors))
 		}
-		if !s.With && s.Calls != 0 {
+		if !s.With && !s.Skip && s.Calls != 0 {
 			b.Errorf("round %d, %d/s, without: the apiserver called a webhook %.0f times", s.Round, s.Rate, s.Calls)
+		}
+		if (s.With || s.Skip) && s.Calls != float64(len(s.Run.Latencies)) {
+			b.Errorf("round %d, %d/s, %s: %.0f webhook calls for %d pods, want one per pod", s.Round, s.Rate, armOf(s), s.Calls, len(s.Run.Latencies))
 		}
 	}
 }
@@ -149,11 +156,25 @@ func parseRates(s string) ([]int, error) {
 	return rates, nil
 }
 
-func withName(with bool) string {
-	if with {
-		return "with webhook"
+// arm is one way of creating the pods.
+type arm string
+
+const (
+	armWith    arm = "with webhook"
+	armWithout arm = "without"
+	armSkip    arm = "webhook skips"
+)
+
+var arms = []arm{armWith, armWithout, armSkip}
+
+func armOf(s sample) arm {
+	switch {
+	case s.With:
+		return armWith
+	case s.Skip:
+		return armSkip
 	}
-	return "without"
+	return armWithout
 }
 
 func firstErr(errs []error) error {
@@ -207,13 +228,14 @@ func (m *meter) scrape(ctx context.Context) (snapshot, error) {
 
 // measure creates gateway pods at rate for d in nsWith (with) or
 // nsWithout, reads the metrics before and after, and deletes the pods.
-func (m *meter) measure(ctx context.Context, round, rate int, d time.Duration, with bool) (sample, error) {
+func (m *meter) measure(ctx context.Context, round, rate int, d time.Duration, a arm) (sample, error) {
+	with, skip := a == armWith, a == armSkip
 	ns := nsWithout
-	if with {
+	if with || skip {
 		ns = nsWith
 	}
-	run := fmt.Sprintf("r%d-%d-%s", round, rate, map[bool]string{true: "with", false: "without"}[with])
-	s := sample{Round: round, Rate: rate, With: with}
+	run := fmt.Sprintf("r%d-%d-%s", round, rate, map[arm]string{armWith: "with", armWithout: "without", armSkip: "skip"}[a])
+	s := sample{Round: round, Rate: rate, With: with, Skip: skip}
 	before, err := m.scrape(ctx)
 	if err != nil {
 		return s, err
@@ -222,7 +244,14 @@ func (m *meter) measure(ctx context.Context, round, rate int, d time.Duration, w
 	s.Run = measure.Paced(ctx, rate, d, func(ctx context.Context, i int) error {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		got, err := m.cs.CoreV1().Pods(ns).Create(cctx, gatewayPod(ns, run, fmt.Sprintf("gw-%s-%05d", run, i)), metav1.CreateOptions{})
+		pod := gatewayPod(ns, run, fmt.Sprintf("gw-%s-%05d", run, i))
+		if skip {
+			if pod.Annotations == nil {
+				pod.Annotations = map[string]string{}
+			}
+			pod.Annotations[inject.AnnotationInject] = "false"
+		}
+		got, err := m.cs.CoreV1().Pods(ns).Create(cctx, pod, metav1.CreateOptions{})
 		if err != nil {
 			return err
 		}

@@ -56,6 +56,11 @@ type summary struct {
 	oursP50, oursP99               spread
 	rateWith, rateWithout          spread
 	calls, created, errors         float64
+	// skip*: the runs where the webhook is called and skips, over the
+	// same round's runs without it.
+	skipRounds                 int
+	p50Skip, p99Skip           spread
+	p50SkipRatio, p99SkipRatio spread
 }
 
 func secs(d time.Duration) float64 { return d.Seconds() }
@@ -63,18 +68,35 @@ func secs(d time.Duration) float64 { return d.Seconds() }
 // summarize pairs each round's run with the webhook with the same round's
 // run without it, at rate.
 func summarize(samples []sample, rate int) summary {
-	with, without := map[int]sample{}, map[int]sample{}
+	var sum summary
+	with, without, skip := map[int]sample{}, map[int]sample{}, map[int]sample{}
 	for _, s := range samples {
 		if s.Rate != rate || s.Round == 0 {
 			continue
 		}
-		if s.With {
+		switch {
+		case s.With:
 			with[s.Round] = s
-		} else {
+		case s.Skip:
+			skip[s.Round] = s
+		default:
 			without[s.Round] = s
 		}
 	}
-	var sum summary
+	var p50s, p99s, p50sr, p99sr []float64
+	for round, k := range skip {
+		o, ok := without[round]
+		if !ok {
+			continue
+		}
+		sum.skipRounds++
+		p50s, p99s = append(p50s, secs(k.p(0.5))), append(p99s, secs(k.p(0.99)))
+		p50sr = append(p50sr, float64(k.p(0.5))/float64(o.p(0.5)))
+		p99sr = append(p99sr, float64(k.p(0.99))/float64(o.p(0.99)))
+		sum.created += float64(len(k.Run.Latencies))
+		sum.errors += float64(len(k.Run.Errors) + k.Wrong)
+	}
+	sum.p50Skip, sum.p99Skip, sum.p50SkipRatio, sum.p99SkipRatio = spreadOf(p50s), spreadOf(p99s), spreadOf(p50sr), spreadOf(p99sr)
 	var p50w, p50o, p50r, p99w, p99o, p99r, wp50, wp99, u5, u25, op50, op99, rw, ro []float64
 	var allWith, allWithout []time.Duration
 	for round, w := range with {
@@ -113,8 +135,9 @@ func report(samples []sample, rates []int, d time.Duration) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Each run creates the Gloo Edge gateway-proxy pod of docs/examples at a fixed rate for %s (open loop) through kube-apiserver on the node: "+
 		"**with** = namespace %s (sds-injection=enabled: the chart's namespace-mode webhook, two injector pods behind the Service), "+
-		"**without** = namespace %s (sds-injection=disabled: no webhook configuration selects it). The pods never run (a scheduler name no scheduler has). "+
-		"The two alternate in order from round to round; pods are deleted after each run. Latencies in ms; min / **median** / max over the rounds; "+
+		"**without** = namespace %s (sds-injection=disabled: no webhook configuration selects it), "+
+		"**webhook skips** = namespace %[2]s again with the pod annotated sds-injector.io/inject=false (no selector sees annotations: the apiserver calls the webhook, which answers without a patch — what any webhook call costs). The pods never run (a scheduler name no scheduler has). "+
+		"The arms rotate in order from round to round; pods are deleted after each run. Latencies in ms; min / **median** / max over the rounds; "+
 		"ratios with / without of the same round. Apiserver and webhook percentiles are estimates by linear interpolation inside histogram buckets "+
 		"(the apiserver's webhook histogram has bounds 5, 25, 100 ms…: its p50 and p99 inside the first bucket say little; the fractions say more).\n\n", d, nsWith, nsWithout)
 	b.WriteString("| rate | rounds | create p50 without | create p50 with | p50 ratio | create p99 without | create p99 with | p99 ratio | pooled ratio p50 / p99 | apiserver → webhook p50 / p99 (est.) | webhook calls ≤ 5 ms / ≤ 25 ms (%) | sds-injector's own p50 / p99 (est.) | achieved rate with / without (median) | pods created, webhook calls, errors |\n")
@@ -131,6 +154,11 @@ func report(samples []sample, rates []int, d time.Duration) string {
 		s := summarize(samples, rate)
 		fmt.Fprintf(&b, "- %d/s: p50 ×%.2f (%s), p99 ×%.2f (%s)\n", rate, s.p50Ratio.med, verdict(s.p50Ratio.med), s.p99Ratio.med, verdict(s.p99Ratio.med))
 	}
+	b.WriteString("\nThe apiserver's cost of calling a webhook at all (webhook skips / without, median ratio over the rounds; create p50 and p99 of the skip runs in ms, min / **median** / max):\n\n")
+	for _, rate := range rates {
+		s := summarize(samples, rate)
+		fmt.Fprintf(&b, "- %d/s (%d rounds): p50 ×%s (%s ms), p99 ×%s (%s ms)\n", rate, s.skipRounds, s.p50SkipRatio.ratio(), s.p50Skip.ms(), s.p99SkipRatio.ratio(), s.p99Skip.ms())
+	}
 	b.WriteString("\nEvery run:\n\n")
 	b.WriteString("| round | rate | webhook | created | achieved | errors | create p50 | create p99 | apiserver POST pods p50 / p99 (est.) | webhook calls | apiserver → webhook p50 / p99 (est.) | ≤ 5 ms | ≤ 25 ms | sds-injector's own: calls, p50 / p99 (est.) |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -140,12 +168,12 @@ func report(samples []sample, rates []int, d time.Duration) string {
 		}
 		wh := "– | – | –"
 		ours := "–"
-		if s.With {
+		if s.With || s.Skip {
 			wh = fmt.Sprintf("%s / %s | %.1f %% | %.1f %%", ms(s.Webhook.Quantile(0.5)), ms(s.Webhook.Quantile(0.99)), 100*s.Webhook.FractionBelow(0.005), 100*s.Webhook.FractionBelow(0.025))
 			ours = fmt.Sprintf("%.0f, %s / %s", s.Ours.Count, ms(s.Ours.Quantile(0.5)), ms(s.Ours.Quantile(0.99)))
 		}
 		fmt.Fprintf(&b, "| %d | %d/s | %s | %d | %.1f/s | %d | %s | %s | %s / %s | %.0f | %s | %s |\n",
-			s.Round, s.Rate, map[bool]string{true: "with", false: "without"}[s.With], len(s.Run.Latencies), s.Run.Rate(), len(s.Run.Errors)+s.Wrong,
+			s.Round, s.Rate, armOf(s), len(s.Run.Latencies), s.Run.Rate(), len(s.Run.Errors)+s.Wrong,
 			ms(secs(s.p(0.5))), ms(secs(s.p(0.99))), ms(s.Post.Quantile(0.5)), ms(s.Post.Quantile(0.99)), s.Calls, wh, ours)
 	}
 	return b.String()
