@@ -1,3 +1,5 @@
+//go:build !nocheck
+
 package main
 
 import (

@@ -217,10 +217,11 @@ func TestDockerfileBuildsTheSameImages(t *testing.T) {
 					runs = append(runs, in.args)
 				}
 			}
-			flags := GoBuildFlags("${VERSION}")
-			wantRun := fmt.Sprintf("CGO_ENABLED=0 GOFLAGS= GOOS=${TARGETOS} GOARCH=${TARGETARCH} go build %s %s %s %q -o /out/%s %s",
-				flags[0], flags[1], flags[2], flags[3], ri.Name, ri.Package)
-			if flags[2] != "-ldflags" || !slices.Equal(runs, []string{wantRun}) {
+			flags := GoBuildFlags("${VERSION}", ri.Tags...)
+			n := len(flags)
+			wantRun := fmt.Sprintf("CGO_ENABLED=0 GOFLAGS= GOOS=${TARGETOS} GOARCH=${TARGETARCH} go build %s %q -o /out/%s %s",
+				strings.Join(flags[:n-1], " "), flags[n-1], ri.Name, ri.Package)
+			if flags[n-2] != "-ldflags" || !slices.Equal(runs, []string{wantRun}) {
 				t.Errorf("stage %s runs\n %q\nwant\n %q", buildStage, runs, wantRun)
 			}
 			if bs.from != "build" {

@@ -25,6 +25,8 @@ type GoBinary struct {
 	Platform v1.Platform
 	// Version is stamped into main.version (empty: not stamped).
 	Version string
+	// Tags are build tags (go build -tags).
+	Tags []string
 	// Output is the path of the binary to write.
 	Output string
 	// Go is the go command (default "go").
@@ -34,9 +36,14 @@ type GoBinary struct {
 // GoBuildFlags are the flags of every reproducible build: no cgo (a static
 // binary), no build paths (-trimpath), no build ID and no VCS stamp, so the
 // same source and toolchain give the same bytes wherever they are built.
-// The Dockerfile uses the same flags (a test compares them).
-func GoBuildFlags(version string) []string {
-	return []string{"-trimpath", "-buildvcs=false", "-ldflags", LDFlags(version)}
+// The Dockerfile uses the same flags (a test compares them). Build tags,
+// if any, go in as -tags before -ldflags.
+func GoBuildFlags(version string, tags ...string) []string {
+	f := []string{"-trimpath", "-buildvcs=false"}
+	if len(tags) > 0 {
+		f = append(f, "-tags", strings.Join(tags, ","))
+	}
+	return append(f, "-ldflags", LDFlags(version))
 }
 
 // LDFlags are the linker flags: strip symbols and DWARF, empty build ID,
@@ -67,7 +74,7 @@ func GoBuild(ctx context.Context, b GoBinary) error {
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
-	args := append([]string{"build"}, GoBuildFlags(b.Version)...)
+	args := append([]string{"build"}, GoBuildFlags(b.Version, b.Tags...)...)
 	args = append(args, "-o", out, b.Package)
 	cmd := exec.CommandContext(ctx, goCmd, args...)
 	cmd.Dir = b.Dir

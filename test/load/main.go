@@ -101,7 +101,8 @@ func repoRoot() string {
 }
 
 // buildBinary is this tool itself with -floor, -bin if set, else
-// sds-injector built from this tree once per content (test/harness).
+// sds-injector built from this tree once per content (test/harness) as
+// the release image builds it (static, stripped, -tags nocheck).
 func buildBinary(string) (string, error) {
 	if *floor {
 		return selfBinary()
@@ -109,7 +110,8 @@ func buildBinary(string) (string, error) {
 	if *binPath != "" {
 		return *binPath, nil
 	}
-	return harness.Build(context.Background(), harness.Injector, harness.BuildOptions{})
+	return harness.Build(context.Background(), harness.Injector, harness.BuildOptions{
+		Env: harness.Static.Env, Flags: append([]string{"-tags=nocheck"}, harness.Static.Flags...)})
 }
 
 // server is a running `sds-injector serve` process.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +13,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
@@ -178,4 +181,36 @@ func BenchmarkHTTPSReviewAPIServerGloo(b *testing.B) {
 
 func BenchmarkHTTPSReviewAPIServerSkip(b *testing.B) {
 	benchHTTPS(b, apiserverReview(b, "plain-app.json"), false)
+}
+
+// BenchmarkDecodeLayers: what decoding the recorded reviews costs, layer by
+// layer, with the fast path's options — the lower bound of a review in
+// this design (docs/performance.md): valid = the tokenizer's walk alone
+// (jsonv2 validates every byte in any decode), envelope = the transport
+// checks' decode, screen = the skip path's partial decode, pod = the
+// injection path's whole decode with API types.
+func BenchmarkDecodeLayers(b *testing.B) {
+	for _, name := range []string{"gloo-chart.json", "plain-app.json"} {
+		body := apiserverReview(b, name)
+		decode := func(layer string, f func() error) {
+			b.Run(name+"/"+layer, func(b *testing.B) {
+				b.SetBytes(int64(len(body)))
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := f(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+		decode("valid", func() error {
+			if !jsontext.Value(body).IsValid() {
+				return errors.New("invalid JSON")
+			}
+			return nil
+		})
+		decode("envelope", func() error { var env envelope; return jsonv2.Unmarshal(body, &env, envelopeOptions) })
+		decode("screen", func() error { var r fastReview[screenPod]; return jsonv2.Unmarshal(body, &r, envelopeOptions) })
+		decode("pod", func() error { var r fastReview[corev1.Pod]; return jsonv2.Unmarshal(body, &r, envelopeOptions) })
+	}
 }
