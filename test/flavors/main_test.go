@@ -13,7 +13,6 @@ package flavors
 import (
 	"bytes"
 	"context"
-	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -61,22 +60,7 @@ var (
 	serveReady time.Duration
 )
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	if testing.Short() {
-		// Every test skips with the reason (skipShort).
-		os.Exit(m.Run())
-	}
-	os.Exit(node.Main(prepare, func(p *node.Prepared) int {
-		prepared = p
-		code, err := inside(m)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "flavors: FAIL:", err)
-			return 1
-		}
-		return code
-	}))
-}
+func TestMain(m *testing.M) { os.Exit(node.RunMain(m, "flavors", prepare, inside)) }
 
 // prepare runs outside the namespace: it builds the binaries and images.
 func prepare(ctx context.Context, p *node.Prepared) error {
@@ -156,9 +140,8 @@ func bootstrapTemplate(istioSource string) string {
 	return filepath.Join(dir, "envoy_bootstrap.json")
 }
 
-func inside(m *testing.M) (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+func inside(ctx context.Context, m *testing.M, p *node.Prepared) (int, error) {
+	prepared = p
 	var err error
 	if repoRoot, err = node.RepoRoot(); err != nil {
 		return 1, err
