@@ -453,23 +453,10 @@ func (i *Istiod) start(ctx context.Context, opts Options, meshFile string) error
 	client := &http.Client{Timeout: 2 * time.Second}
 	waitCtx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
 	defer cancel()
-	err = wait.PollUntilContextCancel(waitCtx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		select {
-		case <-proc.Done():
-			if strings.Contains(i.LogTail(200), "address already in use") {
-				return false, errAddrInUse
-			}
-			return false, fmt.Errorf("%s exited before it was ready: %w", DiscoveryBinary, proc.Err())
-		default:
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+i.HTTPAddr+"/ready", nil)
-		resp, err := client.Do(req)
-		if err != nil {
-			return false, nil
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
+	err = proc.WaitHTTP(waitCtx, client, "http://"+i.HTTPAddr+"/ready")
+	if err != nil && proc.Exited() && strings.Contains(i.LogTail(200), "address already in use") {
+		err = errAddrInUse
+	}
 	if err != nil {
 		i.kill()
 		if errors.Is(err, errAddrInUse) {

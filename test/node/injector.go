@@ -13,7 +13,6 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/sds-injector/sds-injector/internal/imagebuild"
 	"github.com/sds-injector/sds-injector/test/harness"
@@ -81,21 +80,9 @@ func (n *Node) ServeInjectorAt(ctx context.Context, bin, name, config string, po
 		return nil, err
 	}
 	inj := &Injector{proc: proc}
-	readyz := fmt.Sprintf("http://127.0.0.1:%d/readyz", health)
-	err = wait.PollUntilContextTimeout(ctx, harness.PollInterval, time.Minute, true, func(ctx context.Context) (bool, error) {
-		select {
-		case <-proc.Done():
-			return false, fmt.Errorf("exited: %v", proc.Err())
-		default:
-		}
-		resp, err := http.Get(readyz)
-		if err != nil {
-			return false, nil
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
-	if err != nil {
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := proc.WaitHTTP(wctx, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/readyz", health)); err != nil {
 		inj.Stop()
 		return nil, fmt.Errorf("sds-injector serve (%s) not ready: %w\n%s", name, err, inj.Output())
 	}
