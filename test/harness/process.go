@@ -21,17 +21,32 @@ type Process struct {
 	// LogPath is the file the output goes to (StartLogged), "" for memory.
 	LogPath string
 	logFile *os.File
-	mu      sync.Mutex
-	out     bytes.Buffer
+	out     Buffer
 	done    chan struct{}
 	err     error
 }
 
-func (p *Process) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
+// Buffer is an output buffer safe for concurrent writes (a process's
+// stdout and stderr) and reads.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
 }
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String is what was written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func (p *Process) Write(b []byte) (int, error) { return p.out.Write(b) }
 
 // Output is everything the process has written to stdout and stderr (for
 // StartLogged, what its log file holds now: "" once removed).
@@ -40,8 +55,6 @@ func (p *Process) Output() string {
 		b, _ := os.ReadFile(p.LogPath)
 		return string(b)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	return p.out.String()
 }
 
