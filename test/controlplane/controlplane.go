@@ -380,24 +380,33 @@ func (cp *ControlPlane) fixWebhookURLs(ctx context.Context) error {
 		*u = prefix + strings.TrimLeft(strings.TrimPrefix(*u, prefix), "/")
 		return true
 	}
-	for _, hook := range w.MutatingWebhooks {
-		changed := false
-		for i := range hook.Webhooks {
-			changed = fix(hook.Webhooks[i].ClientConfig.URL) || changed
-		}
-		if changed {
-			if err := cp.updateWebhookURLs(ctx, hook.Name, hook.DeepCopy()); err != nil {
-				return err
-			}
-		}
+	// Each configuration (fixed in place) with its webhooks' client configs.
+	type installed struct {
+		obj     client.Object
+		clients []*admissionregistrationv1.WebhookClientConfig
 	}
-	for _, hook := range w.ValidatingWebhooks {
+	var all []installed
+	for _, h := range w.MutatingWebhooks {
+		in := installed{obj: h}
+		for i := range h.Webhooks {
+			in.clients = append(in.clients, &h.Webhooks[i].ClientConfig)
+		}
+		all = append(all, in)
+	}
+	for _, h := range w.ValidatingWebhooks {
+		in := installed{obj: h}
+		for i := range h.Webhooks {
+			in.clients = append(in.clients, &h.Webhooks[i].ClientConfig)
+		}
+		all = append(all, in)
+	}
+	for _, in := range all {
 		changed := false
-		for i := range hook.Webhooks {
-			changed = fix(hook.Webhooks[i].ClientConfig.URL) || changed
+		for _, c := range in.clients {
+			changed = fix(c.URL) || changed
 		}
 		if changed {
-			if err := cp.updateWebhookURLs(ctx, hook.Name, hook.DeepCopy()); err != nil {
+			if err := cp.updateWebhookURLs(ctx, in.obj.GetName(), in.obj.DeepCopyObject().(client.Object)); err != nil {
 				return err
 			}
 		}
