@@ -14,6 +14,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/sds-injector/sds-injector/test/node/checkreport"
 )
 
 // WaitPod polls the pod ns/name until cond holds and returns its last
@@ -84,15 +86,7 @@ func (n *Node) ContainerLog(ns, name, uid, container string, restart int) ([]Log
 // CheckerEvent is one report line of gateway-checker (cmd/gateway-checker):
 // "CHECK <json>" on its stdout.
 type CheckerEvent struct {
-	Event          string    `json:"event"` // start, cert, rootca, error, stream-end
-	Time           time.Time `json:"time"`
-	UID            int       `json:"uid"`
-	Groups         []int     `json:"groups"`
-	PresentAtStart *bool     `json:"presentAtStart"`
-	Serial         string    `json:"serial"`
-	NotAfter       time.Time `json:"notAfter"`
-	SPIFFE         string    `json:"spiffe"`
-	Error          string    `json:"error"`
+	checkreport.Line
 	// LogTime is the runtime's timestamp of the line.
 	LogTime time.Time `json:"-"`
 }
@@ -101,7 +95,7 @@ type CheckerEvent struct {
 func CheckerEvents(lines []LogLine) ([]CheckerEvent, error) {
 	var evs []CheckerEvent
 	for _, l := range lines {
-		raw, ok := strings.CutPrefix(l.Text, "CHECK ")
+		raw, ok := strings.CutPrefix(l.Text, checkreport.Prefix)
 		if !ok {
 			continue
 		}
