@@ -22,7 +22,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/sds-injector/sds-injector/test/controlplane"
@@ -113,17 +112,10 @@ type CertManager struct {
 	opts       Options
 	args       map[string][]string
 	mu         sync.Mutex
-	procs      []*proc
+	procs      []*harness.Process
 	// releasePorts frees the reserved ports (Stop).
 	releasePorts func()
 	stopOnce     sync.Once
-}
-
-type proc struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
 }
 
 // Start runs cainjector and the controller and waits until the
@@ -192,25 +184,16 @@ func (cm *CertManager) StartProcess(name string) error {
 		return fmt.Errorf("unknown cert-manager component %q", name)
 	}
 	for _, p := range cm.procs {
-		if p.name == name {
+		if p.Name == name {
 			return fmt.Errorf("%s is already running", name)
 		}
 	}
-	logPath := filepath.Join(cm.opts.LogDir, name+".log")
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	cmd := exec.Command(filepath.Join(cm.opts.Dir, name), args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+cm.opts.Kubeconfig)
+	p, err := harness.StartLogged(name, cmd, filepath.Join(cm.opts.LogDir, name+".log"), nil)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(cm.opts.Dir, name), args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+cm.opts.Kubeconfig)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return fmt.Errorf("starting %s: %w", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
 	cm.procs = append(cm.procs, p)
 	return nil
 }
@@ -220,8 +203,8 @@ func (cm *CertManager) StopProcess(name string) error {
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
 	for i, p := range cm.procs {
-		if p.name == name {
-			p.stop()
+		if p.Name == name {
+			_ = p.Stop(stopGrace)
 			cm.procs = append(cm.procs[:i], cm.procs[i+1:]...)
 			return nil
 		}
@@ -229,25 +212,17 @@ func (cm *CertManager) StopProcess(name string) error {
 	return fmt.Errorf("%s is not running", name)
 }
 
-func (p *proc) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+// stopGrace is how long a component has after SIGTERM before its process
+// group is killed.
+const stopGrace = 15 * time.Second
 
 // Running reports whether both processes are still up.
 func (cm *CertManager) Running() bool {
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
 	for _, p := range cm.procs {
-		select {
-		case <-p.done:
+		if p.Exited() {
 			return false
-		default:
 		}
 	}
 	return len(cm.procs) == 2
@@ -267,16 +242,17 @@ func (cm *CertManager) LogTail() string {
 	return b.String()
 }
 
-// Stop terminates the running components (SIGTERM, then SIGKILL after 15s).
+// Stop terminates the running components (SIGTERM, then SIGKILL to each
+// process group after stopGrace).
 func (cm *CertManager) Stop() error {
 	cm.stopOnce.Do(func() {
 		cm.mu.Lock()
 		defer cm.mu.Unlock()
 		for _, p := range cm.procs {
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+			p.Terminate()
 		}
 		for _, p := range cm.procs {
-			p.stop()
+			_ = p.Stop(stopGrace)
 		}
 		cm.procs = nil
 		cm.releasePorts()

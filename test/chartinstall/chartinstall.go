@@ -201,17 +201,7 @@ func ListPods(ctx context.Context, cs kubernetes.Interface) ([]corev1.Pod, error
 }
 
 // Ready reports whether p is Ready and not being deleted.
-func Ready(p *corev1.Pod) bool {
-	if p.DeletionTimestamp != nil {
-		return false
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
+func Ready(p *corev1.Pod) bool { return p.DeletionTimestamp == nil && node.PodReady(p) }
 
 // WaitProxied waits until kube-proxy's nat rules (iptables-save, inside
 // the node's namespace) DNAT the webhook Service's ClusterIP to endpoints

@@ -413,14 +413,11 @@ func glooDeploymentInjected(ctx context.Context, t *testing.T) {
 			t.Errorf("container %s not ready: %+v", c.Name, c.State)
 		}
 	}
-	var evs []checkEvent
-	var readErr error
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		evs, readErr = checkerEvents(pod)
-		return countEvents(evs, "cert") >= 1 && countEvents(evs, "rootca") >= 1, nil
+	evs, err := n.Logs(pod).WaitEvents(ctx, "gateway-proxy", 0, time.Minute, func(evs []node.CheckerEvent) bool {
+		return node.CountEvents(evs, "cert") >= 1 && node.CountEvents(evs, "rootca") >= 1
 	})
 	if err != nil {
-		t.Fatalf("gateway-checker verified no certificate: %v (last read: %v); events %+v", err, readErr, evs)
+		t.Fatalf("gateway-checker verified no certificate: %v", err)
 	}
 	for _, e := range evs {
 		if e.Event == "error" {
@@ -438,52 +435,6 @@ func glooDeploymentInjected(ctx context.Context, t *testing.T) {
 	}
 	t.Logf("kubectl apply → ReplicaSet %s → pod %s injected by the chart's webhook pods (flavor %s, agent image %s) → Ready on the kubelet in %s",
 		owner.Name, pod.Name, st.Flavor, agentImage, took.Round(time.Millisecond))
-}
-
-type checkEvent struct {
-	Event    string    `json:"event"`
-	UID      int       `json:"uid"`
-	Serial   string    `json:"serial"`
-	SPIFFE   string    `json:"spiffe"`
-	NotAfter time.Time `json:"notAfter"`
-	Error    string    `json:"error"`
-}
-
-// checkerEvents reads gateway-checker's report from the kubelet's pod log
-// directory (CRI format: "<time> <stream> <P|F> <line>").
-func checkerEvents(pod *corev1.Pod) ([]checkEvent, error) {
-	file := filepath.Join(n.PodLogsDir, fmt.Sprintf("%s_%s_%s", pod.Namespace, pod.Name, pod.UID), "gateway-proxy", "0.log")
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, err
-	}
-	var evs []checkEvent
-	for _, line := range strings.Split(string(b), "\n") {
-		parts := strings.SplitN(line, " ", 4)
-		if len(parts) < 4 {
-			continue
-		}
-		s, ok := strings.CutPrefix(parts[3], "CHECK ")
-		if !ok {
-			continue
-		}
-		var e checkEvent
-		if err := json.Unmarshal([]byte(s), &e); err != nil {
-			return nil, fmt.Errorf("gateway-checker line %q: %w", s, err)
-		}
-		evs = append(evs, e)
-	}
-	return evs, nil
-}
-
-func countEvents(evs []checkEvent, kind string) int {
-	c := 0
-	for _, e := range evs {
-		if e.Event == kind {
-			c++
-		}
-	}
-	return c
 }
 
 // rolloutUnderLoad restarts the injector Deployment (kubectl rollout

@@ -15,7 +15,6 @@ package chartnode
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"testing"
@@ -36,21 +35,7 @@ var (
 	prepared *node.Prepared
 )
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	if testing.Short() {
-		os.Exit(m.Run()) // every test skips with the reason
-	}
-	os.Exit(node.Main(prepare, func(p *node.Prepared) int {
-		prepared = p
-		code, err := inside(m)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "chartnode: FAIL:", err)
-			return 1
-		}
-		return code
-	}))
-}
+func TestMain(m *testing.M) { os.Exit(node.RunMain(m, "chartnode", prepare, inside)) }
 
 // prepare runs outside the namespace: the release images (as make images
 // builds them: internal/imagebuild.BuildRelease for this machine's
@@ -70,10 +55,8 @@ func prepare(ctx context.Context, p *node.Prepared) error {
 	})
 }
 
-func inside(m *testing.M) (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	var err error
+func inside(ctx context.Context, m *testing.M, p *node.Prepared) (int, error) {
+	prepared = p
 	mesh, err := node.StartMesh(ctx, prepared, chartinstall.NodeOptions())
 	if err != nil {
 		return 1, err

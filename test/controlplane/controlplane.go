@@ -44,6 +44,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // Names of the binaries in a binary directory.
@@ -250,10 +252,7 @@ type ControlPlane struct {
 	ControllerManagerLogPath string
 
 	dir      string
-	kcm      *exec.Cmd
-	kcmDone  chan struct{}
-	kcmErr   error
-	kcmLog   *os.File
+	kcm      *harness.Process
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -381,24 +380,33 @@ func (cp *ControlPlane) fixWebhookURLs(ctx context.Context) error {
 		*u = prefix + strings.TrimLeft(strings.TrimPrefix(*u, prefix), "/")
 		return true
 	}
-	for _, hook := range w.MutatingWebhooks {
-		changed := false
-		for i := range hook.Webhooks {
-			changed = fix(hook.Webhooks[i].ClientConfig.URL) || changed
-		}
-		if changed {
-			if err := cp.updateWebhookURLs(ctx, hook.Name, hook.DeepCopy()); err != nil {
-				return err
-			}
-		}
+	// Each configuration (fixed in place) with its webhooks' client configs.
+	type installed struct {
+		obj     client.Object
+		clients []*admissionregistrationv1.WebhookClientConfig
 	}
-	for _, hook := range w.ValidatingWebhooks {
+	var all []installed
+	for _, h := range w.MutatingWebhooks {
+		in := installed{obj: h}
+		for i := range h.Webhooks {
+			in.clients = append(in.clients, &h.Webhooks[i].ClientConfig)
+		}
+		all = append(all, in)
+	}
+	for _, h := range w.ValidatingWebhooks {
+		in := installed{obj: h}
+		for i := range h.Webhooks {
+			in.clients = append(in.clients, &h.Webhooks[i].ClientConfig)
+		}
+		all = append(all, in)
+	}
+	for _, in := range all {
 		changed := false
-		for i := range hook.Webhooks {
-			changed = fix(hook.Webhooks[i].ClientConfig.URL) || changed
+		for _, c := range in.clients {
+			changed = fix(c.URL) || changed
 		}
 		if changed {
-			if err := cp.updateWebhookURLs(ctx, hook.Name, hook.DeepCopy()); err != nil {
+			if err := cp.updateWebhookURLs(ctx, in.obj.GetName(), in.obj.DeepCopyObject().(client.Object)); err != nil {
 				return err
 			}
 		}
@@ -422,16 +430,10 @@ func (cp *ControlPlane) updateWebhookURLs(ctx context.Context, name string, want
 
 func (cp *ControlPlane) startControllerManager(ctx context.Context, attach bool, timeout time.Duration) error {
 	cp.ControllerManagerLogPath = filepath.Join(cp.dir, "kube-controller-manager.log")
-	logFile, err := os.Create(cp.ControllerManagerLogPath)
-	if err != nil {
-		return err
-	}
-	cp.kcmLog = logFile
-	var out io.Writer = logFile
+	var also io.Writer
 	if attach {
-		out = io.MultiWriter(logFile, os.Stderr)
+		also = os.Stderr
 	}
-
 	cmd := exec.Command(filepath.Join(cp.BinaryDir, ControllerManagerBinary),
 		"--kubeconfig="+cp.KubeconfigPath,
 		"--controllers="+strings.Join(ControllerManagerControllers, ","),
@@ -439,17 +441,11 @@ func (cp *ControlPlane) startControllerManager(ctx context.Context, attach bool,
 		"--bind-address=127.0.0.1",
 		"--secure-port=0",
 	)
-	cmd.Stdout = out
-	cmd.Stderr = out
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting kube-controller-manager: %w", err)
+	kcm, err := harness.StartLogged("kube-controller-manager", cmd, cp.ControllerManagerLogPath, also)
+	if err != nil {
+		return err
 	}
-	cp.kcm = cmd
-	cp.kcmDone = make(chan struct{})
-	go func() {
-		cp.kcmErr = cmd.Wait()
-		close(cp.kcmDone)
-	}()
+	cp.kcm = kcm
 
 	// Ready when the serviceaccount controller has created the default
 	// ServiceAccount of the default namespace: the informers have synced and
@@ -458,8 +454,8 @@ func (cp *ControlPlane) startControllerManager(ctx context.Context, attach bool,
 	defer cancel()
 	err = wait.PollUntilContextCancel(waitCtx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		select {
-		case <-cp.kcmDone:
-			return false, fmt.Errorf("kube-controller-manager exited: %w", cp.kcmErr)
+		case <-kcm.Done():
+			return false, fmt.Errorf("kube-controller-manager exited: %w", kcm.Err())
 		default:
 		}
 		err := cp.Client.Get(ctx, types.NamespacedName{Namespace: "default", Name: "default"}, &corev1.ServiceAccount{})
@@ -503,18 +499,7 @@ func (cp *ControlPlane) Stop() error {
 	cp.stopOnce.Do(func() {
 		var errs []error
 		if cp.kcm != nil {
-			_ = cp.kcm.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-cp.kcmDone:
-			case <-time.After(10 * time.Second):
-				_ = cp.kcm.Process.Kill()
-				<-cp.kcmDone
-			}
-		}
-		if cp.kcmLog != nil {
-			if err := cp.kcmLog.Close(); err != nil {
-				errs = append(errs, err)
-			}
+			_ = cp.kcm.Stop(10 * time.Second)
 		}
 		if cp.Env != nil {
 			if err := cp.Env.Stop(); err != nil {

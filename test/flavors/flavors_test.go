@@ -1,7 +1,6 @@
 package flavors
 
 import (
-	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -16,11 +15,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
-	"sigs.k8s.io/yaml"
 
+	"github.com/sds-injector/sds-injector/test/harness"
 	"github.com/sds-injector/sds-injector/test/istiod"
 	"github.com/sds-injector/sds-injector/test/node"
 	"github.com/sds-injector/sds-injector/webhook/inject"
@@ -50,15 +47,7 @@ func (g gateway) pod(t *testing.T) *corev1.Pod {
 			}}},
 		}
 	}
-	data, err := os.ReadFile(filepath.Join(repoRoot, "docs", "examples", g.file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pod corev1.Pod
-	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
-		t.Fatalf("%s: %v", g.file, err)
-	}
-	return &pod
+	return harness.ExamplePod(t, g.file, "", "", nil, nil)
 }
 
 // consumes: whether the gateway's built-in profile consumes flavor f.
@@ -182,20 +171,6 @@ func ms(d time.Duration) string {
 	return d.Round(time.Millisecond).String()
 }
 
-// event is a gateway-checker report line.
-type event struct {
-	Event          string    `json:"event"`
-	Time           time.Time `json:"time"`
-	UID            int       `json:"uid"`
-	Groups         []int     `json:"groups"`
-	PresentAtStart *bool     `json:"presentAtStart"`
-	Serial         string    `json:"serial"`
-	NotAfter       time.Time `json:"notAfter"`
-	Error          string    `json:"error"`
-	// logTime is the CRI log timestamp of the line.
-	logTime time.Time
-}
-
 func runCase(t *testing.T, flavor inject.Flavor, gw gateway, native bool, v variant) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -246,9 +221,9 @@ func runCase(t *testing.T, flavor inject.Flavor, gw gateway, native bool, v vari
 	}
 	t.Logf("injected by the webhook: flavor %s, placement %s, profile %s, agent container %s, image %s", st.Flavor, st.Placement, st.GatewayProfile, agent, st.Image)
 
-	ready, err := waitPod(ctx, nsName, "gw", 2*time.Minute, func(p *corev1.Pod) bool { return podReady(p) })
+	ready, err := n.WaitPod(ctx, nsName, "gw", 2*time.Minute, node.PodReady)
 	if err != nil {
-		t.Fatalf("pod not Ready: %v\n%s", err, describe(ready))
+		t.Fatalf("pod not Ready: %v\n%s", err, n.Describe(ready))
 	}
 	row.PodReady = time.Since(created)
 	checkToken(t, ready)
@@ -260,16 +235,16 @@ func runCase(t *testing.T, flavor inject.Flavor, gw gateway, native bool, v vari
 		}
 		t.Logf("pod IP %s; %s", ready.Status.PodIP, strings.TrimSpace(strings.Split(string(out), "\n")[0]))
 	}
-	as := containerStatus(ready, agent)
+	as := node.StatusOf(ready, agent)
 	if as == nil || !as.Ready {
 		t.Fatalf("agent container %s not reported ready by the kubelet: %+v", agent, as)
 	}
 	t.Logf("kubelet: pod Ready %s after create; agent %s ready (%s)", row.PodReady.Round(time.Millisecond), agent, readinessOf(ready, agent))
 
 	// The gateway's view.
-	logs := logReader{ns: nsName, pod: "gw", uid: string(ready.UID)}
-	events, err := logs.waitEvents(ctx, gw.container, 0, time.Minute, func(evs []event) bool {
-		return countCerts(evs) >= 1 && (mode == "files" || has(evs, "rootca"))
+	logs := n.Logs(ready)
+	events, err := logs.WaitEvents(ctx, gw.container, 0, time.Minute, func(evs []node.CheckerEvent) bool {
+		return node.CountEvents(evs, "cert") >= 1 && (mode == "files" || node.CountEvents(evs, "rootca") > 0)
 	})
 	if err != nil && istiod.ReleaseUnderTest() != "" && flavor == inject.FlavorIstioProxy && hasError(events, "unknown service envoy.service.secret.v3") {
 		// Measured with Istio 1.5: its agent serves only the v2 SDS API;
@@ -296,18 +271,18 @@ func runCase(t *testing.T, flavor inject.Flavor, gw gateway, native bool, v vari
 			t.Errorf("gateway-checker reported: %s", e.Error)
 		}
 	}
-	first := firstCert(events)
-	agentFirst, err := logs.firstLine(agent, 0)
+	first := node.FirstEvent(events, "cert")
+	agentFirst, err := logs.FirstLine(agent, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	row.AgentToGateway = start.logTime.Sub(agentFirst)
+	row.AgentToGateway = start.LogTime.Sub(agentFirst)
 	row.FirstCert = first.Time.Sub(start.Time)
 	rep.firstCert = first.Time.Sub(agentFirst)
 	t.Logf("gateway (uid %d, groups %v) saw %s at its start; agent start → gateway start %s; first verified certificate %s after gateway start (serial %s, %s SPIFFE ID, valid until %s)",
 		start.UID, start.Groups, path, ms(row.AgentToGateway), ms(row.FirstCert), first.Serial, spiffe, first.NotAfter.Format(time.RFC3339))
 	if row.AgentToGateway <= 0 {
-		t.Errorf("the gateway container's first log line (%s) is not after the agent's (%s)", start.logTime, agentFirst)
+		t.Errorf("the gateway container's first log line (%s) is not after the agent's (%s)", start.LogTime, agentFirst)
 	}
 
 	// Kill the agent: the kubelet restarts it, the gateway (not restarted)
@@ -317,21 +292,21 @@ func runCase(t *testing.T, flavor inject.Flavor, gw gateway, native bool, v vari
 	if out, err := n.Ctr(ctx, "tasks", "kill", "-s", "SIGKILL", containerID); err != nil {
 		t.Fatalf("killing the agent container %s: %v\n%s", containerID, err, out)
 	}
-	restarted, err := waitPod(ctx, nsName, "gw", 2*time.Minute, func(p *corev1.Pod) bool {
-		s := containerStatus(p, agent)
+	restarted, err := n.WaitPod(ctx, nsName, "gw", 2*time.Minute, func(p *corev1.Pod) bool {
+		s := node.StatusOf(p, agent)
 		return s != nil && s.RestartCount >= 1 && s.Ready
 	})
 	if err != nil {
-		t.Fatalf("the kubelet did not restart the agent: %v\n%s", err, describe(restarted))
+		t.Fatalf("the kubelet did not restart the agent: %v\n%s", err, n.Describe(restarted))
 	}
-	if gs := containerStatus(restarted, gw.container); gs == nil || gs.RestartCount != 0 {
+	if gs := node.StatusOf(restarted, gw.container); gs == nil || gs.RestartCount != 0 {
 		t.Errorf("the gateway container was restarted: %+v", gs)
 	}
 	if restarted.UID != ready.UID {
 		t.Errorf("the pod was replaced (uid %s → %s)", ready.UID, restarted.UID)
 	}
 	nBefore := len(events)
-	events, err = logs.waitEvents(ctx, gw.container, 0, time.Minute, func(evs []event) bool {
+	events, err = logs.WaitEvents(ctx, gw.container, 0, time.Minute, func(evs []node.CheckerEvent) bool {
 		return certAfter(evs, killed) != nil
 	})
 	if err != nil {
@@ -340,18 +315,18 @@ func runCase(t *testing.T, flavor inject.Flavor, gw gateway, native bool, v vari
 	again := certAfter(events, killed)
 	row.AfterKill = again.Time.Sub(killed)
 	t.Logf("agent SIGKILLed, restarted by the kubelet (restartCount %d); gateway (restartCount 0) verified a certificate again %s after the kill (serial %s)%s",
-		containerStatus(restarted, agent).RestartCount, ms(row.AfterKill), again.Serial, streamNote(events[nBefore:]))
+		node.StatusOf(restarted, agent).RestartCount, ms(row.AfterKill), again.Serial, streamNote(events[nBefore:]))
 
 	// Rotation, pushed on the open stream (or rewritten files).
-	events, err = logs.waitEvents(ctx, gw.container, 0, certTTL+time.Minute, func(evs []event) bool {
-		return rotatedAfter(evs, again) != nil
+	events, err = logs.WaitEvents(ctx, gw.container, 0, certTTL+time.Minute, func(evs []node.CheckerEvent) bool {
+		return node.RotatedAfter(evs, again) != nil
 	})
 	if err != nil {
-		restarts := int(containerStatus(restarted, agent).RestartCount)
-		lines, lerr := logs.lines(agent, restarts)
-		t.Fatalf("no rotated certificate within %s (TTL %s): %v\nagent %s log since its restart (%v):\n%s", certTTL+time.Minute, certTTL, err, agent, lerr, joinLines(lines, 40))
+		restarts := int(node.StatusOf(restarted, agent).RestartCount)
+		lines, lerr := logs.Lines(agent, restarts)
+		t.Fatalf("no rotated certificate within %s (TTL %s): %v\nagent %s log since its restart (%v):\n%s", certTTL+time.Minute, certTTL, err, agent, lerr, node.JoinLines(lines, 40))
 	}
-	rot := rotatedAfter(events, again)
+	rot := node.RotatedAfter(events, again)
 	row.Rotation = rot.Time.Sub(again.Time)
 	t.Logf("rotation: serial %s → %s, %s later, %s before the old one expired, on the same %s", again.Serial, rot.Serial, ms(row.Rotation),
 		again.NotAfter.Sub(rot.Time).Round(time.Second), map[string]string{"sds": "SDS stream (no reconnect in between)", "files": "files"}[mode])
@@ -363,8 +338,8 @@ func runCase(t *testing.T, flavor inject.Flavor, gw gateway, native bool, v vari
 	resultsMu.Unlock()
 }
 
-func streamNote(evs []event) string {
-	if has(evs, "stream-end") {
+func streamNote(evs []node.CheckerEvent) string {
+	if node.CountEvents(evs, "stream-end") > 0 {
 		return " (the SDS stream ended with the agent; the gateway reconnected)"
 	}
 	return ""
@@ -380,87 +355,16 @@ func agentName(st *inject.Status) string {
 	return ""
 }
 
-// createVolumeSources creates the ConfigMaps and Secrets the gateway's own
-// volumes name (placeholders: gateway-checker does not read them).
-func createVolumeSources(ctx context.Context, t *testing.T, pod *corev1.Pod) {
-	t.Helper()
-	for _, v := range pod.Spec.Volumes {
-		switch {
-		case v.ConfigMap != nil:
-			data := map[string]string{"placeholder": "not read by gateway-checker"}
-			for _, it := range v.ConfigMap.Items {
-				data[it.Key] = "{}"
-			}
-			_, err := n.Clientset.CoreV1().ConfigMaps(pod.Namespace).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: v.ConfigMap.Name}, Data: data}, metav1.CreateOptions{})
-			if err != nil && !apierrors.IsAlreadyExists(err) {
-				t.Fatal(err)
-			}
-		case v.Secret != nil:
-			data := map[string][]byte{"placeholder": []byte("not read by gateway-checker")}
-			for _, it := range v.Secret.Items {
-				data[it.Key] = []byte("x")
-			}
-			_, err := n.Clientset.CoreV1().Secrets(pod.Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: v.Secret.SecretName}, Data: data}, metav1.CreateOptions{})
-			if err != nil && !apierrors.IsAlreadyExists(err) {
-				t.Fatal(err)
-			}
-		}
-	}
-}
-
 func deletePod(t *testing.T, ns, name string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	grace := int64(1)
-	if err := n.Clientset.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &grace}); err != nil && !apierrors.IsNotFound(err) {
-		t.Errorf("deleting pod: %v", err)
-		return
-	}
 	// Gone from the apiserver (the kubelet has stopped its containers),
 	// so that the next case's host-network ports are free.
-	err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		_, err := n.Clientset.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-		return apierrors.IsNotFound(err), nil
-	})
-	if err != nil {
-		t.Errorf("pod %s/%s not gone: %v", ns, name, err)
+	if err := n.DeletePod(ctx, ns, name); err != nil {
+		t.Error(err)
+	} else if err := n.WaitPodGone(ctx, ns, name); err != nil {
+		t.Error(err)
 	}
-}
-
-func waitPod(ctx context.Context, ns, name string, timeout time.Duration, cond func(*corev1.Pod) bool) (*corev1.Pod, error) {
-	var last *corev1.Pod
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		p, err := n.Clientset.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		last = p
-		return cond(p), nil
-	})
-	return last, err
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-func containerStatus(p *corev1.Pod, name string) *corev1.ContainerStatus {
-	if p == nil {
-		return nil
-	}
-	for _, list := range [][]corev1.ContainerStatus{p.Status.InitContainerStatuses, p.Status.ContainerStatuses} {
-		for i := range list {
-			if list[i].Name == name {
-				return &list[i]
-			}
-		}
-	}
-	return nil
 }
 
 // readinessOf names the check the kubelet ran for the agent.
@@ -496,146 +400,10 @@ func probeString(p *corev1.Probe) string {
 	return "?"
 }
 
-func describe(p *corev1.Pod) string {
-	if p == nil {
-		return "(no pod)"
-	}
-	b, _ := json.MarshalIndent(p.Status, "", "  ")
-	return string(b) + "\nkubelet log (tail):\n" + n.LogTail("kubelet", 25)
-}
-
-// logReader reads container logs from the kubelet's pod log directory
-// (CRI format: "<RFC3339Nano> <stream> <P|F> <line>").
-type logReader struct{ ns, pod, uid string }
-
-func (l logReader) file(container string, restart int) string {
-	return filepath.Join(n.PodLogsDir, fmt.Sprintf("%s_%s_%s", l.ns, l.pod, l.uid), container, fmt.Sprintf("%d.log", restart))
-}
-
-type logLine struct {
-	time time.Time
-	text string
-}
-
-func (l logReader) lines(container string, restart int) ([]logLine, error) {
-	f, err := os.Open(l.file(container, restart))
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []logLine
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		parts := strings.SplitN(sc.Text(), " ", 4)
-		if len(parts) < 4 {
-			continue
-		}
-		ts, err := time.Parse(time.RFC3339Nano, parts[0])
-		if err != nil {
-			continue
-		}
-		out = append(out, logLine{ts, parts[3]})
-	}
-	return out, sc.Err()
-}
-
-func (l logReader) firstLine(container string, restart int) (time.Time, error) {
-	lines, err := l.lines(container, restart)
-	if err != nil {
-		return time.Time{}, err
-	}
-	if len(lines) == 0 {
-		return time.Time{}, fmt.Errorf("container %s wrote no log line", container)
-	}
-	return lines[0].time, nil
-}
-
-func (l logReader) events(container string, restart int) ([]event, error) {
-	lines, err := l.lines(container, restart)
-	if err != nil {
-		return nil, err
-	}
-	var evs []event
-	for _, ln := range lines {
-		s, ok := strings.CutPrefix(ln.text, "CHECK ")
-		if !ok {
-			continue
-		}
-		var e event
-		if err := json.Unmarshal([]byte(s), &e); err != nil {
-			return nil, fmt.Errorf("gateway-checker line %q: %w", s, err)
-		}
-		e.logTime = ln.time
-		evs = append(evs, e)
-	}
-	return evs, nil
-}
-
-func (l logReader) waitEvents(ctx context.Context, container string, restart int, timeout time.Duration, cond func([]event) bool) ([]event, error) {
-	var evs []event
-	var lastErr error
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		evs, lastErr = l.events(container, restart)
-		return lastErr == nil && cond(evs), nil
-	})
-	if err != nil {
-		var b strings.Builder
-		for _, e := range evs {
-			fmt.Fprintf(&b, "  %s %s serial=%s %s\n", e.Time.Format(time.RFC3339Nano), e.Event, e.Serial, e.Error)
-		}
-		return evs, fmt.Errorf("%w (last read error: %v); events so far:\n%s", err, lastErr, b.String())
-	}
-	return evs, nil
-}
-
-func has(evs []event, kind string) bool {
-	return slices.ContainsFunc(evs, func(e event) bool { return e.Event == kind })
-}
-
-func countCerts(evs []event) int {
-	c := 0
-	for _, e := range evs {
-		if e.Event == "cert" {
-			c++
-		}
-	}
-	return c
-}
-
-func firstCert(evs []event) event {
-	for _, e := range evs {
-		if e.Event == "cert" {
-			return e
-		}
-	}
-	return event{}
-}
-
-func certAfter(evs []event, t time.Time) *event {
+func certAfter(evs []node.CheckerEvent, t time.Time) *node.CheckerEvent {
 	for i := range evs {
 		if evs[i].Event == "cert" && evs[i].Time.After(t) {
 			return &evs[i]
-		}
-	}
-	return nil
-}
-
-// rotatedAfter is the first certificate with a new serial after prev with
-// no stream-end in between (the same stream).
-func rotatedAfter(evs []event, prev *event) *event {
-	after := false
-	for i := range evs {
-		e := &evs[i]
-		if !after {
-			after = e.Time.Equal(prev.Time) && e.Serial == prev.Serial
-			continue
-		}
-		if e.Event == "stream-end" {
-			return nil
-		}
-		if e.Event == "cert" && e.Serial != prev.Serial {
-			return e
 		}
 	}
 	return nil
@@ -653,17 +421,12 @@ type casePod struct {
 // ServiceAccount and the placeholder volume sources, and returns the pod.
 func preparePod(ctx context.Context, t *testing.T, nsName, label string, flavor inject.Flavor, gw gateway, native bool, istioVersion string) casePod {
 	t.Helper()
-	cs := n.Clientset
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: nsName,
-		Labels: map[string]string{"sds-injection": label}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	pod := gw.pod(t)
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
 	}
-	if _, err := cs.CoreV1().ServiceAccounts(nsName).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := n.GatewayNamespace(ctx, nsName, label, sa); err != nil {
 		t.Fatal(err)
 	}
 	root, err := ist.RootCert(ctx, nsName)
@@ -691,34 +454,18 @@ func preparePod(ctx context.Context, t *testing.T, nsName, label string, flavor 
 	// host network, so they run on the pod network (CNI bridge inside the
 	// namespace) and resolve istiod's name with a hostAlias.
 	hostNet := flavor == inject.FlavorSDSAgent
-	pod.Spec.NodeName, pod.Spec.HostNetwork = n.Name, hostNet
+	pod.Spec.HostNetwork = hostNet
 	if !hostNet {
 		pod.Spec.HostAliases = append(pod.Spec.HostAliases, corev1.HostAlias{IP: node.NodeIP, Hostnames: []string{node.IstiodHost}})
 	}
-	grace := int64(1)
-	pod.Spec.TerminationGracePeriodSeconds = &grace
 	mode, path := gatewayPath(t, flavor, istioVersion)
-	gwUID := int64(-1)
-	for i := range pod.Spec.Containers {
-		c := &pod.Spec.Containers[i]
-		c.ReadinessProbe, c.LivenessProbe, c.StartupProbe, c.Lifecycle, c.Ports = nil, nil, nil, nil, nil
-		c.Command, c.Args, c.ImagePullPolicy = nil, nil, corev1.PullNever
-		if c.Name != gw.container {
-			c.Image, c.Command = node.PauseRef, []string{"/pause"}
-			continue
-		}
-		c.Image = checkerRef
-		c.Env = append(c.Env,
-			corev1.EnvVar{Name: "CHECK_MODE", Value: mode}, corev1.EnvVar{Name: "CHECK_PATH", Value: path},
-			corev1.EnvVar{Name: "CHECK_SPIFFE", Value: spiffe}, corev1.EnvVar{Name: "CHECK_ROOT", Value: string(root)},
-			corev1.EnvVar{Name: "CHECK_NODE", Value: "router~" + n.IP + "~gw." + nsName + "~" + nsName + ".svc.cluster.local"})
-		if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
-			gwUID = *c.SecurityContext.RunAsUser
-		} else if pod.Spec.SecurityContext != nil && pod.Spec.SecurityContext.RunAsUser != nil {
-			gwUID = *pod.Spec.SecurityContext.RunAsUser
-		}
+	gwUID := n.RunAsChecker(pod, gw.container, checkerRef,
+		corev1.EnvVar{Name: "CHECK_MODE", Value: mode}, corev1.EnvVar{Name: "CHECK_PATH", Value: path},
+		corev1.EnvVar{Name: "CHECK_SPIFFE", Value: spiffe}, corev1.EnvVar{Name: "CHECK_ROOT", Value: string(root)},
+		corev1.EnvVar{Name: "CHECK_NODE", Value: "router~" + n.IP + "~gw." + nsName + "~" + nsName + ".svc.cluster.local"})
+	if err := n.CreateVolumeSources(ctx, pod); err != nil {
+		t.Fatal(err)
 	}
-	createVolumeSources(ctx, t, pod)
 	return casePod{pod: pod, spiffe: spiffe, mode: mode, path: path, gwUID: gwUID, hostNet: hostNet}
 }
 

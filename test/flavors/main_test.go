@@ -11,14 +11,10 @@
 package flavors
 
 import (
-	"bytes"
 	"context"
-	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -28,7 +24,6 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
@@ -61,22 +56,7 @@ var (
 	serveReady time.Duration
 )
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	if testing.Short() {
-		// Every test skips with the reason (skipShort).
-		os.Exit(m.Run())
-	}
-	os.Exit(node.Main(prepare, func(p *node.Prepared) int {
-		prepared = p
-		code, err := inside(m)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "flavors: FAIL:", err)
-			return 1
-		}
-		return code
-	}))
-}
+func TestMain(m *testing.M) { os.Exit(node.RunMain(m, "flavors", prepare, inside)) }
 
 // prepare runs outside the namespace: it builds the binaries and images.
 func prepare(ctx context.Context, p *node.Prepared) error {
@@ -156,9 +136,8 @@ func bootstrapTemplate(istioSource string) string {
 	return filepath.Join(dir, "envoy_bootstrap.json")
 }
 
-func inside(m *testing.M) (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+func inside(ctx context.Context, m *testing.M, p *node.Prepared) (int, error) {
+	prepared = p
 	var err error
 	if repoRoot, err = node.RepoRoot(); err != nil {
 		return 1, err
@@ -217,38 +196,11 @@ func baseConfig(extra string) string {
 // serve runs `sds-injector serve` on 127.0.0.1:port with baseConfig plus
 // extra (YAML lines) and waits until it is ready.
 func serve(ctx context.Context, name string, port int, extra string) (func(), error) {
-	w := n.CP.WebhookInstallOptions
-	cfgFile := filepath.Join(prepared.Dir, "sds-injector-"+name+".yaml")
-	if err := os.WriteFile(cfgFile, []byte(baseConfig(extra)), 0o644); err != nil {
-		return nil, err
-	}
-	health, release, err := harness.ReservePort("127.0.0.1")
+	inj, err := n.ServeInjectorAt(ctx, prepared.Values["sds-injector"], name, baseConfig(extra), port)
 	if err != nil {
 		return nil, err
 	}
-	var out bytes.Buffer
-	cmd := exec.Command(prepared.Values["sds-injector"], "serve", "--config", cfgFile,
-		"--host", w.LocalServingHost, "--port", strconv.Itoa(port), "--cert-dir", w.LocalServingCertDir,
-		"--metrics-bind-address", "0", "--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(health))
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		release()
-		return nil, err
-	}
-	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); release() }
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", health))
-		if err != nil {
-			return false, nil
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
-	if err != nil {
-		stop()
-		return nil, fmt.Errorf("sds-injector serve (%s) not ready: %w\n%s", name, err, out.String())
-	}
-	return stop, nil
+	return inj.Stop, nil
 }
 
 // extraWebhook runs a second, differently configured injector for the
@@ -281,16 +233,16 @@ func extraWebhook(ctx context.Context, label, extra string) (func(), error) {
 	if err := os.WriteFile(file, out, 0o644); err != nil {
 		return nil, err
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, release, err := harness.ReservePort("127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	stop, err := serve(ctx, label, port, extra)
+	stopServe, err := serve(ctx, label, port, extra)
 	if err != nil {
+		release()
 		return nil, err
 	}
+	stop := func() { stopServe(); release() }
 	installed, err := n.CP.InstallMutatingWebhookFileAt(ctx, file, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
 		stop()

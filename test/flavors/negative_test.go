@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/sds-injector/sds-injector/test/node"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 
@@ -127,24 +128,24 @@ func TestNegativeControlsOnRealNode(t *testing.T) {
 			if flavor == inject.FlavorSDSAgent {
 				re = regexp.MustCompile(`(?i)root[- _]?cert[^\n]*(no such file|not exist|missing)|(no such file|not exist)[^\n]*root-cert\.pem`)
 			}
-			logs := logReader{ns: ns, pod: p.Name, uid: string(p.UID)}
+			logs := n.Logs(p)
 			var evidence string
 			err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-				lines, err := logs.lines(agent, 0)
+				lines, err := logs.Lines(agent, 0)
 				if err != nil {
 					return false, nil
 				}
 				for _, l := range lines {
-					if m := re.FindString(l.text); m != "" {
-						evidence = l.text
+					if m := re.FindString(l.Text); m != "" {
+						evidence = l.Text
 						return true, nil
 					}
 				}
 				return false, nil
 			})
 			if err != nil {
-				lines, _ := logs.lines(agent, 0)
-				t.Fatalf("the agent (%s) did not refuse for the missing root certificate (%s): %v\nits log:\n%s", agent, re, err, joinLines(lines, 30))
+				lines, _ := logs.Lines(agent, 0)
+				t.Fatalf("the agent (%s) did not refuse for the missing root certificate (%s): %v\nits log:\n%s", agent, re, err, node.JoinLines(lines, 30))
 			}
 			t.Logf("agent %s without root-cert.pem: %s", agent, strings.TrimSpace(evidence))
 			assertNoCertificate(ctx, t, p, gw.container, 10*time.Second, false)
@@ -218,16 +219,15 @@ func runWithoutSharedMount(t *testing.T, flavor inject.Flavor, gw gateway) {
 	t.Logf("the webhook's pod without the gateway's shared mounts (%s)", strings.Join(removed, ", "))
 	// The agent itself works, as the kubelet sees it ...
 	agent := agentName(st)
-	ready, err := waitPod(ctx, ns, got.Name, 2*time.Minute, func(p *corev1.Pod) bool {
-		s := containerStatus(p, agent)
+	ready, err := n.WaitPod(ctx, ns, got.Name, 2*time.Minute, func(p *corev1.Pod) bool {
+		s := node.StatusOf(p, agent)
 		return s != nil && s.Ready
 	})
 	if err != nil {
-		t.Fatalf("the agent %s not Ready: %v\n%s", agent, err, describe(ready))
+		t.Fatalf("the agent %s not Ready: %v\n%s", agent, err, n.Describe(ready))
 	}
 	// ... but the gateway cannot see its output.
-	logs := logReader{ns: ns, pod: got.Name, uid: string(got.UID)}
-	evs, err := logs.waitEvents(ctx, gw.container, 0, time.Minute, func(evs []event) bool {
+	evs, err := n.Logs(got).WaitEvents(ctx, gw.container, 0, time.Minute, func(evs []node.CheckerEvent) bool {
 		return hasError(evs, "no such file or directory")
 	})
 	if err != nil {
@@ -297,17 +297,17 @@ func assertNothingRan(ctx context.Context, t *testing.T, ns, name string, d time
 // sees.
 func assertNoCertificate(ctx context.Context, t *testing.T, pod *corev1.Pod, container string, d time.Duration, readyOK bool) {
 	t.Helper()
-	logs := logReader{ns: pod.Namespace, pod: pod.Name, uid: string(pod.UID)}
+	logs := n.Logs(pod)
 	started := false
 	last := watchPodFor(ctx, t, pod.Namespace, pod.Name, d, readyOK, func(p *corev1.Pod) string {
-		if s := containerStatus(p, container); s != nil && (s.State.Running != nil || s.State.Terminated != nil || s.RestartCount > 0) {
+		if s := node.StatusOf(p, container); s != nil && (s.State.Running != nil || s.State.Terminated != nil || s.RestartCount > 0) {
 			started = true
 		}
 		if !started {
 			return ""
 		}
-		evs, _ := logs.events(container, 0)
-		if n := countCerts(evs); n > 0 {
+		evs, _ := logs.Events(container, 0)
+		if n := node.CountEvents(evs, "cert"); n > 0 {
 			return fmt.Sprintf("the gateway verified %d certificate(s)", n)
 		}
 		return ""
@@ -316,7 +316,7 @@ func assertNoCertificate(ctx context.Context, t *testing.T, pod *corev1.Pod, con
 		t.Logf("for %s the gateway container %s never started (pod phase %s, not Ready)", d, container, last.Status.Phase)
 		return
 	}
-	evs, _ := logs.events(container, 0)
+	evs, _ := logs.Events(container, 0)
 	var errs []string
 	for _, e := range evs {
 		if e.Error != "" && !slices.Contains(errs, e.Error) {
@@ -324,7 +324,7 @@ func assertNoCertificate(ctx context.Context, t *testing.T, pod *corev1.Pod, con
 		}
 	}
 	ready := "not Ready"
-	if podReady(last) {
+	if node.PodReady(last) {
 		ready = "Ready: its agent is"
 	}
 	if len(errs) == 0 {
@@ -349,7 +349,7 @@ func watchPodFor(ctx context.Context, t *testing.T, ns, name string, d time.Dura
 		if why := bad(p); why != "" {
 			t.Fatal(why)
 		}
-		if !readyOK && podReady(p) {
+		if !readyOK && node.PodReady(p) {
 			t.Fatalf("the pod became Ready")
 		}
 		if !time.Now().Before(deadline) {
@@ -361,15 +361,4 @@ func watchPodFor(ctx context.Context, t *testing.T, ns, name string, d time.Dura
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-}
-
-func joinLines(lines []logLine, most int) string {
-	if len(lines) > most {
-		lines = lines[len(lines)-most:]
-	}
-	var b strings.Builder
-	for _, l := range lines {
-		b.WriteString("  " + l.text + "\n")
-	}
-	return b.String()
 }

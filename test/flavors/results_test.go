@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sds-injector/sds-injector/test/istiod"
+	"github.com/sds-injector/sds-injector/test/node"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 
@@ -76,7 +77,7 @@ func reportCase(t *testing.T, flavor inject.Flavor, gw gateway, placement string
 
 // hasError reports whether a gateway-checker error or stream-end event
 // mentions s.
-func hasError(evs []event, s string) bool {
+func hasError(evs []node.CheckerEvent, s string) bool {
 	for _, e := range evs {
 		if (e.Event == "error" || e.Event == "stream-end") && strings.Contains(e.Error, s) {
 			return true

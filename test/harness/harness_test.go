@@ -174,3 +174,30 @@ func TestExamplePod(t *testing.T) {
 		t.Fatalf("%+v", p.ObjectMeta)
 	}
 }
+
+func TestStartLoggedAppendsAndTails(t *testing.T) {
+	log := t.TempDir() + "/p.log"
+	if err := os.WriteFile(log, []byte("before\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var also strings.Builder
+	p, err := StartLogged("sh", exec.Command("sh", "-c", "echo one; echo two >&2; echo three"), log, &also)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Err(); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	if got := p.Output(); got != "before\none\ntwo\nthree\n" {
+		t.Fatalf("log %q, want the earlier line kept and the output appended", got)
+	}
+	if got := p.Tail(2); got != "two\nthree" {
+		t.Fatalf("Tail(2) = %q", got)
+	}
+	if also.String() != "one\ntwo\nthree\n" {
+		t.Fatalf("copy %q", also.String())
+	}
+	if err := p.logFile.Close(); err == nil {
+		t.Fatal("the log file is still open after the process exited")
+	}
+}

@@ -2,41 +2,103 @@ package harness
 
 import (
 	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"os/exec"
 )
 
-// Process is a command started in its own process group, its output kept.
+// Process is a command started in its own process group, its output kept
+// (in memory, or in the file LogPath: StartLogged).
 type Process struct {
 	Name string
 	Cmd  *exec.Cmd
-	mu   sync.Mutex
-	out  bytes.Buffer
-	done chan struct{}
-	err  error
+	// LogPath is the file the output goes to (StartLogged), "" for memory.
+	LogPath string
+	logFile *os.File
+	out     Buffer
+	done    chan struct{}
+	err     error
 }
 
-func (p *Process) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
+// Buffer is an output buffer safe for concurrent writes (a process's
+// stdout and stderr) and reads.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
 }
 
-// Output is everything the process has written to stdout and stderr.
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String is what was written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func (p *Process) Write(b []byte) (int, error) { return p.out.Write(b) }
+
+// Output is everything the process has written to stdout and stderr (for
+// StartLogged, what its log file holds now: "" once removed).
 func (p *Process) Output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	if p.LogPath != "" {
+		b, _ := os.ReadFile(p.LogPath)
+		return string(b)
+	}
 	return p.out.String()
+}
+
+// Tail is the last lines of Output.
+func (p *Process) Tail(lines int) string { return Tail(p.Output(), lines) }
+
+// Tail is the last lines of s.
+func Tail(s string, lines int) string {
+	all := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	return strings.Join(all, "\n")
 }
 
 // StartProcess starts cmd in its own process group, its stdout and stderr
 // into Output unless already set.
 func StartProcess(name string, cmd *exec.Cmd) (*Process, error) {
-	p := &Process{Name: name, Cmd: cmd, done: make(chan struct{})}
+	return start(&Process{Name: name, Cmd: cmd, done: make(chan struct{})})
+}
+
+// StartLogged is StartProcess with stdout and stderr appended to the file
+// logPath (created if absent; closed when the process exits), and copied
+// to also unless nil.
+func StartLogged(name string, cmd *exec.Cmd, logPath string, also io.Writer) (*Process, error) {
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	var out io.Writer = f
+	if also != nil {
+		out = io.MultiWriter(f, also)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	p, err := start(&Process{Name: name, Cmd: cmd, LogPath: logPath, logFile: f, done: make(chan struct{})})
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	return p, nil
+}
+
+func start(p *Process) (*Process, error) {
+	cmd := p.Cmd
 	if cmd.Stdout == nil {
 		cmd.Stdout = p
 	}
@@ -50,7 +112,13 @@ func StartProcess(name string, cmd *exec.Cmd) (*Process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
+	go func() {
+		p.err = cmd.Wait()
+		if p.logFile != nil {
+			p.logFile.Close()
+		}
+		close(p.done)
+	}()
 	return p, nil
 }
 
@@ -92,6 +160,9 @@ func (p *Process) Stop(grace time.Duration) error {
 	p.killGroup()
 	return p.err
 }
+
+// Terminate sends SIGTERM to the process and returns at once (Stop waits).
+func (p *Process) Terminate() { _ = p.Cmd.Process.Signal(syscall.SIGTERM) }
 
 func (p *Process) killGroup() { _ = syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL) }
 

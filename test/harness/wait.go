@@ -85,3 +85,33 @@ func WaitReady(t testing.TB, timeout time.Duration, url string) {
 		t.Fatal(err)
 	}
 }
+
+// WaitHTTP polls url (GET, with c) until it answers 200 OK, and fails when
+// the process exits first ("<name> exited before it was ready: ...") or
+// ctx ends.
+func (p *Process) WaitHTTP(ctx context.Context, c *http.Client, url string) error {
+	var last error
+	err := wait.PollUntilContextCancel(ctx, PollInterval, true, func(ctx context.Context) (bool, error) {
+		select {
+		case <-p.Done():
+			return false, fmt.Errorf("%s exited before it was ready: %w", p.Name, p.Err())
+		default:
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return false, err
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			last = err
+			return false, nil
+		}
+		resp.Body.Close()
+		last = fmt.Errorf("status %s", resp.Status)
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil && !p.Exited() {
+		return fmt.Errorf("%s not ready at %s: %w (last: %v)", p.Name, url, err, last)
+	}
+	return err
+}

@@ -44,7 +44,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -156,13 +155,10 @@ type Istiod struct {
 	// StartDuration is the time from exec to /ready.
 	StartDuration time.Duration
 
-	cp      *controlplane.ControlPlane
-	q       quirks
-	dir     string
-	cmd     *exec.Cmd
-	done    chan struct{}
-	waitErr error
-	logFile *os.File
+	cp   *controlplane.ControlPlane
+	q    quirks
+	dir  string
+	proc *harness.Process
 	// releasePorts frees the running process's reserved ports.
 	releasePorts func()
 	stopOnce     sync.Once
@@ -397,10 +393,6 @@ func (i *Istiod) start(ctx context.Context, opts Options, meshFile string) error
 	i.MonitoringAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(monitoringPort))
 	i.WebhookAddr = net.JoinHostPort("localhost", strconv.Itoa(httpsPort))
 
-	logFile, err := os.OpenFile(i.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
 	loopback := func(p int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)) }
 	args := []string{"discovery",
 		"--kubeconfig=" + i.cp.KubeconfigPath,
@@ -451,40 +443,20 @@ func (i *Istiod) start(ctx context.Context, opts Options, meshFile string) error
 	if i.q.istiodAddrCA {
 		cmd.Env = append(cmd.Env, "ISTIOD_ADDR="+i.CAAddr)
 	}
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	started := time.Now()
-	if err := cmd.Start(); err != nil {
-		_ = logFile.Close()
-		return fmt.Errorf("starting %s: %w", DiscoveryBinary, err)
+	proc, err := harness.StartLogged(DiscoveryBinary, cmd, i.LogPath, nil)
+	if err != nil {
+		return err
 	}
-	i.cmd, i.logFile, i.done = cmd, logFile, make(chan struct{})
-	go func() {
-		i.waitErr = cmd.Wait()
-		close(i.done)
-	}()
+	i.proc = proc
 
 	client := &http.Client{Timeout: 2 * time.Second}
 	waitCtx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
 	defer cancel()
-	err = wait.PollUntilContextCancel(waitCtx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		select {
-		case <-i.done:
-			if strings.Contains(i.LogTail(200), "address already in use") {
-				return false, errAddrInUse
-			}
-			return false, fmt.Errorf("%s exited before it was ready: %w", DiscoveryBinary, i.waitErr)
-		default:
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+i.HTTPAddr+"/ready", nil)
-		resp, err := client.Do(req)
-		if err != nil {
-			return false, nil
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
+	err = proc.WaitHTTP(waitCtx, client, "http://"+i.HTTPAddr+"/ready")
+	if err != nil && proc.Exited() && strings.Contains(i.LogTail(200), "address already in use") {
+		err = errAddrInUse
+	}
 	if err != nil {
 		i.kill()
 		if errors.Is(err, errAddrInUse) {
@@ -503,8 +475,8 @@ func (i *Istiod) RootCert(ctx context.Context, namespace string) ([]byte, error)
 	var root []byte
 	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		select {
-		case <-i.done:
-			return false, fmt.Errorf("istiod exited: %v", i.waitErr)
+		case <-i.proc.Done():
+			return false, fmt.Errorf("istiod exited: %v", i.proc.Err())
 		default:
 		}
 		var cm corev1.ConfigMap
@@ -526,11 +498,7 @@ func (i *Istiod) LogTail(n int) string {
 	if err != nil {
 		return ""
 	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return harness.Tail(string(data), n)
 }
 
 // Log returns istiod's whole output so far.
@@ -544,20 +512,10 @@ func (i *Istiod) kill() {
 		defer i.releasePorts()
 		i.releasePorts = nil
 	}
-	if i.cmd == nil {
+	if i.proc == nil {
 		return
 	}
-	_ = i.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-i.done:
-	case <-time.After(15 * time.Second):
-		_ = syscall.Kill(-i.cmd.Process.Pid, syscall.SIGKILL)
-		<-i.done
-	}
-	if i.logFile != nil {
-		_ = i.logFile.Close()
-	}
-	i.cmd, i.logFile = nil, nil
+	_ = i.proc.Stop(15 * time.Second)
 }
 
 // Stop ends istiod and removes its working directory (with the log). It is

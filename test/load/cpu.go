@@ -16,8 +16,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // runCPU measures what one review costs the server: its CPU time (user +
@@ -40,30 +38,12 @@ import (
 // the server's, but it competes for the cores, which shows in throughput
 // and latency, not in CPU per review.
 func runCPU() error {
-	work, err := os.MkdirTemp("", "sds-injector-cpu-")
+	l, err := startLocal("sds-injector-cpu-", true)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
-	bin, err := buildBinary(work)
-	if err != nil {
-		return err
-	}
-	pool, err := selfSigned(work)
-	if err != nil {
-		return err
-	}
-	ports, release, err := harness.ReservePorts("127.0.0.1", 2)
-	if err != nil {
-		return err
-	}
-	defer release()
-	port, metricsPort := ports[0], ports[1]
-	srv, err := startServerWith(bin, "127.0.0.1", port, work, fmt.Sprintf("127.0.0.1:%d", metricsPort))
-	if err != nil {
-		return err
-	}
-	defer srv.stop()
+	defer l.stop()
+	srv, pool, port, metricsPort := l.srv, l.pool, l.port, l.metricsPort
 	_, idle := srv.rss()
 
 	injectBody, err := capturedReview(capturedGloo)
@@ -117,7 +97,7 @@ func runCPU() error {
 
 	name := *label
 	if name == "" {
-		name = bin
+		name = l.bin
 	}
 	if *markdown {
 		fmt.Printf("| %s | %.1f µs | %.1f µs | %.0f | %.0f | %.0f/s | %s | %s | %.1f MiB (idle %.1f; anonymous peak %.1f) |\n",

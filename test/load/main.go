@@ -103,7 +103,7 @@ func repoRoot() string {
 // buildBinary is this tool itself with -floor, -bin if set, else
 // sds-injector built from this tree once per content (test/harness) as
 // the release image builds it (static, stripped, -tags nocheck).
-func buildBinary(string) (string, error) {
+func buildBinary() (string, error) {
 	if *floor {
 		return selfBinary()
 	}
@@ -185,6 +185,61 @@ func (s *server) rss() (cur, peak float64) {
 	return cur, peak
 }
 
+// local is the binary under test serving on loopback with a self-signed
+// certificate (pool trusts it) from a work directory of its own.
+type local struct {
+	bin               string
+	srv               *server
+	pool              *x509.CertPool
+	port, metricsPort int // metricsPort 0: metrics off
+	cleanup           []func()
+}
+
+// startLocal builds (or finds) the binary, writes the certificate into a
+// new work directory named prefix*, reserves the ports and starts the
+// server; stop undoes it all.
+func startLocal(prefix string, metrics bool) (_ *local, retErr error) {
+	l := &local{}
+	defer func() {
+		if retErr != nil {
+			l.stop()
+		}
+	}()
+	work, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, err
+	}
+	l.cleanup = append(l.cleanup, func() { _ = os.RemoveAll(work) })
+	if l.bin, err = buildBinary(); err != nil {
+		return nil, err
+	}
+	if l.pool, err = selfSigned(work); err != nil {
+		return nil, err
+	}
+	ports, release, err := harness.ReservePorts("127.0.0.1", 2)
+	if err != nil {
+		return nil, err
+	}
+	l.cleanup = append(l.cleanup, release)
+	l.port = ports[0]
+	metricsAddr := "0"
+	if metrics {
+		l.metricsPort = ports[1]
+		metricsAddr = fmt.Sprintf("127.0.0.1:%d", l.metricsPort)
+	}
+	if l.srv, err = startServerWith(l.bin, "127.0.0.1", l.port, work, metricsAddr); err != nil {
+		return nil, err
+	}
+	l.cleanup = append(l.cleanup, l.srv.stop)
+	return l, nil
+}
+
+func (l *local) stop() {
+	for i := len(l.cleanup) - 1; i >= 0; i-- {
+		l.cleanup[i]()
+	}
+}
+
 func selfSigned(dir string) (*x509.CertPool, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -225,29 +280,12 @@ func reviewBody(pod *corev1.Pod, uid string) ([]byte, error) {
 }
 
 func runHTTPS() error {
-	work, err := os.MkdirTemp("", "sds-injector-load-")
+	l, err := startLocal("sds-injector-load-", false)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
-	bin, err := buildBinary(work)
-	if err != nil {
-		return err
-	}
-	pool, err := selfSigned(work)
-	if err != nil {
-		return err
-	}
-	port, release, err := harness.ReservePort("127.0.0.1")
-	if err != nil {
-		return err
-	}
-	defer release()
-	srv, err := startServer(bin, "127.0.0.1", port, work)
-	if err != nil {
-		return err
-	}
-	defer srv.stop()
+	defer l.stop()
+	srv, pool, port := l.srv, l.pool, l.port
 	_, idlePeak := srv.rss()
 
 	pod, err := examplePod("gloo-gateway-proxy.yaml")
@@ -323,12 +361,7 @@ func runHTTPS() error {
 
 func runAPIServer() error {
 	ctx := context.Background()
-	work, err := os.MkdirTemp("", "sds-injector-load-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(work)
-	bin, err := buildBinary(work)
+	bin, err := buildBinary()
 	if err != nil {
 		return err
 	}

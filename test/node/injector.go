@@ -10,13 +10,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/sds-injector/sds-injector/internal/imagebuild"
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // AddReleaseImage adds the release image name (imagebuild.ReleaseImages:
@@ -50,11 +49,7 @@ func (p *Prepared) AddReleaseImage(name, ref, binary string, env []string) error
 }
 
 // Injector is a running `sds-injector serve`.
-type Injector struct {
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	done chan struct{}
-}
+type Injector struct{ proc *harness.Process }
 
 // ServeInjector runs bin (an sds-injector binary) as `sds-injector serve`
 // with config (YAML) on the control plane's local webhook serving address
@@ -62,6 +57,13 @@ type Injector struct {
 // InstallMutatingWebhookFile installs point at), and waits until it is
 // ready.
 func (n *Node) ServeInjector(ctx context.Context, bin, name, config string) (*Injector, error) {
+	return n.ServeInjectorAt(ctx, bin, name, config, n.CP.WebhookInstallOptions.LocalServingPort)
+}
+
+// ServeInjectorAt is ServeInjector on another port of the local serving
+// host (with the same certificate), for a second webhook configuration
+// (InstallMutatingWebhookFileAt).
+func (n *Node) ServeInjectorAt(ctx context.Context, bin, name, config string, port int) (*Injector, error) {
 	w := n.CP.WebhookInstallOptions
 	cfgFile := filepath.Join(n.dir, "sds-injector-"+name+".yaml")
 	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
@@ -71,30 +73,16 @@ func (n *Node) ServeInjector(ctx context.Context, bin, name, config string) (*In
 	if err != nil {
 		return nil, err
 	}
-	inj := &Injector{out: &lockedBuffer{}, done: make(chan struct{})}
-	inj.cmd = exec.Command(bin, "serve", "--config", cfgFile,
-		"--host", w.LocalServingHost, "--port", strconv.Itoa(w.LocalServingPort), "--cert-dir", w.LocalServingCertDir,
-		"--metrics-bind-address", "0", "--health-probe-bind-address", net.JoinHostPort("127.0.0.1", strconv.Itoa(health)))
-	inj.cmd.Stdout, inj.cmd.Stderr = inj.out, inj.out
-	if err := inj.cmd.Start(); err != nil {
+	proc, err := harness.StartProcess("sds-injector serve ("+name+")", exec.Command(bin, "serve", "--config", cfgFile,
+		"--host", w.LocalServingHost, "--port", strconv.Itoa(port), "--cert-dir", w.LocalServingCertDir,
+		"--metrics-bind-address", "0", "--health-probe-bind-address", net.JoinHostPort("127.0.0.1", strconv.Itoa(health))))
+	if err != nil {
 		return nil, err
 	}
-	go func() { _ = inj.cmd.Wait(); close(inj.done) }()
-	readyz := fmt.Sprintf("http://127.0.0.1:%d/readyz", health)
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		select {
-		case <-inj.done:
-			return false, fmt.Errorf("exited: %v", inj.cmd.ProcessState)
-		default:
-		}
-		resp, err := http.Get(readyz)
-		if err != nil {
-			return false, nil
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
-	if err != nil {
+	inj := &Injector{proc: proc}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := proc.WaitHTTP(wctx, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/readyz", health)); err != nil {
 		inj.Stop()
 		return nil, fmt.Errorf("sds-injector serve (%s) not ready: %w\n%s", name, err, inj.Output())
 	}
@@ -102,28 +90,8 @@ func (n *Node) ServeInjector(ctx context.Context, bin, name, config string) (*In
 }
 
 // Output is what the injector printed so far.
-func (i *Injector) Output() string { return i.out.String() }
+func (i *Injector) Output() string { return i.proc.Output() }
 
-// Stop ends the injector.
-func (i *Injector) Stop() {
-	_ = i.cmd.Process.Kill()
-	<-i.done
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b = append(l.b, p...)
-	return len(p), nil
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return string(l.b)
-}
+// Stop ends the injector (its process group, at once) and waits until it
+// has exited.
+func (i *Injector) Stop() { _ = i.proc.Stop(0) }

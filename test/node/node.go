@@ -103,19 +103,11 @@ type Node struct {
 	services bool
 	dir      string
 	sysctls  map[string]string
-	procs    []*proc // in start order
+	procs    []*harness.Process // in start order
 	ctrdSock string
 	releases []func() // of reserved ports
 	stopOnce sync.Once
 	stopErr  error
-}
-
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  *os.File
-	done chan struct{}
-	err  error
 }
 
 // Start starts the node inside the namespace Main set up: control plane,
@@ -212,21 +204,16 @@ func Start(ctx context.Context, p *Prepared, opts Options) (_ *Node, retErr erro
 
 func sysctlPath(k string) string { return "/proc/sys/" + strings.ReplaceAll(k, ".", "/") }
 
-func (n *Node) start(name string, args []string, env []string) (*proc, error) {
-	logFile, err := os.Create(filepath.Join(n.dir, name+".log"))
+// start runs a node component in its own process group (killed if the test
+// process dies), its output in <dir>/<name>.log; Stop ends it by PID.
+func (n *Node) start(name string, args []string, env []string) (*harness.Process, error) {
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	pr, err := harness.StartLogged(name, cmd, filepath.Join(n.dir, name+".log"), nil)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return nil, fmt.Errorf("starting %s: %w", name, err)
-	}
-	pr := &proc{name: name, cmd: cmd, log: logFile, done: make(chan struct{})}
-	go func() { pr.err = cmd.Wait(); close(pr.done) }()
 	n.procs = append(n.procs, pr)
 	return pr, nil
 }
@@ -234,11 +221,7 @@ func (n *Node) start(name string, args []string, env []string) (*proc, error) {
 // LogTail returns the last lines of a node component's log (containerd, kubelet).
 func (n *Node) LogTail(name string, lines int) string {
 	b, _ := os.ReadFile(filepath.Join(n.dir, name+".log"))
-	all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
+	return harness.Tail(string(b), lines)
 }
 
 func (n *Node) startContainerd(ctx context.Context, timeout time.Duration) error {
@@ -317,19 +300,19 @@ func (n *Node) Ctr(ctx context.Context, args ...string) (string, error) {
 	return string(out), err
 }
 
-func (n *Node) waitFor(ctx context.Context, timeout time.Duration, what string, pr *proc, cond wait.ConditionWithContextFunc) error {
+func (n *Node) waitFor(ctx context.Context, timeout time.Duration, what string, pr *harness.Process, cond wait.ConditionWithContextFunc) error {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	err := wait.PollUntilContextCancel(wctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		select {
-		case <-pr.done:
-			return false, fmt.Errorf("%s exited: %v", pr.name, pr.err)
+		case <-pr.Done():
+			return false, fmt.Errorf("%s exited: %v", pr.Name, pr.Err())
 		default:
 		}
 		return cond(ctx)
 	})
 	if err != nil {
-		return fmt.Errorf("waiting for %s: %w\n%s log (tail):\n%s", what, err, pr.name, n.LogTail(pr.name, 40))
+		return fmt.Errorf("waiting for %s: %w\n%s log (tail):\n%s", what, err, pr.Name, pr.Tail(40))
 	}
 	return nil
 }
@@ -442,8 +425,8 @@ func (n *Node) Stop() error {
 		// Without a scheduler, pods that controllers re-create for the
 		// deleted ones stay Pending instead of starting on the node.
 		for _, pr := range n.procs {
-			if pr.name == "kube-scheduler" {
-				stopProc(pr)
+			if pr.Name == "kube-scheduler" {
+				_ = pr.Stop(stopGrace)
 			}
 		}
 		if n.Clientset != nil && n.kubeletRunning() {
@@ -454,10 +437,10 @@ func (n *Node) Stop() error {
 		// Reverse start order: kubelet, containerd.
 		for i := len(n.procs) - 1; i >= 0; i-- {
 			pr := n.procs[i]
-			if pr.name == "containerd" {
+			if pr.Name == "containerd" {
 				errs = append(errs, n.killShims()...)
 			}
-			stopProc(pr)
+			_ = pr.Stop(stopGrace)
 		}
 		if n.CP != nil {
 			if err := n.CP.Stop(); err != nil {
@@ -481,34 +464,14 @@ func (n *Node) Stop() error {
 	return n.stopErr
 }
 
-// stopProc ends pr (SIGTERM, then SIGKILL to its process group after 20 s)
-// and closes its log.
-func stopProc(pr *proc) {
-	select {
-	case <-pr.done:
-		pr.log.Close()
-		return
-	default:
-	}
-	_ = pr.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-pr.done:
-	case <-time.After(20 * time.Second):
-		_ = syscall.Kill(-pr.cmd.Process.Pid, syscall.SIGKILL)
-		<-pr.done
-	}
-	pr.log.Close()
-}
+// stopGrace is how long a node component has after SIGTERM before its
+// process group is killed.
+const stopGrace = 20 * time.Second
 
 func (n *Node) kubeletRunning() bool {
 	for _, pr := range n.procs {
-		if pr.name == "kubelet" {
-			select {
-			case <-pr.done:
-				return false
-			default:
-				return true
-			}
+		if pr.Name == "kubelet" {
+			return !pr.Exited()
 		}
 	}
 	return false

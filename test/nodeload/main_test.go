@@ -48,20 +48,13 @@ var (
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	if !benchmarking() || testing.Short() {
-		// No benchmark asked for (make test), or -short (the benchmark
-		// skips with the reason): no node.
+	if !benchmarking() {
+		// No benchmark asked for (make test): the unit tests, no node.
+		// Under -short RunMain starts none either (the benchmark skips
+		// with the reason).
 		os.Exit(m.Run())
 	}
-	os.Exit(node.Main(chartinstall.Prepare, func(p *node.Prepared) int {
-		prepared = p
-		code, err := inside(m)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "nodeload: FAIL:", err)
-			return 1
-		}
-		return code
-	}))
+	os.Exit(node.RunMain(m, "nodeload", chartinstall.Prepare, inside))
 }
 
 func benchmarking() bool {
@@ -69,9 +62,8 @@ func benchmarking() bool {
 	return f != nil && f.Value.String() != ""
 }
 
-func inside(m *testing.M) (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+func inside(ctx context.Context, m *testing.M, p *node.Prepared) (int, error) {
+	prepared = p
 	var err error
 	if n, err = chartinstall.StartNode(ctx, prepared); err != nil {
 		return 1, err

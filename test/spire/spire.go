@@ -17,7 +17,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/sds-injector/sds-injector/test/harness"
@@ -64,24 +63,6 @@ func Build(ctx context.Context) (Binaries, error) {
 // process is a running SPIRE binary (its own process group, stopped by its
 // PID) with its output kept for errors.
 type process struct{ *harness.Process }
-
-// syncBuffer is an output buffer safe for a process's writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func start(name, bin string, args ...string) (*process, error) {
 	p, err := harness.StartProcess(name, exec.Command(bin, args...))

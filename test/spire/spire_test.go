@@ -335,7 +335,7 @@ func TestSPIREFlavor(t *testing.T) {
 	defer waitCancel()
 	waitCmd := childCmd(waitCtx, t, childSpec{Mode: "exec", Binds: waitBinds, UID: waitUID, GID: waitGID,
 		Exec: append([]string{e.agentBin}, wait.Args...)})
-	waitOut, waitErr := &syncBuffer{}, &syncBuffer{}
+	waitOut, waitErr := &harness.Buffer{}, &harness.Buffer{}
 	waitCmd.Stdout, waitCmd.Stderr = waitOut, waitErr
 	if err := waitCmd.Start(); err != nil {
 		t.Fatal(err)

@@ -15,7 +15,6 @@ package spirenode
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -53,22 +52,7 @@ var (
 	serverReady time.Duration
 )
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	if testing.Short() {
-		// Every test skips with the reason.
-		os.Exit(m.Run())
-	}
-	os.Exit(node.Main(prepare, func(p *node.Prepared) int {
-		prepared = p
-		code, err := inside(m)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "spirenode: FAIL:", err)
-			return 1
-		}
-		return code
-	}))
-}
+func TestMain(m *testing.M) { os.Exit(node.RunMain(m, "spirenode", prepare, inside)) }
 
 // prepare runs outside the namespace: it builds SPIRE (cached), the
 // project's binaries and the images.
@@ -101,9 +85,8 @@ func prepare(ctx context.Context, p *node.Prepared) error {
 	})
 }
 
-func inside(m *testing.M) (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
+func inside(ctx context.Context, m *testing.M, p *node.Prepared) (int, error) {
+	prepared = p
 	var err error
 	if repoRoot, err = node.RepoRoot(); err != nil {
 		return 1, err

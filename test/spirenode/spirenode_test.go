@@ -2,11 +2,9 @@ package spirenode
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,11 +12,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
-	"sigs.k8s.io/yaml"
 
+	"github.com/sds-injector/sds-injector/test/harness"
 	"github.com/sds-injector/sds-injector/test/node"
 	"github.com/sds-injector/sds-injector/test/spire"
 	"github.com/sds-injector/sds-injector/webhook/inject"
@@ -58,68 +54,23 @@ type gateway struct {
 // Envoy's command, probes, hooks and ports, the other containers run pause.
 func newGateway(ctx context.Context, t *testing.T, ex example, ns string, bundle []byte) *gateway {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, "docs", "examples", ex.file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pod corev1.Pod
-	if err := yaml.UnmarshalStrict(data, &pod); err != nil {
-		t.Fatalf("%s: %v", ex.file, err)
-	}
-	cs := n.Clientset
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns,
-		Labels: map[string]string{"sds-injection": "enabled"}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	pod := harness.ExamplePod(t, ex.file, "", "", nil, nil)
 	sa := pod.Spec.ServiceAccountName
-	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
+	if err := n.GatewayNamespace(ctx, ns, "enabled", sa); err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range pod.Spec.Volumes {
-		switch {
-		case v.ConfigMap != nil:
-			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: v.ConfigMap.Name}, Data: map[string]string{}}
-			for _, it := range v.ConfigMap.Items {
-				cm.Data[it.Key] = "{}"
-			}
-			_, err = cs.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{})
-		case v.Secret != nil:
-			sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: v.Secret.SecretName}, Data: map[string][]byte{"placeholder": nil}}
-			_, err = cs.CoreV1().Secrets(ns).Create(ctx, sec, metav1.CreateOptions{})
-		}
-		if err != nil {
-			t.Fatalf("placeholder for volume %s: %v", v.Name, err)
-		}
-	}
-
-	g := &gateway{ns: ns, pod: &pod, container: ex.container, uid: -1,
+	g := &gateway{ns: ns, pod: pod, container: ex.container,
 		spiffe: fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", spire.TrustDomain, ns, sa)}
 	pod.ObjectMeta = metav1.ObjectMeta{Name: podName, Namespace: ns, Labels: pod.Labels, Annotations: pod.Annotations}
-	pod.Spec.NodeName = n.Name
-	grace := int64(1)
-	pod.Spec.TerminationGracePeriodSeconds = &grace
-	for i := range pod.Spec.Containers {
-		c := &pod.Spec.Containers[i]
-		c.ReadinessProbe, c.LivenessProbe, c.StartupProbe, c.Lifecycle, c.Ports = nil, nil, nil, nil, nil
-		c.Command, c.Args, c.ImagePullPolicy = nil, nil, corev1.PullNever
-		if c.Name != ex.container {
-			c.Image, c.Command = node.PauseRef, []string{"/pause"}
-			continue
-		}
-		c.Image = checkerRef
-		c.Env = append(c.Env,
-			corev1.EnvVar{Name: "CHECK_MODE", Value: "sds"}, corev1.EnvVar{Name: "CHECK_PATH", Value: inject.SPIRESocketPath},
-			corev1.EnvVar{Name: "CHECK_SPIFFE", Value: g.spiffe}, corev1.EnvVar{Name: "CHECK_ROOT", Value: string(bundle)},
-			// SPIRE's default ROOTCA: the SPIFFE certificate validator config.
-			corev1.EnvVar{Name: "CHECK_ROOTCA_SHAPE", Value: "spiffe"},
-			corev1.EnvVar{Name: "CHECK_NODE", Value: ns + "/" + podName})
-		switch {
-		case c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil:
-			g.uid = *c.SecurityContext.RunAsUser
-		case pod.Spec.SecurityContext != nil && pod.Spec.SecurityContext.RunAsUser != nil:
-			g.uid = *pod.Spec.SecurityContext.RunAsUser
-		}
+	if err := n.CreateVolumeSources(ctx, pod); err != nil {
+		t.Fatal(err)
 	}
+	g.uid = n.RunAsChecker(pod, ex.container, checkerRef,
+		corev1.EnvVar{Name: "CHECK_MODE", Value: "sds"}, corev1.EnvVar{Name: "CHECK_PATH", Value: inject.SPIRESocketPath},
+		corev1.EnvVar{Name: "CHECK_SPIFFE", Value: g.spiffe}, corev1.EnvVar{Name: "CHECK_ROOT", Value: string(bundle)},
+		// SPIRE's default ROOTCA: the SPIFFE certificate validator config.
+		corev1.EnvVar{Name: "CHECK_ROOTCA_SHAPE", Value: "spiffe"},
+		corev1.EnvVar{Name: "CHECK_NODE", Value: ns + "/" + podName})
 	if g.uid < 0 {
 		t.Fatalf("%s: the gateway container %s sets no runAsUser", ex.file, ex.container)
 	}
@@ -147,7 +98,13 @@ func (g *gateway) create(ctx context.Context, t *testing.T) *corev1.Pod {
 	if err != nil {
 		t.Fatalf("creating the pod through the apiserver (and webhook): %v", err)
 	}
-	t.Cleanup(func() { deletePod(t, g.ns) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := n.DeletePod(ctx, g.ns, podName); err != nil {
+			t.Error(err)
+		}
+	})
 	st, err := inject.ParseStatus(got.Annotations[inject.AnnotationStatus])
 	if err != nil || st == nil {
 		t.Fatalf("the webhook did not inject the pod (status annotation %q): %v", got.Annotations[inject.AnnotationStatus], err)
@@ -183,81 +140,16 @@ func (g *gateway) create(ctx context.Context, t *testing.T) *corev1.Pod {
 	return got
 }
 
-func deletePod(t *testing.T, ns string) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	grace := int64(1)
-	err := n.Clientset.CoreV1().Pods(ns).Delete(ctx, podName, metav1.DeleteOptions{GracePeriodSeconds: &grace})
-	if err != nil && !apierrors.IsNotFound(err) {
-		t.Errorf("deleting pod %s/%s: %v", ns, podName, err)
-	}
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-// events are the gateway-checker report lines of pod's gateway container.
-func events(pod *corev1.Pod, container string) ([]node.CheckerEvent, error) {
-	lines, err := n.ContainerLog(pod.Namespace, pod.Name, string(pod.UID), container, 0)
-	if err != nil {
-		return nil, err
-	}
-	return node.CheckerEvents(lines)
-}
-
-// waitEvents polls the gateway's report until cond holds.
-func waitEvents(ctx context.Context, pod *corev1.Pod, container string, timeout time.Duration, cond func([]node.CheckerEvent) bool) ([]node.CheckerEvent, error) {
-	var evs []node.CheckerEvent
-	var lastErr error
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
-		evs, lastErr = events(pod, container)
-		return lastErr == nil && cond(evs), nil
-	})
-	if err != nil {
-		var b strings.Builder
-		for _, e := range evs {
-			fmt.Fprintf(&b, "  %s %s serial=%s %s\n", e.Time.Format(time.RFC3339Nano), e.Event, e.Serial, e.Error)
-		}
-		return evs, fmt.Errorf("%w (last read error: %v); gateway-checker events so far:\n%s", err, lastErr, b.String())
-	}
-	return evs, nil
-}
-
-func count(evs []node.CheckerEvent, kind string) int {
-	c := 0
-	for _, e := range evs {
-		if e.Event == kind {
-			c++
-		}
-	}
-	return c
-}
-
-func first(evs []node.CheckerEvent, kind string) *node.CheckerEvent {
-	for i := range evs {
-		if evs[i].Event == kind {
-			return &evs[i]
-		}
-	}
-	return nil
-}
-
 // checkIdentity waits for the gateway's first verified certificate and
 // ROOTCA and checks the checker ran as the gateway's uid with the socket
 // there at its start.
 func (g *gateway) checkIdentity(ctx context.Context, t *testing.T, pod *corev1.Pod) []node.CheckerEvent {
 	t.Helper()
-	evs, err := waitEvents(ctx, pod, g.container, 2*time.Minute, func(evs []node.CheckerEvent) bool {
-		return count(evs, "cert") >= 1 && count(evs, "rootca") >= 1 || count(evs, "error") > 0
+	evs, err := n.Logs(pod).WaitEvents(ctx, g.container, 0, 2*time.Minute, func(evs []node.CheckerEvent) bool {
+		return node.CountEvents(evs, "cert") >= 1 && node.CountEvents(evs, "rootca") >= 1 || node.CountEvents(evs, "error") > 0
 	})
 	if err != nil {
-		t.Fatalf("gateway-checker: %v\nagent log (tail):\n%s", err, tail(agent.Log(), 20))
+		t.Fatalf("gateway-checker: %v\nagent log (tail):\n%s", err, harness.Tail(agent.Log(), 20))
 	}
 	for _, e := range evs {
 		if e.Event == "error" {
@@ -274,7 +166,7 @@ func (g *gateway) checkIdentity(ctx context.Context, t *testing.T, pod *corev1.P
 	if int64(start.UID) != g.uid {
 		t.Errorf("gateway-checker ran as uid %d, want the gateway's %d", start.UID, g.uid)
 	}
-	c := first(evs, "cert")
+	c := node.FirstEvent(evs, "cert")
 	if c.SPIFFE != g.spiffe {
 		t.Errorf("certificate for %s, want %s", c.SPIFFE, g.spiffe)
 	}
@@ -321,7 +213,7 @@ func TestSPIREFlavorOnRealNode(t *testing.T) {
 		return slices.ContainsFunc(waitLog, func(l node.LogLine) bool { return strings.Contains(l.Text, "wait-socket: not yet") })
 	})
 	if err != nil {
-		t.Fatalf("%s never ran and waited: %v\n%s\nkubelet log (tail):\n%s", inject.SPIREWaitContainer, err, describe(waiting), n.LogTail("kubelet", 25))
+		t.Fatalf("%s never ran and waited: %v\n%s", inject.SPIREWaitContainer, err, n.Describe(waiting))
 	}
 	// Held: the gateway container has not started.
 	held, err := n.Clientset.CoreV1().Pods(eg.ns).Get(ctx, podName, metav1.GetOptions{})
@@ -332,7 +224,7 @@ func TestSPIREFlavorOnRealNode(t *testing.T) {
 	if gs == nil || gs.State.Waiting == nil {
 		t.Fatalf("the gateway container is not held back before the agent runs: %+v", gs)
 	}
-	if _, err := events(held, eg.container); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := n.Logs(held).Events(eg.container, 0); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("the gateway container has a log before the agent runs (%v)", err)
 	}
 	if ws := node.StatusOf(held, inject.SPIREWaitContainer); ws == nil || ws.State.Running == nil || ws.RestartCount != 0 {
@@ -349,9 +241,9 @@ func TestSPIREFlavorOnRealNode(t *testing.T) {
 	}
 	t.Cleanup(agent.Stop)
 	agentHealthy := time.Since(agentStarted)
-	ready, err := n.WaitPod(ctx, eg.ns, podName, 2*time.Minute, podReady)
+	ready, err := n.WaitPod(ctx, eg.ns, podName, 2*time.Minute, node.PodReady)
 	if err != nil {
-		t.Fatalf("pod not Ready once the agent runs: %v\n%s\nagent log (tail):\n%s", err, describe(ready), tail(agent.Log(), 20))
+		t.Fatalf("pod not Ready once the agent runs: %v\n%s\nagent log (tail):\n%s", err, n.Describe(ready), harness.Tail(agent.Log(), 20))
 	}
 	podReadyAt := time.Now()
 	ws := node.StatusOf(ready, inject.SPIREWaitContainer)
@@ -368,7 +260,7 @@ func TestSPIREFlavorOnRealNode(t *testing.T) {
 	}
 
 	evs := eg.checkIdentity(ctx, t, ready)
-	start, cert := evs[0], first(evs, "cert")
+	start, cert := evs[0], node.FirstEvent(evs, "cert")
 	if !start.LogTime.After(answered.Time) {
 		t.Errorf("the gateway started (%s) before %s's answer (%s)", start.LogTime, inject.SPIREWaitContainer, answered.Time)
 	}
@@ -380,18 +272,18 @@ func TestSPIREFlavorOnRealNode(t *testing.T) {
 		start.UID, start.LogTime.Sub(answered.Time).Round(time.Millisecond), podReadyAt.Sub(agentStarted).Round(time.Millisecond))
 	t.Logf("identity: gateway (uid %d) verified default (serial %s, exactly %s, valid until %s) against the SPIRE bundle, %s after its start (%d retries before: %s), and ROOTCA in SPIRE's SPIFFE validator shape",
 		start.UID, cert.Serial, cert.SPIFFE, cert.NotAfter.Format(time.RFC3339), cert.Time.Sub(start.Time).Round(time.Millisecond),
-		count(evs, "stream-end"), firstErr(evs))
+		node.CountEvents(evs, "stream-end"), firstErr(evs))
 
 	t.Run("rotation", func(t *testing.T) {
-		evs, err := waitEvents(ctx, ready, eg.container, svidTTL+time.Minute, func(evs []node.CheckerEvent) bool {
-			return node.RotatedAfter(evs, cert) != nil || count(evs, "error") > 0
+		evs, err := n.Logs(ready).WaitEvents(ctx, eg.container, 0, svidTTL+time.Minute, func(evs []node.CheckerEvent) bool {
+			return node.RotatedAfter(evs, cert) != nil || node.CountEvents(evs, "error") > 0
 		})
 		if err != nil {
 			t.Fatalf("no rotated certificate on the open stream within %s (TTL %s): %v", svidTTL+time.Minute, svidTTL, err)
 		}
 		rot := node.RotatedAfter(evs, cert)
 		if rot == nil {
-			t.Fatalf("gateway-checker reported an error: %s", first(evs, "error").Error)
+			t.Fatalf("gateway-checker reported an error: %s", node.FirstEvent(evs, "error").Error)
 		}
 		if !rot.NotAfter.After(cert.NotAfter) || rot.SPIFFE != eg.spiffe {
 			t.Errorf("rotated certificate %+v, want a later expiry than %s and %s", rot, cert.NotAfter, eg.spiffe)
@@ -414,12 +306,12 @@ func TestSPIREFlavorOnRealNode(t *testing.T) {
 		}
 		created := time.Now()
 		gl.create(ctx, t)
-		ready, err := n.WaitPod(ctx, gl.ns, podName, 2*time.Minute, podReady)
+		ready, err := n.WaitPod(ctx, gl.ns, podName, 2*time.Minute, node.PodReady)
 		if err != nil {
-			t.Fatalf("pod not Ready: %v\n%s\nkubelet log (tail):\n%s", err, describe(ready), n.LogTail("kubelet", 25))
+			t.Fatalf("pod not Ready: %v\n%s", err, n.Describe(ready))
 		}
 		evs := gl.checkIdentity(ctx, t, ready)
-		c := first(evs, "cert")
+		c := node.FirstEvent(evs, "cert")
 		t.Logf("gateway (uid %d), registered only by k8s:ns:%s and k8s:sa:%s, verified %s (serial %s) %s after the pod's create (%s after its start)",
 			evs[0].UID, gl.ns, sa, c.SPIFFE, c.Serial, c.Time.Sub(created).Round(time.Millisecond), c.Time.Sub(evs[0].Time).Round(time.Millisecond))
 	})
@@ -433,17 +325,17 @@ func TestSPIREFlavorOnRealNode(t *testing.T) {
 		c := un.gatewayContainer(t, un.pod)
 		c.SecurityContext.RunAsUser, c.SecurityContext.RunAsGroup, un.uid = &uid, &uid, uid
 		un.create(ctx, t)
-		ready, err := n.WaitPod(ctx, un.ns, podName, 2*time.Minute, podReady)
+		ready, err := n.WaitPod(ctx, un.ns, podName, 2*time.Minute, node.PodReady)
 		if err != nil {
-			t.Fatalf("pod not Ready: %v\n%s\nkubelet log (tail):\n%s", err, describe(ready), n.LogTail("kubelet", 25))
+			t.Fatalf("pod not Ready: %v\n%s", err, n.Describe(ready))
 		}
-		evs, err := waitEvents(ctx, ready, un.container, time.Minute, func(evs []node.CheckerEvent) bool {
-			return count(evs, "rootca") >= 1 && refusals(evs) >= 3 || count(evs, "cert") > 0
+		evs, err := n.Logs(ready).WaitEvents(ctx, un.container, 0, time.Minute, func(evs []node.CheckerEvent) bool {
+			return node.CountEvents(evs, "rootca") >= 1 && refusals(evs) >= 3 || node.CountEvents(evs, "cert") > 0
 		})
 		if err != nil {
 			t.Fatalf("no ROOTCA and refusals: %v", err)
 		}
-		if n := count(evs, "cert"); n > 0 {
+		if n := node.CountEvents(evs, "cert"); n > 0 {
 			t.Fatalf("uid %d, which no entry selects, got %d certificate(s)", unregisteredUID, n)
 		}
 		if evs[0].UID != unregisteredUID {
@@ -466,18 +358,10 @@ func refusals(evs []node.CheckerEvent) int {
 }
 
 func firstErr(evs []node.CheckerEvent) string {
-	if e := first(evs, "stream-end"); e != nil {
+	if e := node.FirstEvent(evs, "stream-end"); e != nil {
 		return e.Error
 	}
 	return "none"
-}
-
-func describe(p *corev1.Pod) string {
-	if p == nil {
-		return "(no pod)"
-	}
-	b, _ := json.MarshalIndent(p.Status, "", "  ")
-	return string(b)
 }
 
 func lastText(lines []node.LogLine) string {
@@ -485,12 +369,4 @@ func lastText(lines []node.LogLine) string {
 		return ""
 	}
 	return lines[len(lines)-1].Text
-}
-
-func tail(s string, lines int) string {
-	all := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
 }

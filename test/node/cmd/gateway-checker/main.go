@@ -36,27 +36,12 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
+	"github.com/sds-injector/sds-injector/test/node/checkreport"
 	"github.com/sds-injector/sds-injector/test/sdsclient"
 )
 
 // Event is one line of the checker's report.
-type Event struct {
-	Event string    `json:"event"` // start, cert, rootca, error, stream-end
-	Time  time.Time `json:"time"`
-	// start
-	UID            int   `json:"uid,omitempty"`
-	GID            int   `json:"gid,omitempty"`
-	Groups         []int `json:"groups,omitempty"`
-	PresentAtStart *bool `json:"presentAtStart,omitempty"`
-	// cert
-	Serial   string    `json:"serial,omitempty"`
-	NotAfter time.Time `json:"notAfter,omitzero"`
-	SPIFFE   string    `json:"spiffe,omitempty"`
-	Version  string    `json:"version,omitempty"`
-	// Since is the time since the checker started.
-	Since string `json:"since,omitempty"`
-	Error string `json:"error,omitempty"`
-}
+type Event = checkreport.Line
 
 var started = time.Now()
 
@@ -64,7 +49,7 @@ func emit(e Event) {
 	e.Time = time.Now()
 	e.Since = time.Since(started).String()
 	b, _ := json.Marshal(e)
-	fmt.Println("CHECK " + string(b))
+	fmt.Println(checkreport.Prefix + string(b))
 }
 
 func main() {
