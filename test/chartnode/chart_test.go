@@ -442,6 +442,20 @@ func glooDeploymentInjected(ctx context.Context, t *testing.T) {
 // per-gateway webhook (failurePolicy Fail: any failed call is a refused
 // pod). The pods name a node selector no node has, so they stay Pending:
 // admission is what is measured.
+// unscheduledGateway is a Gloo gateway pod in gwNS that opts in with the
+// label (sds-agent flavor) and never runs: its node selector matches no
+// node. run labels it chartnode=run for cleanup.
+func unscheduledGateway(name, run string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: gwNS,
+			Labels:      map[string]string{"gloo": "gateway-proxy", "sds-injector.io/inject": "true", "chartnode": run},
+			Annotations: map[string]string{inject.AnnotationFlavor: "sds-agent"}},
+		Spec: corev1.PodSpec{ServiceAccountName: "gateway-proxy",
+			NodeSelector: map[string]string{"chartnode.sds-injector.test/no-such-node": "true"},
+			Containers:   []corev1.Container{{Name: "gateway-proxy", Image: checkerRef, ImagePullPolicy: corev1.PullNever}}},
+	}
+}
+
 // oneWebhookCallPerPod: as shipped (reinvocationPolicy Never) the API server
 // calls the webhook once per pod, although the ServiceAccount admission
 // plugin re-runs after the webhooks and mounts the API token into the
@@ -463,14 +477,7 @@ func oneWebhookCallPerPod(ctx context.Context, t *testing.T) {
 		_ = n.Clientset.CoreV1().Pods(gwNS).DeleteCollection(context.Background(), metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: "chartnode=calls"})
 	})
 	for i := range pods {
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("calls-%02d", i), Namespace: gwNS,
-				Labels:      map[string]string{"gloo": "gateway-proxy", "sds-injector.io/inject": "true", "chartnode": "calls"},
-				Annotations: map[string]string{inject.AnnotationFlavor: "sds-agent"}},
-			Spec: corev1.PodSpec{ServiceAccountName: "gateway-proxy",
-				NodeSelector: map[string]string{"chartnode.sds-injector.test/no-such-node": "true"},
-				Containers:   []corev1.Container{{Name: "gateway-proxy", Image: checkerRef, ImagePullPolicy: corev1.PullNever}}},
-		}
+		pod := unscheduledGateway(fmt.Sprintf("calls-%02d", i), "calls")
 		got, err := n.Clientset.CoreV1().Pods(gwNS).Create(ctx, pod, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -524,14 +531,7 @@ func rolloutUnderLoad(ctx context.Context, t *testing.T) {
 				return
 			case <-tick.C:
 			}
-			pod := &corev1.Pod{
-				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("roll-%04d", i), Namespace: gwNS,
-					Labels:      map[string]string{"gloo": "gateway-proxy", "sds-injector.io/inject": "true", "chartnode": "roll"},
-					Annotations: map[string]string{inject.AnnotationFlavor: "sds-agent"}},
-				Spec: corev1.PodSpec{ServiceAccountName: "gateway-proxy",
-					NodeSelector: map[string]string{"chartnode.sds-injector.test/no-such-node": "true"},
-					Containers:   []corev1.Container{{Name: "gateway-proxy", Image: checkerRef, ImagePullPolicy: corev1.PullNever}}},
-			}
+			pod := unscheduledGateway(fmt.Sprintf("roll-%04d", i), "roll")
 			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			got, err := cs.CoreV1().Pods(gwNS).Create(cctx, pod, metav1.CreateOptions{})
 			cancel()
