@@ -402,13 +402,14 @@ func (d *Discovery) Select(pod *corev1.Pod) Selection {
 
 // Resolve implements the webhook's settings choice (server.Resolver): the
 // pod's revision settings, a problem when the revision it asks for cannot
-// be used, and Istio's own injector acting on the pod (nil when none does).
-func (d *Discovery) Resolve(pod *corev1.Pod) (*inject.Settings, string, *inject.IstioInjection) {
+// be used, Istio's own injector acting on the pod (nil when none does),
+// and the labels of the pod's namespace (one cache read for all of them).
+func (d *Discovery) Resolve(pod *corev1.Pod) (*inject.Settings, string, *inject.IstioInjection, map[string]string) {
+	nsLabels := d.NamespaceLabels(pod.Namespace)
 	s := d.snap.Load()
 	if s == nil {
-		return d.base, "", nil
+		return d.base, "", nil, nsLabels
 	}
-	nsLabels := d.NamespaceLabels(pod.Namespace)
 	sel := s.Resolve(pod, nsLabels)
-	return sel.Settings, sel.Problem, s.IstioInjection(pod, nsLabels)
+	return sel.Settings, sel.Problem, s.IstioInjection(pod, nsLabels), nsLabels
 }

@@ -54,17 +54,13 @@ const warningPrefix = "sds-injector: "
 // still non-nil, to screen the pod with (inject.RevisionUnavailable). A
 // non-nil istio means Istio's own sidecar injector selects the pod (or
 // already injected it): the pod is left to it (inject.LeftToIstio).
+// nsLabels are the labels of the pod's namespace when the resolver knows
+// them (Istio discovery watches namespaces; nil: unknown), read once for
+// both the resolver's choice and the handler's: the handler then honours
+// Istio ambient enrolment by namespace (istio.io/dataplane-mode=ambient);
+// without them only the pod's own label counts.
 type Resolver interface {
-	Resolve(pod *corev1.Pod) (settings *inject.Settings, problem string, istio *inject.IstioInjection)
-}
-
-// NamespaceLabeler is implemented by resolvers that know the namespaces'
-// labels (Istio discovery watches them). The handler then honours Istio
-// ambient enrolment by namespace (istio.io/dataplane-mode=ambient); without
-// it only the pod's own label counts. It must answer from memory; nil means
-// the namespace is unknown.
-type NamespaceLabeler interface {
-	NamespaceLabels(namespace string) map[string]string
+	Resolve(pod *corev1.Pod) (settings *inject.Settings, problem string, istio *inject.IstioInjection, nsLabels map[string]string)
 }
 
 // Handler answers AdmissionReviews for pod creation. It is a
@@ -73,12 +69,9 @@ type NamespaceLabeler interface {
 type Handler struct {
 	settings *inject.Settings
 	resolver Resolver
-	// labeler is resolver as a NamespaceLabeler, asserted once (nil when
-	// it is not one).
-	labeler NamespaceLabeler
-	onError ErrorPolicy
-	metrics *Metrics
-	log     logr.Logger
+	onError  ErrorPolicy
+	metrics  *Metrics
+	log      logr.Logger
 
 	// readTimeout bounds reading a request body (0: no bound).
 	readTimeout time.Duration
@@ -124,7 +117,6 @@ func NewHandler(s *inject.Settings, onError ErrorPolicy, m *Metrics, log logr.Lo
 // own settings are then used only when the resolver returns none.
 func (h *Handler) WithResolver(r Resolver) *Handler {
 	h.resolver = r
-	h.labeler, _ = r.(NamespaceLabeler)
 	return h
 }
 
@@ -136,7 +128,7 @@ func (h *Handler) settingsFor(pod *corev1.Pod) (*inject.Settings, map[string]str
 	if h.resolver == nil {
 		return h.settings, nil, nil
 	}
-	s, problem, istio := h.resolver.Resolve(pod)
+	s, problem, istio, nsLabels := h.resolver.Resolve(pod)
 	if s == nil {
 		s = h.settings
 	}
@@ -145,10 +137,6 @@ func (h *Handler) settingsFor(pod *corev1.Pod) (*inject.Settings, map[string]str
 		// injector gets it, and the warning must say that.
 		d := inject.LeftToIstio(pod, s, *istio)
 		return s, nil, &d
-	}
-	var nsLabels map[string]string
-	if h.labeler != nil {
-		nsLabels = h.labeler.NamespaceLabels(pod.Namespace)
 	}
 	if d, ok := inject.Ambient(pod, s, nsLabels); ok {
 		// ztunnel gives the pod its identity, whatever its revision.

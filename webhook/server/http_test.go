@@ -24,7 +24,7 @@ import (
 // handler.
 type panicking struct{}
 
-func (panicking) Resolve(*corev1.Pod) (*inject.Settings, string, *inject.IstioInjection) {
+func (panicking) Resolve(*corev1.Pod) (*inject.Settings, string, *inject.IstioInjection, map[string]string) {
 	panic("resolver exploded")
 }
 

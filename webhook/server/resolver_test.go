@@ -18,16 +18,16 @@ import (
 // "istio" is one Istio's own injector selects.
 type fakeResolver map[string]*inject.Settings
 
-func (f fakeResolver) Resolve(pod *corev1.Pod) (*inject.Settings, string, *inject.IstioInjection) {
+func (f fakeResolver) Resolve(pod *corev1.Pod) (*inject.Settings, string, *inject.IstioInjection, map[string]string) {
 	var istio *inject.IstioInjection
 	if v := pod.Labels["istio"]; v != "" {
 		istio = &inject.IstioInjection{Cause: "namespace label istio.io/rev=" + v, Revision: v}
 	}
 	rev := pod.Labels["rev"]
 	if s, ok := f[rev]; ok {
-		return s, "", istio
+		return s, "", istio, nil
 	}
-	return f[""], "Istio revision " + rev + " is not installed; installed revisions: a", istio
+	return f[""], "Istio revision " + rev + " is not installed; installed revisions: a", istio, nil
 }
 
 func TestHandlerResolver(t *testing.T) {
@@ -96,7 +96,10 @@ type labellingResolver struct {
 	ns map[string]map[string]string
 }
 
-func (r labellingResolver) NamespaceLabels(name string) map[string]string { return r.ns[name] }
+func (r labellingResolver) Resolve(pod *corev1.Pod) (*inject.Settings, string, *inject.IstioInjection, map[string]string) {
+	s, problem, istio, _ := r.fakeResolver.Resolve(pod)
+	return s, problem, istio, r.ns[pod.Namespace]
+}
 
 // withHostNetwork sets spec.hostNetwork on a pod in JSON.
 func withHostNetwork(t *testing.T, podJSON []byte) []byte {
@@ -174,5 +177,5 @@ func TestHandlerAmbientNamespace(t *testing.T) {
 	}
 }
 
-// *istio.Discovery is the resolver that knows namespace labels.
-var _ NamespaceLabeler = (*istio.Discovery)(nil)
+// *istio.Discovery is the webhook's resolver.
+var _ Resolver = (*istio.Discovery)(nil)
