@@ -520,9 +520,10 @@ func TestWebhookValues(t *testing.T) {
 	}
 }
 
-// TestClusterWideCELExtraProfiles evaluates the generated condition with
-// CEL for the built-in and an extra profile (the API server runs it for
-// real in TestInstallSelfManaged).
+// TestClusterWideCELExtraProfiles evaluates the generated condition, which
+// namespace and cluster-wide mode share, with CEL for the built-in and an
+// extra profile (the API server runs it for real in TestInstallSelfManaged
+// and test/integration).
 func TestClusterWideCELExtraProfiles(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "values.yaml")
 	values := `modes: {clusterWide: {enabled: true}}
@@ -578,6 +579,12 @@ config:
 		{"built-in Gloo Gateway v2 profile", "x", map[string]string{"gloo": "kube-gateway"}, nil, true},
 		{"app=envoy without Contour's containers", "projectcontour", map[string]string{"app": "envoy"}, nil, false},
 		{"explicit annotation opt-in", "x", nil, map[string]string{"sds-injector.io/inject": "true"}, true},
+		{"explicit label opt-in", "x", map[string]string{"sds-injector.io/inject": "true"}, nil, true},
+		// A value the engine refuses reaches it, so the pod is denied with what to fix.
+		{"label with an invalid value", "x", map[string]string{"sds-injector.io/inject": "yes"}, nil, true},
+		{"annotation with an invalid value", "x", nil, map[string]string{"sds-injector.io/inject": "True"}, true},
+		{"annotation opt-out on an ordinary pod", "x", map[string]string{"app": "web"}, map[string]string{"sds-injector.io/inject": "false"}, false},
+		{"generic gateway-container annotation", "x", map[string]string{"app": "web"}, map[string]string{"sds-injector.io/gateway-container": "main"}, true},
 		{"ordinary pod", "x", map[string]string{"app": "web"}, nil, false},
 		{"pod without labels", "x", nil, nil, false},
 	} {
@@ -587,7 +594,7 @@ config:
 	}
 
 	// disableBuiltinProfiles drops the built-in labels from the condition.
-	r := mustRender(t, "--set", "modes.clusterWide.enabled=true,config.disableBuiltinProfiles=true")
+	r := mustRender(t, "--set", "modes.namespace.enabled=true,modes.clusterWide.enabled=true,config.disableBuiltinProfiles=true")
 	if c := gatewayCondition(t, r); strings.Contains(c, "gloo") || !strings.Contains(c, "gateway-container") {
 		t.Errorf("disableBuiltinProfiles: %s", c)
 	}
@@ -697,14 +704,22 @@ func celCondition(t *testing.T, cond string) func(*corev1.Pod) bool {
 
 func gatewayCondition(t *testing.T, r *rendered) string {
 	t.Helper()
-	mwc := one[*admissionregistrationv1.MutatingWebhookConfiguration](t, r, "sds-injector-cluster-wide")
-	for _, c := range mwc.Webhooks[0].MatchConditions {
-		if c.Name == "looks-like-a-gateway" {
-			return c.Expression
+	var exprs []string
+	for _, name := range []string{"sds-injector-cluster-wide", "sds-injector-namespace"} {
+		mwc := one[*admissionregistrationv1.MutatingWebhookConfiguration](t, r, name)
+		for _, c := range mwc.Webhooks[0].MatchConditions {
+			if c.Name == "looks-like-a-gateway" {
+				exprs = append(exprs, c.Expression)
+			}
+		}
+		if len(exprs) == 0 || len(exprs) > 2 {
+			t.Fatalf("%s: want one looks-like-a-gateway condition", name)
 		}
 	}
-	t.Fatal("no looks-like-a-gateway condition")
-	return ""
+	if len(exprs) != 2 || exprs[0] != exprs[1] {
+		t.Fatalf("namespace and cluster-wide mode must share one looks-like-a-gateway condition:\n%s", strings.Join(exprs, "\n---\n"))
+	}
+	return exprs[0]
 }
 
 // withoutDiscovery drops the Istio discovery RBAC objects.

@@ -48,8 +48,31 @@ func TestNamespaceMode(t *testing.T) {
 			t.Errorf("Envoy Gateway status %+v", st)
 		}
 	})
-	t.Run("non-gateway is untouched", func(t *testing.T) {
+	t.Run("non-gateway is untouched and not even sent", func(t *testing.T) {
+		// The looks-like-a-gateway matchCondition keeps the namespace's
+		// ordinary pods away from the webhook.
+		before := requestsTotal(t)
 		assertNotInjected(t, create(t, harness.ExamplePod(t, "plain-app.yaml", enabled, "app", nil, nil)), 1)
+		if after := requestsTotal(t); after != before {
+			t.Errorf("the apiserver called the webhook for a non-gateway pod (%v -> %v requests)", before, after)
+		}
+	})
+	t.Run("an invalid opt-in value on an ordinary pod is sent and refused", func(t *testing.T) {
+		// Any value of the inject label or annotation but "false" reaches
+		// the engine, so a typo is answered with what to fix.
+		for name, pod := range map[string]*corev1.Pod{
+			"typo-label": harness.ExamplePod(t, "plain-app.yaml", enabled, "typo-label", map[string]string{labelInject: "yes"}, nil),
+			"typo-ann":   harness.ExamplePod(t, "plain-app.yaml", enabled, "typo-ann", nil, map[string]string{labelInject: "True"}),
+		} {
+			err := cp.Client.Create(context.Background(), pod)
+			if err == nil || !strings.Contains(err.Error(), `sds-injector.io/inject=`) || !strings.Contains(err.Error(), `is invalid: use "true" or "false"`) {
+				t.Errorf("%s: want a denial naming the fix, got %v", name, err)
+			}
+		}
+	})
+	t.Run("a pod naming its gateway container is injected", func(t *testing.T) {
+		pod := harness.ExamplePod(t, "plain-app.yaml", enabled, "generic", nil, map[string]string{inject.AnnotationGatewayContainer: "nginx"})
+		assertInjected(t, create(t, pod))
 	})
 	t.Run("opt-out label", func(t *testing.T) {
 		assertNotInjected(t, create(t, glooPod(t, enabled, "out-label", map[string]string{labelInject: "false"}, nil)), 1)

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -59,7 +60,17 @@ func runCapture() error {
 	}
 	defer rec.stop()
 
-	mwc, err := cp.InstallMutatingWebhookFile(ctx, filepath.Join(repoRoot(), "deploy", "webhook", "namespace-mode.yaml"))
+	// The shipped namespace mode no longer sends ordinary pods (its
+	// looks-like-a-gateway matchCondition), so the recording uses it
+	// without that condition: the plain pod's review is what the webhook
+	// decodes on its skip path (a configuration without the condition, or
+	// a pod the condition lets through and the engine skips).
+	file, err := withoutGatewayCondition(filepath.Join(repoRoot(), "deploy", "webhook", "namespace-mode.yaml"))
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.Remove(file) }()
+	mwc, err := cp.InstallMutatingWebhookFile(ctx, file)
 	if err != nil {
 		return err
 	}
@@ -201,3 +212,44 @@ func (r *recorder) review(name string) ([]byte, bool) {
 }
 
 func (r *recorder) stop() { _ = r.srv.Close() }
+
+// withoutGatewayCondition writes a copy of a shipped webhook configuration
+// without its looks-like-a-gateway matchCondition and returns its path.
+func withoutGatewayCondition(file string) (string, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", err
+	}
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	if err := yaml.UnmarshalStrict(data, &mwc); err != nil {
+		return "", fmt.Errorf("%s: %w", file, err)
+	}
+	found := false
+	for i := range mwc.Webhooks {
+		conds := mwc.Webhooks[i].MatchConditions[:0]
+		for _, c := range mwc.Webhooks[i].MatchConditions {
+			if c.Name == "looks-like-a-gateway" {
+				found = true
+				continue
+			}
+			conds = append(conds, c)
+		}
+		mwc.Webhooks[i].MatchConditions = conds
+	}
+	if !found {
+		return "", fmt.Errorf("%s has no looks-like-a-gateway matchCondition", file)
+	}
+	out, err := yaml.Marshal(&mwc)
+	if err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp("", "namespace-mode-*.yaml")
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.Write(out); err != nil {
+		_ = f.Close()
+		return "", err
+	}
+	return f.Name(), f.Close()
+}

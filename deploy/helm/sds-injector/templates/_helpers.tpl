@@ -189,6 +189,35 @@ profiles:
 - selector: {matchExpressions: [{key: app.kubernetes.io/name, operator: In, values: [emissary-ingress, ambassador]}]}
 {{- end -}}
 
+{{/*
+The matchConditions entry that narrows a mode's webhook to pods that look
+like gateways: a pod carrying the sds-injector.io/inject label (the
+objectSelector already keeps "false" away) or annotation with any value but
+"false" (so that a typo reaches the engine, which answers with what to fix),
+the generic gateway-container annotation, a built-in gateway profile's
+selector (unless config.disableBuiltinProfiles) or one of
+config.gatewayProfiles. Every other pod is none of the injector's business:
+the apiserver does not call the webhook for it. Used by namespace and
+cluster-wide mode; the install tests hold it to the engine's profiles.
+*/}}
+{{- define "sds-injector.gatewayCondition" -}}
+- name: looks-like-a-gateway
+  expression: >-
+    (has(object.metadata.labels) && 'sds-injector.io/inject' in object.metadata.labels) ||
+    (has(object.metadata.annotations) && (
+      'sds-injector.io/gateway-container' in object.metadata.annotations ||
+      ('sds-injector.io/inject' in object.metadata.annotations && object.metadata.annotations['sds-injector.io/inject'] != 'false')
+    ))
+    {{- if not .Values.config.disableBuiltinProfiles }}
+    {{- range (include "sds-injector.builtinSelectors" . | fromYaml).profiles }} ||
+    {{ include "sds-injector.celProfile" . }}
+    {{- end }}
+    {{- end }}
+    {{- range .Values.config.gatewayProfiles }} ||
+    {{ include "sds-injector.celProfile" . }}
+    {{- end }}
+{{- end -}}
+
 {{/* Whether the injector discovers the installed Istio (config.istio: auto). */}}
 {{- define "sds-injector.istioDiscovery" -}}
 {{- if eq (toString (default "" .Values.config.istio)) "auto" }}true{{ end -}}
