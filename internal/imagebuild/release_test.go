@@ -3,6 +3,8 @@ package imagebuild
 import (
 	"bytes"
 	"context"
+	"debug/buildinfo"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -179,6 +181,21 @@ func checkReleaseImage(t *testing.T, r ReleaseResult, ri ReleaseImage, wantRef, 
 			if err := CheckStatic(bytes.NewReader(bin), d.Platform.Architecture); err != nil {
 				t.Errorf("binary: %v", err)
 			}
+			// Built with the image's tags (sds-injector: nocheck, so the
+			// webhook's binary lacks check and its dependencies).
+			info, err := buildinfo.Read(bytes.NewReader(bin))
+			if err != nil {
+				t.Fatalf("binary: no Go build information: %v", err)
+			}
+			tags := ""
+			for _, s := range info.Settings {
+				if s.Key == "-tags" {
+					tags = s.Value
+				}
+			}
+			if want := strings.Join(ri.Tags, ","); tags != want {
+				t.Errorf("binary built with tags %q, want %q", tags, want)
+			}
 			if d.Platform.Architecture != "amd64" {
 				return // cannot run here; its ELF header was checked above
 			}
@@ -192,6 +209,13 @@ func checkReleaseImage(t *testing.T, r ReleaseResult, ri ReleaseImage, wantRef, 
 			}
 			if first := strings.Fields(string(out)); !slices.Contains(first, version) {
 				t.Errorf("%s version printed %q, want the stamped %s", ri.Name, out, version)
+			}
+			if slices.Contains(ri.Tags, "nocheck") {
+				out, err := exec.Command(exe, "check").CombinedOutput()
+				var exit *exec.ExitError
+				if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "run `sds-injector check` from the CLI") {
+					t.Errorf("%s check in the image: want exit 1 pointing at the CLI, got %v:\n%s", ri.Name, err, out)
+				}
 			}
 		})
 	}
