@@ -155,23 +155,25 @@ metricsListenAddress: 127.0.0.1:%d
 	}
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+cm.HealthAddr+"/livez", nil)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return cm, nil
-			}
-		}
-		if !cm.Running() {
-			return nil, fmt.Errorf("cert-manager exited during start:\n%s", cm.LogTail())
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("cert-manager controller not healthy at %s: %w\n%s", cm.HealthAddr, ctx.Err(), cm.LogTail())
-		case <-time.After(200 * time.Millisecond):
+	if err := cm.process(ControllerBinary).WaitHTTP(ctx, http.DefaultClient, "http://"+cm.HealthAddr+"/livez"); err != nil {
+		return nil, fmt.Errorf("cert-manager did not start: %w\n%s", err, cm.LogTail())
+	}
+	if !cm.Running() {
+		return nil, fmt.Errorf("cert-manager exited during start:\n%s", cm.LogTail())
+	}
+	return cm, nil
+}
+
+// process is the running component called name.
+func (cm *CertManager) process(name string) *harness.Process {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	for _, p := range cm.procs {
+		if p.Name == name {
+			return p
 		}
 	}
+	return nil
 }
 
 // StartProcess starts one component (ControllerBinary or CAInjectorBinary)
@@ -234,10 +236,7 @@ func (cm *CertManager) LogTail() string {
 	for _, name := range []string{ControllerBinary, CAInjectorBinary} {
 		logPath := filepath.Join(cm.opts.LogDir, name+".log")
 		data, _ := os.ReadFile(logPath)
-		if len(data) > 4000 {
-			data = data[len(data)-4000:]
-		}
-		fmt.Fprintf(&b, "--- %s (%s) ---\n%s\n", name, logPath, data)
+		fmt.Fprintf(&b, "--- %s (%s) ---\n%s\n", name, logPath, harness.Tail(string(data), 40))
 	}
 	return b.String()
 }
