@@ -13,6 +13,8 @@ const (
 	checkIstiod        = "istiod-address"
 	checkRootCert      = "istio-root-cert"
 	checkGatewayPods   = "gateway-pods"
+
+	checkProfileConditions = "gateway-profile-conditions"
 )
 
 // method adapts a method expression of Env to Check.Run.
@@ -70,6 +72,12 @@ func All() []Check {
 				return istioAuto(k) && k.snapOK && k.snapErr == nil && k.snap != nil && len(k.snap.Revisions) > 0
 			},
 			Run: method((*Env).checkStaleAgents),
+		},
+		{
+			ID: checkProfileConditions, Category: CategoryWebhook, Severity: Error, Needs: []string{checkConfiguration},
+			Description: "every gateway profile of the configuration passes the looks-like-a-gateway match condition of each installed webhook that has one (namespace and cluster-wide mode): a profile added to the configuration alone is never sent to the webhook",
+			Hint:        "give extra profiles as the chart's config.gatewayProfiles, which renders the condition too (docs/configuration.md)",
+			Run:         method((*Env).checkProfileConditions),
 		},
 		{
 			ID: checkGatewayPods, Category: CategoryGateways, Severity: Error, Needs: []string{checkConfiguration},

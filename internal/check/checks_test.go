@@ -355,13 +355,63 @@ func TestCheckFake(t *testing.T) {
 			t.Fatalf("want a failure naming the supported version: %+v", res)
 		}
 	})
+	t.Run("profile missing from the webhook's condition", func(t *testing.T) {
+		// Added to the ConfigMap by hand, not through the chart: the shipped
+		// condition does not know it, so its gateways are never sent.
+		objs := fakeWorld(t, pki)
+		for _, o := range objs {
+			if cm, ok := o.(*corev1.ConfigMap); ok && cm.Name == "sds-injector" {
+				cm.Data["config.yaml"] += "gatewayProfiles:\n- name: team-edge\n  selector: {matchLabels: {team/edge: envoy}}\n  containers: [proxy]\n"
+			}
+		}
+		r := runFakeCheck(t, objs)
+		res := resultOf(t, r, checkProfileConditions)
+		if res.Status != StatusFail || r.OK || len(res.Details) != 1 || !strings.Contains(res.Details[0], "profile(s) team-edge:") ||
+			len(res.Fix) != 1 || !strings.Contains(res.Fix[0], "config.gatewayProfiles") {
+			t.Fatalf("want a failure naming team-edge and the fix: %+v", res)
+		}
+	})
+	t.Run("profile given through the chart", func(t *testing.T) {
+		// The same profile in the condition too, as the chart renders it.
+		objs := fakeWorld(t, pki)
+		for _, o := range objs {
+			switch o := o.(type) {
+			case *corev1.ConfigMap:
+				if o.Name == "sds-injector" {
+					o.Data["config.yaml"] += "gatewayProfiles:\n- name: team-edge\n  selector: {matchLabels: {team/edge: envoy}}\n  containers: [proxy]\n"
+				}
+			case *admissionregistrationv1.MutatingWebhookConfiguration:
+				for i, c := range o.Webhooks[0].MatchConditions {
+					if c.Name == gatewayConditionName {
+						o.Webhooks[0].MatchConditions[i].Expression += " ||\n((has(object.metadata.labels) && 'team/edge' in object.metadata.labels && object.metadata.labels['team/edge'] == 'envoy'))"
+					}
+				}
+			}
+		}
+		r := runFakeCheck(t, objs)
+		if res := resultOf(t, r, checkProfileConditions); res.Status != StatusPass || !strings.Contains(res.Message, "8 gateway profile(s)") {
+			t.Fatalf("%+v", res)
+		}
+	})
+	t.Run("no webhook narrows by profile", func(t *testing.T) {
+		objs := fakeWorld(t, pki)
+		for _, o := range objs {
+			if mwc, ok := o.(*admissionregistrationv1.MutatingWebhookConfiguration); ok {
+				mwc.Webhooks[0].MatchConditions = mwc.Webhooks[0].MatchConditions[:1] // the mirror-pod condition only
+			}
+		}
+		r := runFakeCheck(t, objs)
+		if res := resultOf(t, r, checkProfileConditions); res.Status != StatusPass || !strings.Contains(res.Message, "no installed webhook narrows") {
+			t.Fatalf("%+v", res)
+		}
+	})
 	t.Run("json output", func(t *testing.T) {
 		var b bytes.Buffer
 		if err := Write(&b, r, "json"); err != nil {
 			t.Fatal(err)
 		}
 		var back Report
-		if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Checks) != 7 || !back.OK || back.Summary["pass"] != 7 {
+		if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Checks) != 8 || !back.OK || back.Summary["pass"] != 8 {
 			t.Errorf("%v %+v", err, back)
 		}
 	})

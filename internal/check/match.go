@@ -79,24 +79,29 @@ func NewMatcher(mwcs []*admissionregistrationv1.MutatingWebhookConfiguration) *M
 	m := &Matcher{}
 	for _, mwc := range mwcs {
 		for i := range mwc.Webhooks {
-			w := &mwc.Webhooks[i]
-			mw := matchWebhook{rules: w.Rules, namespace: parseSelector(w.NamespaceSelector), object: parseSelector(w.ObjectSelector)}
-			if len(w.MatchConditions) > 0 {
-				exprs := make([]celplugin.ExpressionAccessor, len(w.MatchConditions))
-				for j, c := range w.MatchConditions {
-					exprs[j] = &matchconditions.MatchCondition{Name: c.Name, Expression: c.Expression}
-				}
-				// Fail, whatever the webhook says: an evaluation error must
-				// surface to be told apart from a false condition.
-				fail := admissionregistrationv1.Fail
-				mw.conditions = matchconditions.NewMatcher(conditionCompiler().CompileCondition(exprs,
-					celplugin.OptionalVariableDeclarations{HasAuthorizer: true}, environment.StoredExpressions),
-					&fail, "webhook", "admit", w.Name)
-			}
-			m.webhooks = append(m.webhooks, mw)
+			m.webhooks = append(m.webhooks, newMatchWebhook(&mwc.Webhooks[i]))
 		}
 	}
 	return m
+}
+
+// newMatchWebhook prepares one webhook: parsed selectors, compiled
+// conditions.
+func newMatchWebhook(w *admissionregistrationv1.MutatingWebhook) matchWebhook {
+	mw := matchWebhook{rules: w.Rules, namespace: parseSelector(w.NamespaceSelector), object: parseSelector(w.ObjectSelector)}
+	if len(w.MatchConditions) > 0 {
+		exprs := make([]celplugin.ExpressionAccessor, len(w.MatchConditions))
+		for j, c := range w.MatchConditions {
+			exprs[j] = &matchconditions.MatchCondition{Name: c.Name, Expression: c.Expression}
+		}
+		// Fail, whatever the webhook says: an evaluation error must
+		// surface to be told apart from a false condition.
+		fail := admissionregistrationv1.Fail
+		mw.conditions = matchconditions.NewMatcher(conditionCompiler().CompileCondition(exprs,
+			celplugin.OptionalVariableDeclarations{HasAuthorizer: true}, environment.StoredExpressions),
+			&fail, "webhook", "admit", w.Name)
+	}
+	return mw
 }
 
 var (
@@ -110,12 +115,7 @@ func (m *Matcher) Matches(ns *corev1.Namespace, pod *corev1.Pod) bool {
 	if ns == nil {
 		return false
 	}
-	obj := pod.DeepCopy()
-	obj.Namespace = ns.Name
-	obj.APIVersion, obj.Kind = "v1", "Pod"
-	attr := admission.NewAttributesRecord(obj, nil, podKind, ns.Name, pod.Name, podResource, "", admission.Create,
-		&metav1.CreateOptions{}, false, &user.DefaultInfo{Name: "sds-injector-check"})
-	versioned := &admission.VersionedAttributes{Attributes: attr, VersionedKind: podKind, VersionedObject: admission.NewLazyObject(obj)}
+	attr, versioned := createAttributes(ns.Name, pod)
 	for i := range m.webhooks {
 		w := &m.webhooks[i]
 		if !w.namespace.Matches(labels.Set(ns.Labels)) {
@@ -129,15 +129,32 @@ func (m *Matcher) Matches(ns *corev1.Namespace, pod *corev1.Pod) bool {
 		}) {
 			continue
 		}
-		if w.conditions == nil {
-			return true
-		}
-		res := w.conditions.Match(context.Background(), versioned, nil, nil)
-		if res.Error != nil || res.Matches {
+		if w.conditionsMatch(versioned) {
 			return true
 		}
 	}
 	return false
+}
+
+// createAttributes are the admission attributes of the creation of pod in
+// namespace ns, as the webhook matchers read them.
+func createAttributes(ns string, pod *corev1.Pod) (admission.Attributes, *admission.VersionedAttributes) {
+	obj := pod.DeepCopy()
+	obj.Namespace = ns
+	obj.APIVersion, obj.Kind = "v1", "Pod"
+	attr := admission.NewAttributesRecord(obj, nil, podKind, ns, pod.Name, podResource, "", admission.Create,
+		&metav1.CreateOptions{}, false, &user.DefaultInfo{Name: "sds-injector-check"})
+	return attr, &admission.VersionedAttributes{Attributes: attr, VersionedKind: podKind, VersionedObject: admission.NewLazyObject(obj)}
+}
+
+// conditionsMatch evaluates the webhook's CEL match conditions alone (true
+// without any; an evaluation error counts as a match, see Matcher).
+func (w *matchWebhook) conditionsMatch(versioned *admission.VersionedAttributes) bool {
+	if w.conditions == nil {
+		return true
+	}
+	res := w.conditions.Match(context.Background(), versioned, nil, nil)
+	return res.Error != nil || res.Matches
 }
 
 // selectorMatches follows the webhook API: a nil selector matches

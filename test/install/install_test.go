@@ -26,6 +26,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 
 	"github.com/sds-injector/sds-injector/test/certmanager"
 	"github.com/sds-injector/sds-injector/webhook/inject"
@@ -295,7 +296,7 @@ func TestInstallCertManager(t *testing.T) {
 			t.Errorf("--dial should verify the served certificate:\n%s", res)
 		}
 		out, err := exec.Command(injectorBin, "check", "--kubeconfig", cp.KubeconfigPath).CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "PASS  serving-certificate") || !strings.Contains(string(out), "7 passed, 0 warning(s), 0 failed") {
+		if err != nil || !strings.Contains(string(out), "PASS  serving-certificate") || !strings.Contains(string(out), "8 passed, 0 warning(s), 0 failed") {
 			t.Errorf("text output (%v):\n%s", err, out)
 		}
 	})
@@ -403,6 +404,35 @@ func TestInstallCertManager(t *testing.T) {
 		res = expectCheck(t, without(allPass(), "istiod-address", "fail"))
 		assertMentions(t, res, "istiod-address", "no ready endpoints")
 		istiod(t, ip)
+	})
+	t.Run("fault: a gateway profile the webhook's condition does not know", func(t *testing.T) {
+		// The installed configuration plus a profile added by hand, as if
+		// the ConfigMap had been edited instead of the chart's
+		// config.gatewayProfiles: the rendered condition lacks it.
+		var cm corev1.ConfigMap
+		if err := cp.Client.Get(ctx, types.NamespacedName{Namespace: injectorNS, Name: "sds-injector"}, &cm); err != nil {
+			t.Fatal(err)
+		}
+		var installed map[string]any
+		if err := yaml.Unmarshal([]byte(cm.Data["config.yaml"]), &installed); err != nil {
+			t.Fatal(err)
+		}
+		if p, _ := installed["gatewayProfiles"].([]any); len(p) > 0 {
+			t.Fatalf("the installed configuration already has gatewayProfiles: %v", p)
+		}
+		installed["gatewayProfiles"] = []any{map[string]any{
+			"name": "team-edge", "selector": map[string]any{"matchLabels": map[string]any{"team/edge": "envoy"}}, "containers": []any{"proxy"},
+		}}
+		data, err := yaml.Marshal(installed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		extra := filepath.Join(t.TempDir(), "extra.yaml")
+		if err := os.WriteFile(extra, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		res := expectCheck(t, without(allPass(), "gateway-profile-conditions", "fail"), "--config", extra)
+		assertMentions(t, res, "gateway-profile-conditions", "team-edge")
 	})
 	t.Run("fault: invalid or missing configuration", func(t *testing.T) {
 		bad := filepath.Join(t.TempDir(), "bad.yaml")

@@ -572,7 +572,7 @@ func expectCheck(t *testing.T, want map[string]string, args ...string) *checkOut
 func allPass() map[string]string {
 	return map[string]string{
 		"configuration": "pass", "webhook-configurations": "pass", "serving-certificate": "pass",
-		"webhook-endpoints": "pass", "istiod-address": "pass", "istio-root-cert": "pass", "gateway-pods": "pass",
+		"webhook-endpoints": "pass", "gateway-profile-conditions": "pass", "istiod-address": "pass", "istio-root-cert": "pass", "gateway-pods": "pass",
 	}
 }
 
