@@ -28,10 +28,7 @@ const gatewayConditionName = "looks-like-a-gateway"
 // passes the webhook's match conditions.
 func (k *Env) checkProfileConditions(context.Context) Result {
 	res := Result{Name: checkProfileConditions, Status: StatusPass}
-	profiles := k.cfg.GatewayProfiles
-	if !k.cfg.DisableBuiltinProfiles {
-		profiles = append(slices.Clone(profiles), inject.BuiltinProfiles()...)
-	}
+	profiles := k.cfg.Profiles()
 	narrowing := 0
 	for _, mwc := range k.mwcs {
 		for i := range mwc.Webhooks {

@@ -383,6 +383,22 @@ func (c Config) Resolve() (*Settings, error) {
 	}, nil
 }
 
+// Profiles are the gateway profiles in effect, in the order they are
+// tried: GatewayProfiles, then the built-in ones (unless
+// DisableBuiltinProfiles) that no profile of the same name shadows.
+func (c Config) Profiles() []GatewayProfile {
+	out := slices.Clone(c.GatewayProfiles)
+	if c.DisableBuiltinProfiles {
+		return out
+	}
+	for _, b := range BuiltinProfiles() {
+		if !slices.ContainsFunc(c.GatewayProfiles, func(p GatewayProfile) bool { return p.Name == b.Name }) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // MustResolve is Resolve for configurations known to be valid (tests, the
 // built-in defaults); it panics on error.
 func (c Config) MustResolve() *Settings {

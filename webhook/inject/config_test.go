@@ -306,3 +306,27 @@ func TestBuiltinProfileFlavors(t *testing.T) {
 		}
 	}
 }
+
+func TestProfilesInEffect(t *testing.T) {
+	names := func(ps []GatewayProfile) []string {
+		var out []string
+		for _, p := range ps {
+			out = append(out, p.Name)
+		}
+		return out
+	}
+	builtin := names(BuiltinProfiles())
+	c := DefaultConfig()
+	if got := names(c.Profiles()); !slices.Equal(got, builtin) {
+		t.Errorf("defaults: %v, want the built-in %v", got, builtin)
+	}
+	c.GatewayProfiles = []GatewayProfile{{Name: "team-edge"}, {Name: builtin[0]}}
+	want := append([]string{"team-edge", builtin[0]}, builtin[1:]...)
+	if got := names(c.Profiles()); !slices.Equal(got, want) {
+		t.Errorf("a shadowed built-in: %v, want %v", got, want)
+	}
+	c.DisableBuiltinProfiles = true
+	if got := names(c.Profiles()); !slices.Equal(got, []string{"team-edge", builtin[0]}) {
+		t.Errorf("built-ins disabled: %v", got)
+	}
+}
