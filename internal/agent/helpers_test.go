@@ -19,6 +19,7 @@ import (
 	"github.com/sds-injector/sds-injector/internal/agent/ca"
 	"github.com/sds-injector/sds-injector/internal/agent/fakeca"
 	"github.com/sds-injector/sds-injector/internal/agent/sds"
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 const (
@@ -144,16 +145,10 @@ func (e *testEnv) stop() error {
 	}
 }
 
-// eventually polls cond until it holds.
+// eventually is harness.Eventually for a condition without errors.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	harness.Eventually(t, wait, what, func(context.Context) (bool, error) { return cond(), nil })
 }
 
 // syncLog sends the agent's log lines to the test log until closed.

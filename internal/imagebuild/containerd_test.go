@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 // TestContainerdImportsAndRunsTheArchive imports a release archive
@@ -161,23 +163,21 @@ func grepLine(out, prefix string) string {
 
 func taskPID(t *testing.T, ctr func(string, ...string) (string, error), ns, id string) int {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var pid int
+	harness.Await(context.Background(), t, 30*time.Second, "task "+id+" running", func(context.Context) (bool, error) {
 		out, err := ctr(ns, "task", "ls")
-		if err == nil {
-			for _, l := range strings.Split(out, "\n") {
-				f := strings.Fields(l)
-				if len(f) >= 3 && f[0] == id && f[2] == "RUNNING" {
-					pid, _ := strconv.Atoi(f[1])
-					return pid
-				}
+		if err != nil {
+			return false, fmt.Errorf("ctr task ls: %v: %s", err, out)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) >= 3 && f[0] == id && f[2] == "RUNNING" {
+				pid, err = strconv.Atoi(f[1])
+				return err == nil, err
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("task %s is not running after 30 s: %s %v", id, out, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return false, fmt.Errorf("not running: %s", out)
+	})
+	return pid
 }
 
 // ensureContainerd installs containerd and runc with apt-get when missing.
@@ -268,23 +268,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 			t.Errorf("removing containerd's directory: %v", err)
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, err := exec.Command("ctr", "--address", sock, "version").CombinedOutput()
-		if err == nil {
-			return sock
-		}
+	harness.Await(context.Background(), t, 30*time.Second, "containerd serving", func(context.Context) (bool, error) {
 		select {
 		case err := <-done:
 			b, _ := os.ReadFile(logf.Name())
 			t.Fatalf("containerd exited: %v\n%s", err, b)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("containerd is not serving after 30 s: %s", out)
+		if out, err := exec.Command("ctr", "--address", sock, "version").CombinedOutput(); err != nil {
+			return false, fmt.Errorf("ctr version: %v: %s", err, out)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return true, nil
+	})
+	return sock
 }
 
 // cleanupNamespace removes what running containers in ns left on the

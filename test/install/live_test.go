@@ -31,6 +31,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -524,26 +525,28 @@ func runCheck(t *testing.T, args ...string) *checkOutput {
 	return res
 }
 
+// checkSettles is how long expectCheck waits for the API server's caches
+// to show a fault.
+const checkSettles = 30 * time.Second
+
 // expectCheck runs check and asserts the overall result and the status of
 // the named checks.
 func expectCheck(t *testing.T, want map[string]string, args ...string) *checkOutput {
 	t.Helper()
 	var res *checkOutput
-	// Some faults reach the API server's caches asynchronously; check
-	// reads the API directly, so one retry is plenty.
-	for attempt := 0; attempt < 3; attempt++ {
+	// Some faults reach the API server's caches (its webhook
+	// configurations, a Service's endpoints) asynchronously: run check until
+	// the named checks show what is wanted or the time is up, then assert on
+	// the last run.
+	_ = wait.PollUntilContextTimeout(context.Background(), harness.PollInterval, checkSettles, true, func(context.Context) (bool, error) {
 		res = runCheck(t, args...)
-		ok := true
 		for name, st := range want {
 			if res.status(name) != st {
-				ok = false
+				return false, nil
 			}
 		}
-		if ok {
-			break
-		}
-		time.Sleep(time.Second)
-	}
+		return true, nil
+	})
 	failed := false
 	for name, st := range want {
 		if got := res.status(name); got != st {

@@ -40,16 +40,7 @@ func BenchmarkIdleFootprint(b *testing.B) {
 	s.next(time.Minute)
 
 	_, outCerts, pilotProc := w.runPilotAgent(b)
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		if _, err := os.Stat(filepath.Join(outCerts, "cert-chain.pem")); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("pilot-agent wrote no certificate")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitCertChain(b, filepath.Join(outCerts, "cert-chain.pem"))
 	pilotPid := pilotProc.Cmd.Process.Pid
 
 	// Let start-up work (GC of start-up garbage, lazy initialisation) settle.

@@ -7,6 +7,7 @@
 package sdsagent
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/pem"
@@ -409,24 +410,7 @@ func TestRealIstiod(t *testing.T) {
 // same issuer.
 func (w *world) comparePilotAgent(t *testing.T, ours *x509.Certificate) {
 	wd, out, _ := w.runPilotAgent(t)
-	chainPath := filepath.Join(out, "cert-chain.pem")
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		if b, err := os.ReadFile(chainPath); err == nil && len(b) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pilot-agent wrote no %s", chainPath)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond) // the files are written one after the other
-	b, err := os.ReadFile(chainPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs := parseCerts(t, b)
-	leaf := certs[0]
+	leaf := waitCertChain(t, filepath.Join(out, "cert-chain.pem"))[0]
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != ours.URIs[0].String() {
 		t.Errorf("pilot-agent identity %v, sds-agent %v", leaf.URIs, ours.URIs)
 	}
@@ -481,6 +465,37 @@ func (w *world) runPilotAgent(t testing.TB) (wd, outCerts string, proc *harness.
 		fmt.Sprintf(`PROXY_CONFIG={"discoveryAddress":"%s","statusPort":%d}`, w.ist.CAAddr, statusPort),
 	}
 	return wd, outCerts, harness.Start(t, "pilot-agent", cmd)
+}
+
+// waitCertChain waits for pilot-agent to have written a whole certificate
+// chain to path (every PEM block a certificate, nothing left over) and
+// returns it.
+func waitCertChain(t testing.TB, path string) []*x509.Certificate {
+	t.Helper()
+	var chain []*x509.Certificate
+	harness.Await(context.Background(), t, 2*time.Minute, "pilot-agent's "+path, func(context.Context) (bool, error) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return false, err
+		}
+		chain = chain[:0]
+		for {
+			var block *pem.Block
+			if block, data = pem.Decode(data); block == nil {
+				break
+			}
+			c, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				return false, err
+			}
+			chain = append(chain, c)
+		}
+		if len(bytes.TrimSpace(data)) > 0 {
+			return false, fmt.Errorf("%d bytes after the last whole PEM block", len(data))
+		}
+		return len(chain) > 0, nil
+	})
+	return chain
 }
 
 func parseCerts(t testing.TB, data []byte) []*x509.Certificate {

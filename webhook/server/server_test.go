@@ -27,7 +27,9 @@ import (
 	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	"github.com/sds-injector/sds-injector/test/harness"
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
 
@@ -39,16 +41,6 @@ type testServer struct {
 	client *http.Client
 	cancel context.CancelFunc
 	done   chan error
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // writeServingCert writes a self-signed ECDSA certificate for 127.0.0.1.
@@ -85,7 +77,7 @@ func startTestServer(t testing.TB, mutate func(*Options)) *testServer {
 	t.Helper()
 	dir := t.TempDir()
 	pool := writeServingCert(t, dir)
-	port := freePort(t)
+	port := harness.FreePort(t, "127.0.0.1")
 	o := Options{
 		Settings: inject.DefaultConfig().MustResolve(), Host: "127.0.0.1", Port: port, CertDir: dir,
 		MetricsAddr: "0", HealthAddr: "127.0.0.1:0", DrainDelay: -1, Logger: logr.Discard(),
@@ -103,18 +95,12 @@ func startTestServer(t testing.TB, mutate func(*Options)) *testServer {
 		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 64}}}
 	go func() { ts.done <- srv.Start(ctx) }()
 	t.Cleanup(ts.stop)
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(ts.health + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return ts
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
+	waitCtx, cancelWait := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancelWait()
+	if err := harness.WaitHTTP(waitCtx, ts.health+"/readyz"); err != nil {
+		t.Fatalf("server not ready: %v", err)
 	}
-	t.Fatal("server not ready")
-	return nil
+	return ts
 }
 
 func (ts *testServer) stop() {
@@ -402,7 +388,7 @@ func TestConcurrentReviews(t *testing.T) {
 // TestGracefulShutdown: on shutdown /readyz fails at once, the webhook keeps
 // answering during the drain, and a review in flight completes.
 func TestGracefulShutdown(t *testing.T) {
-	ts := startTestServer(t, func(o *Options) { o.DrainDelay = 1500 * time.Millisecond })
+	ts := startTestServer(t, func(o *Options) { o.DrainDelay = 3 * time.Second })
 	body := review(t, "admission.k8s.io/v1", examplePodJSONB(t, "gloo-gateway-proxy.yaml"), nil)
 
 	// A review whose body is still arriving when shutdown starts.
@@ -421,18 +407,20 @@ func TestGracefulShutdown(t *testing.T) {
 		inflight <- raw
 	}()
 	_, _ = pw.Write(body[:100])
-	time.Sleep(100 * time.Millisecond)
+	harness.Eventually(t, 10*time.Second, "the review in the webhook's handler", func(context.Context) (bool, error) {
+		return webhookInFlight(t) == 1, nil
+	})
 
+	// Within the drain, /readyz fails while the health endpoint stays up.
 	ts.cancel()
-	time.Sleep(100 * time.Millisecond)
-	resp, err := http.Get(ts.health + "/readyz")
-	if err != nil {
-		t.Fatalf("health endpoint gone during the drain: %v", err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode == http.StatusOK {
-		t.Fatal("/readyz still succeeds after shutdown began")
-	}
+	harness.Eventually(t, time.Second, "/readyz failing after shutdown began", func(context.Context) (bool, error) {
+		resp, err := http.Get(ts.health + "/readyz")
+		if err != nil {
+			return false, fmt.Errorf("health endpoint gone during the drain: %w", err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode != http.StatusOK, nil
+	})
 	status, r, _ := ts.send(t, "application/json", body)
 	if status != http.StatusOK || !r.Allowed || len(r.Patch) == 0 {
 		t.Fatal("a new review during the drain was not served")
@@ -444,6 +432,29 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	<-ts.done
 	ts.cancel = nil
+}
+
+// webhookInFlight is controller-runtime's in-flight gauge for the inject
+// path: the reviews its instrumented handler has started and not finished.
+func webhookInFlight(t testing.TB) float64 {
+	t.Helper()
+	families, err := crmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "controller_runtime_webhook_requests_in_flight" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "webhook" && l.GetValue() == InjectPath {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 // TestTLSPolicy: TLS 1.2 minimum, forward-secret AEAD suites only, HTTP/2

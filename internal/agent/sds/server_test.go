@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	grpcstatus "google.golang.org/grpc/status"
+
+	"github.com/sds-injector/sds-injector/test/harness"
 )
 
 const wait = 30 * time.Second
@@ -209,16 +211,10 @@ func TestExpiryWithdraws(t *testing.T) {
 	if _, ok := store.Certificate(); !ok {
 		t.Fatal("no certificate")
 	}
-	deadline := time.Now().Add(wait)
-	for {
-		if _, ok := store.Certificate(); !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("certificate not withdrawn at expiry")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	harness.Eventually(t, wait, "certificate withdrawn at expiry", func(context.Context) (bool, error) {
+		_, ok := store.Certificate()
+		return !ok, nil
+	})
 	if sn := store.snapshot(); sn.cert != nil {
 		t.Fatal("snapshot still holds the expired certificate")
 	}
