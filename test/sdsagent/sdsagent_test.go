@@ -497,24 +497,3 @@ func waitCertChain(t testing.TB, path string) []*x509.Certificate {
 	})
 	return chain
 }
-
-func parseCerts(t testing.TB, data []byte) []*x509.Certificate {
-	t.Helper()
-	var out []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		t.Fatal("no certificate")
-	}
-	return out
-}
