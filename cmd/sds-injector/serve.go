@@ -14,9 +14,9 @@ import (
 	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -94,7 +94,7 @@ Fields set in the file or by flags still win. Needs API access (in-cluster or --
 				return err
 			}
 			log := zap.New(zap.UseFlagOptions(&zapOpts), zap.WriteTo(cmd.ErrOrStderr()))
-			ctrl.SetLogger(log)
+			crlog.SetLogger(log)
 			setMemoryLimit(log, memlimit.FromCgroup)
 			for _, w := range l.Warnings {
 				log.Info("configuration: " + w)
@@ -207,7 +207,7 @@ func (o *serveOptions) certManager(clusterDomain string) (*certs.Manager, error)
 			cc.DNSNames = append(cc.DNSNames, san)
 		}
 	}
-	return certs.New(c, cc, ctrl.Log.WithName("certs"), m)
+	return certs.New(c, cc, crlog.Log.WithName("certs"), m)
 }
 
 func envOr(key, def string) string {

@@ -64,8 +64,8 @@ func runFloorServer(args []string) error {
 		w.Header().Set("Content-Length", strconv.Itoa(len(out)))
 		_, _ = w.Write(out)
 	}))
-	// sds-injector's binary gets the Go collector through
-	// controller-runtime's controller metrics; this binary may not.
+	// sds-injector's binary registers the Go collector in
+	// server.NewMetrics; this floor server does not call it.
 	if err := ctrlmetrics.Registry.Register(collectors.NewGoCollector()); err != nil {
 		if !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 			return err

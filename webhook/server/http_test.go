@@ -97,6 +97,32 @@ func (w slowWriter) Write(p []byte) (int, error) {
 	return w.ResponseRecorder.Write(p)
 }
 
+// TestMetricsCarryRuntimeSeries: the Go runtime and process series are on
+// the webhook's registry whether or not controller-runtime's controller
+// package (which registers them itself) is linked, and a second
+// registration on the same registry reuses them.
+func TestMetricsCarryRuntimeSeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	for range 2 {
+		if _, err := NewMetrics(reg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, f := range families {
+		have[f.GetName()] = true
+	}
+	for _, name := range []string{"go_memstats_mallocs_total", "go_goroutines", "process_resident_memory_bytes", "process_cpu_seconds_total"} {
+		if !have[name] {
+			t.Errorf("%s not exported", name)
+		}
+	}
+}
+
 // TestDurationCoversTheWholeRequest: sds_injector_admission_duration_seconds
 // says it covers reading the body through writing the answer, and it does,
 // on both paths: the clock moves only while the body is read (1 s per Read)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/sds-injector/sds-injector/webhook/inject"
 )
@@ -22,9 +23,21 @@ type Metrics struct {
 	duration *prometheus.HistogramVec
 }
 
-// NewMetrics registers the series with reg. Registering twice (several
-// servers in one test process) reuses the existing collectors.
+// NewMetrics registers the series with reg, with the Go runtime's
+// (go_*) and the process's (process_*) collectors: controller-runtime
+// registers those only from its controller package, which the webhook
+// does not link. Registering twice (several servers in one test process,
+// or a binary that links the controller package too) reuses the
+// existing collectors.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	for _, c := range []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if _, err := register(reg, c); err != nil {
+			return nil, err
+		}
+	}
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sds_injector_admission_requests_total",
 		Help: "Pod admission requests by result (injected, skipped, error) and machine-readable reason.",
