@@ -15,7 +15,7 @@ GOTESTSUM ?= $(GO) run gotest.tools/gotestsum@v1.13.0 --format standard-quiet
 
 .PHONY: all build test unit lint fmt fuzz fuzz-smoke fuzz-corpus bench bench-node golden controlplane node demo clean
 
-all: lint test build
+all: test build
 
 ## build: the sds-injector and sds-agent binaries in bin/
 build:
@@ -23,8 +23,13 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/sds-agent ./cmd/sds-agent
 
 ## test: lint, every test with the race detector (integration tests build the
-## local control plane binaries on first use), then a short fuzz run
-test: lint unit fuzz-smoke
+## local control plane binaries on first use), then a short fuzz run.
+## test/tools/prebuild.sh starts the third-party builds the suites need
+## (cached; helm, Kubernetes, cert-manager, istiod, SPIRE) beside the lint and
+## unit phases at the lowest CPU priority, so that a cold machine builds them
+## in the time those phases leave idle; its log is _output/prebuild.log
+test:
+	test/tools/prebuild.sh --beside $(MAKE) --no-print-directory lint unit fuzz-smoke test-summary
 
 # Unit packages run in parallel; the suites under test/ each start a real
 # control plane (and istiod, helm builds) and run one at a time so that
@@ -164,7 +169,6 @@ istio-releases:
 	test/istio-releases/run.sh $(ISTIO_RELEASES)
 
 # make test ends by saying what it did not run.
-test: test-summary
 test-summary:
 	@echo "make test: the released-Istio matrix was NOT run (too slow for make test; results: docs/compatibility.md)."
 	@echo "  run it with: make istio-releases [ISTIO_RELEASES=\"<istio-X.Y.Z.tar.gz or unpacked tree> ...\"]$(if $(ISTIO_RELEASES), (found: $(notdir $(ISTIO_RELEASES))), (no istio-*.tar.gz in $(ISTIO_RELEASES_DIR)))"
